@@ -1,0 +1,224 @@
+"""Runtime backend selection: ``numpy`` (CPU) or ``cuda`` (CuPy + our kernels).
+
+A backend is an array module ``xp`` plus named primitives (``im2col``, ``col2im``,
+``maxpool2d_forward``, ...) with identical signatures on both sides. Primitives live one
+family per module in :mod:`gpucnn.backend.numpy_ops` and :mod:`gpucnn.backend.cuda_ops`;
+every public name listed in a module's ``__all__`` becomes an attribute of the backend.
+
+Select with :func:`use` (``"auto" | "numpy" | "cuda"``) or the environment variable
+``GPUCNN_BACKEND``; :func:`current` names the active one. ``auto`` picks ``cuda`` only when
+CuPy imports, a device answers and a probe kernel compiles, launches and synchronises.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pkgutil
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "VALID_BACKENDS",
+    "use",
+    "current",
+    "get",
+    "get_backend",
+    "backend_of",
+    "to_backend",
+    "to_numpy",
+    "cuda_available",
+    "cuda_unavailable_reason",
+]
+
+VALID_BACKENDS = ("auto", "numpy", "cuda")
+log = logging.getLogger("gpucnn")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why."""
+
+
+class Backend:
+    """An array module plus the named primitives of every op family.
+
+    Attributes:
+        name: ``"numpy"`` or ``"cuda"``.
+        xp: ``numpy`` or ``cupy``.
+        primitives: sorted names of the primitives, shared by both backends.
+    """
+
+    def __init__(self, name: str, xp: ModuleType, ops_package: str) -> None:
+        self.name = name
+        self.xp = xp
+        names: list[str] = []
+        pkg = importlib.import_module(ops_package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            mod = importlib.import_module(f"{ops_package}.{info.name}")
+            for attr in getattr(mod, "__all__", ()):
+                if attr in names:
+                    raise RuntimeError(f"primitive {attr!r} defined twice in {ops_package}")
+                setattr(self, attr, getattr(mod, attr))
+                names.append(attr)
+        self.primitives = tuple(sorted(names))
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """``a`` as an array of this backend (copies across devices)."""
+        if self.name == "numpy" and not isinstance(a, np.ndarray) and hasattr(a, "get"):
+            a = a.get()
+        return self.xp.asarray(a, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on NumPy)."""
+        if self.name == "cuda":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+
+_backends: dict[str, Backend] = {}
+_active: str | None = None
+_cuda_reason: str | None = None  # why cuda is unusable; None = not probed yet
+_cuda_ok: bool | None = None
+_logged = False
+
+_PROBE_SRC = r"""
+extern "C" __global__ void gpucnn_probe(float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = 2.0f * i;
+}
+"""
+
+
+def _probe_cuda() -> tuple[bool, str]:
+    """Try CuPy, a device, and a probe kernel; return (usable, reason)."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken install raising anything
+        return False, f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        msg = str(exc)
+        if "InsufficientDriver" in msg or "insufficient" in msg.lower():
+            return False, f"the NVIDIA driver is too old for this CuPy build ({msg})"
+        return False, f"no CUDA device answers ({type(exc).__name__}: {msg})"
+    if n < 1:
+        return False, "no CUDA device found (device count is 0)"
+    try:
+        kern = cupy.RawKernel(_PROBE_SRC, "gpucnn_probe")
+        y = cupy.zeros(64, dtype=cupy.float32)
+        kern((1,), (64,), (y, np.int32(64)))
+        cupy.cuda.get_current_stream().synchronize()
+        if float(y[3].get()) != 6.0:
+            return False, "the probe kernel ran but computed a wrong value"
+    except Exception as exc:
+        return False, f"the probe kernel failed to compile or launch ({type(exc).__name__}: {exc})"
+    return True, "CuPy imported, a device answered and the probe kernel ran"
+
+
+def cuda_available() -> bool:
+    """Whether the CUDA backend is usable here (probed once, then cached)."""
+    global _cuda_ok, _cuda_reason
+    if _cuda_ok is None:
+        _cuda_ok, _cuda_reason = _probe_cuda()
+    return bool(_cuda_ok)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA backend is not usable, or ``None`` if it is."""
+    return None if cuda_available() else _cuda_reason
+
+
+def get_backend(name: str) -> Backend:
+    """The backend object called ``name`` (``"numpy"`` or ``"cuda"``), created once."""
+    if name not in ("numpy", "cuda"):
+        raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(VALID_BACKENDS)}")
+    be = _backends.get(name)
+    if be is not None:
+        return be
+    if name == "numpy":
+        be = Backend("numpy", np, "gpucnn.backend.numpy_ops")
+    else:
+        if not cuda_available():
+            raise BackendUnavailable(f"the cuda backend is not usable: {_cuda_reason}")
+        import cupy
+
+        be = Backend("cuda", cupy, "gpucnn.backend.cuda_ops")
+    _backends[name] = be
+    return be
+
+
+def _resolve(name: str) -> str:
+    global _logged
+    if name not in VALID_BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(VALID_BACKENDS)}")
+    if name != "auto":
+        return name
+    if cuda_available():
+        return "cuda"
+    if not _logged:
+        log.info("gpucnn: using the numpy backend because %s", _cuda_reason)
+        _logged = True
+    return "numpy"
+
+
+def use(name: str = "auto") -> Backend:
+    """Make ``name`` (``"auto" | "numpy" | "cuda"``) the active backend and return it.
+
+    Raises:
+        ValueError: ``name`` is not a valid backend name.
+        BackendUnavailable: ``"cuda"`` was asked for and cannot run here (the message says why).
+    """
+    global _active
+    resolved = _resolve(name)
+    be = get_backend(resolved)
+    _active = resolved
+    return be
+
+
+def get() -> Backend:
+    """The active backend (chosen from ``GPUCNN_BACKEND``, default ``auto``, on first use)."""
+    if _active is None:
+        use(os.environ.get("GPUCNN_BACKEND", "auto").strip().lower() or "auto")
+    return _backends[_active]  # type: ignore[index]
+
+
+def current() -> str:
+    """Name of the active backend: ``"numpy"`` or ``"cuda"``."""
+    return get().name
+
+
+def backend_of(array: Any) -> Backend:
+    """The backend that owns ``array`` (NumPy arrays and scalars → numpy, CuPy arrays → cuda)."""
+    if isinstance(array, (np.ndarray, np.generic, float, int, bool)):
+        return get_backend("numpy")
+    mod = type(array).__module__
+    if mod.startswith("cupy"):
+        return get_backend("cuda")
+    raise TypeError(f"not an array of a gpucnn backend: {type(array).__name__}")
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A NumPy copy/view of ``array`` from either backend."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "get") and type(array).__module__.startswith("cupy"):
+        return array.get()
+    return np.asarray(array)
+
+
+def to_backend(array: Any, name: str | Backend) -> Any:
+    """``array`` moved to backend ``name`` (``"numpy"`` or ``"cuda"``); no copy if already there."""
+    be = name if isinstance(name, Backend) else get_backend(name)
+    if be.name == "numpy":
+        return to_numpy(array)
+    return be.xp.asarray(array)

@@ -1,0 +1,1 @@
+"""NumPy twins of the CUDA primitives, one module per op family (see ``gpucnn.backend``)."""

@@ -1,0 +1,124 @@
+"""The kernel runtime: where the CUDA-backend launchers get their array module and kernels.
+
+Every launcher in :mod:`gpucnn.backend.cuda_ops` asks :func:`current_runtime` for ``xp`` and
+for kernels, and launches with :meth:`KernelRuntime.launch`. On a GPU that is CuPy plus
+``RawModule`` kernels; in tests :func:`use_runtime` swaps in the host emulator (``xp`` =
+NumPy, kernels compiled by the host C++ compiler), so the very same launcher code, grid,
+block and arguments run on the CPU. ``grid_cap`` and ``block`` let tests sweep grid sizes:
+kernels use grid-stride loops, so every grid size must give the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any
+
+DEFAULT_BLOCK = 256
+MAX_GRID = 65535 * 8  # enough blocks to saturate any current GPU; loops cover the rest
+
+KernelGetter = Callable[[str, str, Any], Any]
+
+
+class KernelRuntime:
+    """An array module plus a kernel source: ``kernel(family, name, defines)(grid, block, args)``.
+
+    Args:
+        xp: ``cupy`` on the GPU, ``numpy`` under the host emulator.
+        get_kernel: ``(family, name, defines) -> callable(grid, block, args, shared_mem=0)``.
+        grid_cap: upper bound on the number of blocks of 1-D launches (tests sweep it).
+        block: threads per block of 1-D launches.
+        name: a label for messages.
+    """
+
+    def __init__(
+        self,
+        xp: Any,
+        get_kernel: KernelGetter,
+        grid_cap: int | None = None,
+        block: int = DEFAULT_BLOCK,
+        name: str = "cuda",
+    ) -> None:
+        self.xp = xp
+        self._get_kernel = get_kernel
+        self.grid_cap = grid_cap
+        self.block = block
+        self.name = name
+
+    def kernel(self, family: str, name: str, defines: Any = None) -> Any:
+        """The compiled kernel ``name`` of ``cuda/<family>.cu``."""
+        return self._get_kernel(family, name, defines)
+
+    def grid_for(self, n: int, block: int | None = None) -> int:
+        """Blocks for ``n`` work items: one thread per item, capped by ``grid_cap``/``MAX_GRID``."""
+        block = block or self.block
+        grid = max(1, -(-int(n) // block))
+        cap = MAX_GRID if self.grid_cap is None else self.grid_cap
+        return max(1, min(grid, cap))
+
+    def launch(
+        self,
+        family: str,
+        name: str,
+        n: int,
+        args: tuple,
+        defines: Any = None,
+        block: int | None = None,
+        shared_mem: int = 0,
+    ) -> None:
+        """1-D launch of ``name`` over ``n`` work items (grid-stride kernels)."""
+        if n <= 0:
+            return
+        block = block or self.block
+        k = self.kernel(family, name, defines)
+        k((self.grid_for(n, block),), (block,), args, shared_mem=shared_mem)
+
+
+def _cupy_runtime() -> KernelRuntime:
+    import cupy
+
+    from gpucnn.backend.kernels import get_kernel
+
+    return KernelRuntime(cupy, get_kernel, name="cuda")
+
+
+_default: KernelRuntime | None = None
+_override: contextvars.ContextVar[KernelRuntime | None] = contextvars.ContextVar(
+    "gpucnn_kernel_runtime", default=None
+)
+
+
+def current_runtime() -> KernelRuntime:
+    """The runtime launchers use now: a test override, else the CuPy runtime."""
+    rt = _override.get()
+    if rt is not None:
+        return rt
+    global _default
+    if _default is None:
+        _default = _cupy_runtime()
+    return _default
+
+
+@contextlib.contextmanager
+def use_runtime(rt: KernelRuntime) -> Iterator[KernelRuntime]:
+    """Run launchers against ``rt`` (e.g. the host emulator) inside the ``with`` block."""
+    token = _override.set(rt)
+    try:
+        yield rt
+    finally:
+        _override.reset(token)
+
+
+def dtype_suffix(dtype: Any) -> str:
+    """Kernel-name suffix for a floating dtype: ``f32`` or ``f64``; raises for anything else."""
+    import numpy as np
+
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return "f32"
+    if dt == np.float64:
+        return "f64"
+    if dt == np.float16:
+        return "f16"
+    raise TypeError(f"no CUDA kernel for dtype {dt}; expected float32 or float64")
