@@ -1,1 +1,42 @@
-"""x"""
+"""gpucnn: a readable convolutional-network framework.
+
+Our own CUDA kernels (``cuda/*.cu``) launched through CuPy on NVIDIA GPUs, and a vectorised
+NumPy backend chosen at runtime where no GPU is usable. Importing gpucnn never fails because
+CuPy is missing or broken: the backend is probed on first use.
+"""
+
+from gpucnn import backend, functional
+from gpucnn.backend import BackendUnavailable
+from gpucnn.random import manual_seed
+from gpucnn.tensor import (
+    Parameter,
+    Tensor,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    ones,
+    rand,
+    randn,
+    tensor,
+    zeros,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "Parameter",
+    "Tensor",
+    "backend",
+    "enable_grad",
+    "functional",
+    "is_grad_enabled",
+    "manual_seed",
+    "no_grad",
+    "ones",
+    "rand",
+    "randn",
+    "tensor",
+    "zeros",
+    "__version__",
+]

@@ -1,0 +1,670 @@
+"""The autograd tensor: a NumPy or CuPy array with a gradient and a record of its history.
+
+``Tensor.backward()`` visits the graph in reverse topological order and accumulates
+gradients with ``+`` (a tensor used twice gets both contributions). An op is a
+:class:`Function` with ``forward`` and ``backward`` on raw arrays side by side; ``apply``
+unwraps tensors, checks that all inputs live on one backend and records the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from gpucnn import backend as _backend
+
+__all__ = [
+    "Tensor",
+    "Parameter",
+    "Function",
+    "Context",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "tensor",
+    "zeros",
+    "ones",
+    "randn",
+    "rand",
+    "unbroadcast",
+]
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """Whether operations record history for ``backward`` (off inside :func:`no_grad`)."""
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool) -> Iterator[None]:
+    prev = is_grad_enabled()
+    _state.grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _state.grad_enabled = prev
+
+
+def no_grad() -> contextlib.AbstractContextManager:
+    """Context manager: operations inside record no graph (inference, parameter updates)."""
+    return _grad_mode(False)
+
+
+def enable_grad() -> contextlib.AbstractContextManager:
+    """Context manager: re-enable graph recording inside a :func:`no_grad` block."""
+    return _grad_mode(True)
+
+
+def _is_array(a: Any) -> bool:
+    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
+
+
+def _array_backend_name(a: Any) -> str:
+    return "numpy" if isinstance(a, (np.ndarray, np.generic)) else "cuda"
+
+
+def unbroadcast(grad: Any, shape: tuple) -> Any:
+    """Sum ``grad`` down to ``shape``: the gradient of a broadcast from ``shape``."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+class Context:
+    """Per-call scratch space of a :class:`Function`: saved arrays and input-grad flags."""
+
+    __slots__ = ("saved", "needs_input_grad", "__dict__")
+
+    def __init__(self) -> None:
+        self.saved: tuple = ()
+        self.needs_input_grad: tuple[bool, ...] = ()
+
+    def save_for_backward(self, *arrays: Any) -> None:
+        """Keep ``arrays`` for ``backward`` (read back as ``saved_tensors``)."""
+        self.saved = arrays
+
+    @property
+    def saved_tensors(self) -> tuple:
+        return self.saved
+
+
+class Function:
+    """Base class of differentiable ops.
+
+    Subclasses define ``forward(ctx, *args, **kwargs) -> array`` on raw arrays (tensors are
+    unwrapped; other arguments pass through) and ``backward(ctx, grad) -> grads``, one
+    gradient (array or ``None``) per *tensor* argument, in order.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Tensor:
+        """Run ``forward`` on unwrapped arguments and record the node when grads are needed."""
+        tensors: list[Tensor] = []
+        raw: list[Any] = []
+        be_name: str | None = None
+        for a in args:
+            if isinstance(a, Tensor):
+                tensors.append(a)
+                raw.append(a.data)
+                name = _array_backend_name(a.data)
+                if be_name is None:
+                    be_name = name
+                elif name != be_name:
+                    raise RuntimeError(
+                        f"{cls.__name__}: inputs live on different backends ({be_name} and "
+                        f"{name}); move them with .to('{be_name}') first"
+                    )
+            else:
+                raw.append(a)
+        ctx = Context()
+        needs = tuple(t.requires_grad for t in tensors)
+        track = is_grad_enabled() and any(needs)
+        ctx.needs_input_grad = needs
+        out = cls.forward(ctx, *raw, **kwargs)
+        result = Tensor(out, _copy=False)
+        if track:
+            result.requires_grad = True
+            result._node = (cls, ctx, tuple(tensors))
+        return result
+
+
+class Tensor:
+    """An n-dimensional array on the NumPy or CUDA backend, with autograd.
+
+    Args:
+        data: array-like; Python lists and scalars become float32, NumPy/CuPy arrays keep
+            their dtype unless ``dtype`` is given.
+        requires_grad: record operations on this tensor so ``backward`` reaches it.
+        dtype: optional dtype to cast to.
+        backend: ``"numpy"`` or ``"cuda"``; default: the array's own backend for arrays,
+            the active backend for everything else.
+    """
+
+    __array_priority__ = 1000  # so ndarray (op) Tensor defers to Tensor's reflected op
+
+    def __init__(
+        self,
+        data: Any,
+        requires_grad: bool = False,
+        dtype: Any = None,
+        backend: str | None = None,
+        _copy: bool = False,
+    ) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        if _is_array(data):
+            if backend is not None and _array_backend_name(data) != backend:
+                data = _backend.to_backend(data, backend)
+            if dtype is not None and data.dtype != np.dtype(dtype):
+                data = data.astype(dtype)
+        else:
+            be = _backend.get_backend(backend) if backend else _backend.get()
+            arr = np.asarray(data)
+            if dtype is None and arr.dtype.kind == "f":
+                dtype = np.float32  # Python floats and lists of them: float32, as PyTorch
+            data = be.xp.asarray(arr, dtype=dtype)
+        self.data = data
+        self.requires_grad = bool(requires_grad)
+        self.grad: Tensor | None = None
+        self._node: tuple | None = None
+        self.name: str | None = None
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def backend(self) -> str:
+        """``"numpy"`` or ``"cuda"``: where the data lives."""
+        return _array_backend_name(self.data)
+
+    @property
+    def xp(self) -> Any:
+        """The array module of this tensor (``numpy`` or ``cupy``)."""
+        return _backend.get_backend(self.backend).xp
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    @property
+    def T(self) -> Tensor:
+        return self.transpose()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({_backend.to_numpy(self.data)!r}, backend={self.backend!r}{grad})"
+
+    # ----------------------------------------------------------------- conversion
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (copied from the GPU on the CUDA backend)."""
+        return _backend.to_numpy(self.data)
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python number."""
+        if self.size != 1:
+            raise ValueError(f"item(): tensor has {self.size} elements, expected 1")
+        return self.data.reshape(()).item()
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def detach(self) -> Tensor:
+        """A tensor sharing the data, cut from the graph."""
+        return Tensor(self.data)
+
+    def to(self, backend: str) -> Tensor:
+        """A copy on ``backend`` (``"numpy"`` or ``"cuda"``); ``self`` if already there."""
+        if backend == self.backend:
+            return self
+        out = Tensor(_backend.to_backend(self.data, backend), requires_grad=self.requires_grad)
+        return out
+
+    def astype(self, dtype: Any) -> Tensor:
+        """A differentiable cast to ``dtype``."""
+        return _Cast.apply(self, np.dtype(dtype))
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
+
+    # ----------------------------------------------------------------- autograd
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into the ``.grad`` of every leaf that requires grad.
+
+        Args:
+            grad: gradient of the final objective w.r.t. ``self``; default 1 for one-element
+                tensors.
+            retain_graph: keep the saved arrays so ``backward`` can run again.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward(): tensor does not require grad and has no grad_fn")
+        xp = self.xp
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(
+                    f"backward(): grad can be implicit only for one-element tensors, "
+                    f"got shape {self.shape}"
+                )
+            g = xp.ones(self.data.shape, dtype=self.data.dtype)
+        else:
+            g = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if g.shape != self.data.shape:
+                raise ValueError(
+                    f"backward(): grad shape {tuple(g.shape)} does not match tensor {self.shape}"
+                )
+
+        # Reverse topological order, iteratively (deep nets would overflow recursion).
+        order: list[Tensor] = []
+        seen: set[int] = set()
+        stack: list[tuple[Tensor, bool]] = [(self, False)]
+        while stack:
+            t, done = stack.pop()
+            if done:
+                order.append(t)
+                continue
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            stack.append((t, True))
+            if t._node is not None:
+                for parent in t._node[2]:
+                    if parent.requires_grad and id(parent) not in seen:
+                        stack.append((parent, False))
+
+        grads: dict[int, Any] = {id(self): g}
+        for t in reversed(order):
+            gt = grads.pop(id(t), None)
+            if gt is None:
+                continue
+            if t._node is None:
+                if t.requires_grad:
+                    if t.grad is None:
+                        t.grad = Tensor(gt.copy())
+                    else:
+                        t.grad.data += gt
+                continue
+            fn, ctx, parents = t._node
+            if ctx is None:
+                raise RuntimeError(
+                    "backward(): the graph was already freed; call backward(retain_graph=True) "
+                    "the first time to run it twice"
+                )
+            in_grads = fn.backward(ctx, gt)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            if len(in_grads) != len(parents):
+                raise RuntimeError(
+                    f"{fn.__name__}.backward returned {len(in_grads)} grads for "
+                    f"{len(parents)} tensor inputs"
+                )
+            for p, pg in zip(parents, in_grads):
+                if pg is None or not p.requires_grad:
+                    continue
+                if pg.shape != p.data.shape:
+                    raise RuntimeError(
+                        f"{fn.__name__}.backward: grad shape {tuple(pg.shape)} != input shape "
+                        f"{p.shape}"
+                    )
+                prev = grads.get(id(p))
+                grads[id(p)] = pg if prev is None else prev + pg
+            if not retain_graph:
+                t._node = (fn, None, parents)
+
+    # ----------------------------------------------------------------- operators
+    def _wrap(self, other: Any) -> Tensor:
+        if isinstance(other, Tensor):
+            return other
+        if _is_array(other):
+            return Tensor(other)
+        return Tensor(self.xp.asarray(other, dtype=self.dtype))
+
+    def __add__(self, o: Any) -> Tensor:
+        return _Add.apply(self, self._wrap(o))
+
+    def __radd__(self, o: Any) -> Tensor:
+        return _Add.apply(self._wrap(o), self)
+
+    def __sub__(self, o: Any) -> Tensor:
+        return _Sub.apply(self, self._wrap(o))
+
+    def __rsub__(self, o: Any) -> Tensor:
+        return _Sub.apply(self._wrap(o), self)
+
+    def __mul__(self, o: Any) -> Tensor:
+        return _Mul.apply(self, self._wrap(o))
+
+    def __rmul__(self, o: Any) -> Tensor:
+        return _Mul.apply(self._wrap(o), self)
+
+    def __truediv__(self, o: Any) -> Tensor:
+        return _Div.apply(self, self._wrap(o))
+
+    def __rtruediv__(self, o: Any) -> Tensor:
+        return _Div.apply(self._wrap(o), self)
+
+    def __neg__(self) -> Tensor:
+        return _Neg.apply(self)
+
+    def __pow__(self, exponent: float) -> Tensor:
+        if isinstance(exponent, Tensor):
+            raise TypeError("pow: only a constant (Python number) exponent is supported")
+        return _Pow.apply(self, float(exponent))
+
+    def __matmul__(self, o: Any) -> Tensor:
+        from gpucnn.functional.basic import matmul
+
+        return matmul(self, self._wrap(o))
+
+    def __rmatmul__(self, o: Any) -> Tensor:
+        from gpucnn.functional.basic import matmul
+
+        return matmul(self._wrap(o), self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        if isinstance(index, Tensor):
+            index = index.data
+        return _GetItem.apply(self, index)
+
+    # comparisons: not differentiable, return boolean tensors
+    def _cmp(self, o: Any, op: str) -> Tensor:
+        other = o.data if isinstance(o, Tensor) else o
+        return Tensor(getattr(self.data, op)(other))
+
+    def __lt__(self, o: Any) -> Tensor:
+        return self._cmp(o, "__lt__")
+
+    def __le__(self, o: Any) -> Tensor:
+        return self._cmp(o, "__le__")
+
+    def __gt__(self, o: Any) -> Tensor:
+        return self._cmp(o, "__gt__")
+
+    def __ge__(self, o: Any) -> Tensor:
+        return self._cmp(o, "__ge__")
+
+    def eq(self, o: Any) -> Tensor:
+        return self._cmp(o, "__eq__")
+
+    __hash__ = object.__hash__
+
+    # ----------------------------------------------------------------- methods (functional)
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        from gpucnn.functional.basic import sum as _sum
+
+        return _sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        from gpucnn.functional.basic import mean
+
+        return mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        from gpucnn.functional.basic import max as _max
+
+        return _max(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        from gpucnn.functional.basic import reshape
+
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return reshape(self, shape)
+
+    def view(self, *shape: Any) -> Tensor:
+        return self.reshape(*shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        from gpucnn.functional.basic import flatten
+
+        return flatten(self, start_dim, end_dim)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        from gpucnn.functional.basic import transpose
+
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return transpose(self, axes or None)
+
+    def exp(self) -> Tensor:
+        from gpucnn.functional.basic import exp
+
+        return exp(self)
+
+    def log(self) -> Tensor:
+        from gpucnn.functional.basic import log
+
+        return log(self)
+
+    def sqrt(self) -> Tensor:
+        return self**0.5
+
+    def abs(self) -> Tensor:
+        from gpucnn.functional.basic import abs as _abs
+
+        return _abs(self)
+
+    def argmax(self, axis: int | None = None) -> Tensor:
+        return Tensor(self.data.argmax(axis=axis))
+
+
+class Parameter(Tensor):
+    """A tensor that a :class:`~gpucnn.Module` trains (``requires_grad`` defaults to True)."""
+
+    def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return "Parameter(" + super().__repr__()[len("Tensor(") :]
+
+
+# ------------------------------------------------------------------------- core element-wise
+
+
+class _Add(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple:
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+
+
+class _Sub(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.shapes = (a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple:
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(-g, sb)
+
+
+class _Mul(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple:
+        a, b = ctx.saved
+        ga = unbroadcast(g * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class _Div(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple:
+        a, b = ctx.saved
+        ga = unbroadcast(g / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class _Neg(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        return -a
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return -g
+
+
+class _Pow(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, p: float) -> Any:
+        ctx.save_for_backward(a)
+        ctx.p = p
+        return a**p
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (a,) = ctx.saved
+        return g * ctx.p * a ** (ctx.p - 1)
+
+
+class _Cast(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, dtype: np.dtype) -> Any:
+        ctx.src = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return g.astype(ctx.src)
+
+
+def _is_basic_index(index: Any) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
+
+
+class _GetItem(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, index: Any) -> Any:
+        ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        return a[index]
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        xp = _backend.backend_of(g).xp
+        out = xp.zeros(ctx.shape, dtype=g.dtype)
+        if _is_basic_index(ctx.index):
+            out[ctx.index] = g
+        elif xp is np:
+            np.add.at(out, ctx.index, g)
+        else:
+            import cupyx
+
+            cupyx.scatter_add(out, ctx.index, g)
+        return out
+
+
+# ------------------------------------------------------------------------- factories
+
+
+def tensor(
+    data: Any, requires_grad: bool = False, dtype: Any = None, backend: str | None = None
+) -> Tensor:
+    """A new :class:`Tensor` (see its arguments)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, backend=backend)
+
+
+def _factory_backend(backend: str | None) -> Any:
+    return _backend.get_backend(backend) if backend else _backend.get()
+
+
+def zeros(
+    *shape: Any, dtype: Any = np.float32, requires_grad: bool = False, backend: str | None = None
+) -> Tensor:
+    """A tensor of zeros of ``shape`` on ``backend`` (default: the active one)."""
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], Sequence) else shape
+    xp = _factory_backend(backend).xp
+    return Tensor(xp.zeros(shape, dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(
+    *shape: Any, dtype: Any = np.float32, requires_grad: bool = False, backend: str | None = None
+) -> Tensor:
+    """A tensor of ones of ``shape`` on ``backend`` (default: the active one)."""
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], Sequence) else shape
+    xp = _factory_backend(backend).xp
+    return Tensor(xp.ones(shape, dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(
+    *shape: Any, dtype: Any = np.float32, requires_grad: bool = False, backend: str | None = None
+) -> Tensor:
+    """Standard-normal samples of ``shape`` (seeded by :func:`gpucnn.manual_seed`)."""
+    from gpucnn.random import generator
+
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], Sequence) else shape
+    be = _factory_backend(backend)
+    data = generator(be.name).standard_normal(shape, dtype=dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def rand(
+    *shape: Any, dtype: Any = np.float32, requires_grad: bool = False, backend: str | None = None
+) -> Tensor:
+    """Uniform [0, 1) samples of ``shape`` (seeded by :func:`gpucnn.manual_seed`)."""
+    from gpucnn.random import generator
+
+    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], Sequence) else shape
+    be = _factory_backend(backend)
+    data = generator(be.name).random(shape, dtype=dtype)
+    return Tensor(data, requires_grad=requires_grad)
