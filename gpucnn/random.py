@@ -23,7 +23,7 @@ def initial_seed() -> int | None:
 
 
 def generator(backend: str = "numpy") -> Any:
-    """The shared generator of ``backend``: ``numpy.random.Generator`` or ``cupy.random.Generator``."""
+    """The shared generator of ``backend`` (a NumPy or CuPy ``Generator``), seeded once."""
     gen = _generators.get(backend)
     if gen is None:
         if backend == "numpy":

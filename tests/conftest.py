@@ -20,7 +20,10 @@ def _usable_backends() -> list:
         if B.cuda_available()
         else pytest.param(
             "cuda",
-            marks=[pytest.mark.gpu, pytest.mark.skip(reason=f"no GPU: {B.cuda_unavailable_reason()}")],
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skip(reason=f"no GPU: {B.cuda_unavailable_reason()}"),
+            ],
         )
     )
     return names

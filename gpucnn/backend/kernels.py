@@ -100,7 +100,7 @@ def get_module(family: str, defines: Any = None) -> Any:
             mod = cupy.RawModule(code=source, options=options)
             mod.compile()
         except Exception as exc:  # cupy.cuda.compiler.CompileException and friends
-            log = getattr(exc, "get_message", lambda: str(exc))()
+            log = exc.get_message() if hasattr(exc, "get_message") else str(exc)
             raise KernelCompileError(f"compiling {path} failed:\n{log}") from exc
         _modules[key] = mod
         return mod
