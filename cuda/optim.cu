@@ -1,0 +1,129 @@
+// Fused optimizer updates: SGD (momentum, dampening, Nesterov, weight decay), Adam / AdamW
+// (optional AMSGrad) and RMSprop (optional momentum, centered). PyTorch semantics.
+//
+// Every kernel updates ONE parameter tensor and its state buffers in place, element-wise:
+// thread mapping one thread per element, 1-D grid-stride over n; all arrays are flat,
+// C-contiguous and hold n elements of T. State buffers not used by the chosen options are
+// never read or written (callers may pass any array there). Hyper-parameters arrive by value
+// as T. NumPy twins: gpucnn/backend/numpy_ops/optim.py (sgd_update, adam_update,
+// rmsprop_update).
+
+#include <math.h>
+
+#define GRID_STRIDE(i, n)                                                   \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+// sgd_<T>: g = grad + wd*p; if momentum != 0: buf = first_step ? g : momentum*buf +
+// (1-dampening)*g, and g = nesterov ? g + momentum*buf : buf; then p -= lr*g.
+// Twin: sgd_update.
+template <typename T>
+__device__ void sgd(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ buf,
+                    T lr, T momentum, T dampening, T weight_decay, int nesterov, int first_step,
+                    long long n) {
+    GRID_STRIDE(i, n) {
+        T p = param[i];
+        T g = grad[i];
+        if (weight_decay != (T)0) g += weight_decay * p;
+        if (momentum != (T)0) {
+            T b = first_step ? g : momentum * buf[i] + ((T)1 - dampening) * g;
+            buf[i] = b;
+            g = nesterov ? g + momentum * b : b;
+        }
+        param[i] = p - lr * g;
+    }
+}
+
+// adam_<T>: Adam (decoupled = 0) or AdamW (decoupled = 1).
+//   Adam: g = grad + wd*p.   AdamW: p *= 1 - lr*wd.
+//   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g;
+//   amsgrad: vmax = max(vmax, v) and v_hat = vmax, else v_hat = v
+//   p -= (lr / bc1) * m / (sqrt(v_hat) / sqrt(bc2) + eps)
+// bc1 = 1 - beta1^t and bc2 = 1 - beta2^t are computed by the caller (t = step count).
+// Twin: adam_update.
+template <typename T>
+__device__ void adam(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
+                     T* __restrict__ exp_avg_sq, T* __restrict__ max_exp_avg_sq, T lr, T beta1,
+                     T beta2, T eps, T weight_decay, T bc1, T bc2, int decoupled, int amsgrad,
+                     long long n) {
+    const T step_size = lr / bc1;
+    const T bc2_sqrt = sqrt(bc2);
+    GRID_STRIDE(i, n) {
+        T p = param[i];
+        T g = grad[i];
+        if (weight_decay != (T)0) {
+            if (decoupled) p *= (T)1 - lr * weight_decay;
+            else g += weight_decay * p;
+        }
+        T m = beta1 * exp_avg[i] + ((T)1 - beta1) * g;
+        T v = beta2 * exp_avg_sq[i] + ((T)1 - beta2) * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        if (amsgrad) {
+            T vm = max_exp_avg_sq[i];
+            vm = v > vm ? v : vm;
+            max_exp_avg_sq[i] = vm;
+            v = vm;
+        }
+        T denom = sqrt(v) / bc2_sqrt + eps;
+        param[i] = p - step_size * m / denom;
+    }
+}
+
+// rmsprop_<T>: g = grad + wd*p; sq = alpha*sq + (1-alpha)*g*g;
+//   centered: ga = alpha*ga + (1-alpha)*g, avg = sqrt(sq - ga*ga) + eps; else avg = sqrt(sq)+eps
+//   momentum > 0: buf = momentum*buf + g/avg, p -= lr*buf;  else p -= lr*g/avg.
+// Twin: rmsprop_update.
+template <typename T>
+__device__ void rmsprop(T* __restrict__ param, const T* __restrict__ grad,
+                        T* __restrict__ square_avg, T* __restrict__ grad_avg,
+                        T* __restrict__ momentum_buf, T lr, T alpha, T eps, T weight_decay,
+                        T momentum, int centered, long long n) {
+    GRID_STRIDE(i, n) {
+        T p = param[i];
+        T g = grad[i];
+        if (weight_decay != (T)0) g += weight_decay * p;
+        T sq = alpha * square_avg[i] + ((T)1 - alpha) * g * g;
+        square_avg[i] = sq;
+        T avg;
+        if (centered) {
+            T ga = alpha * grad_avg[i] + ((T)1 - alpha) * g;
+            grad_avg[i] = ga;
+            avg = sqrt(sq - ga * ga) + eps;
+        } else {
+            avg = sqrt(sq) + eps;
+        }
+        if (momentum > (T)0) {
+            T b = momentum * momentum_buf[i] + g / avg;
+            momentum_buf[i] = b;
+            param[i] = p - lr * b;
+        } else {
+            param[i] = p - lr * g / avg;
+        }
+    }
+}
+
+#define OPTIM_INSTANTIATE(T, SUF)                                                              \
+    extern "C" __global__ void sgd_##SUF(T* param, const T* grad, T* buf, T lr, T momentum,   \
+                                         T dampening, T weight_decay, int nesterov,           \
+                                         int first_step, long long n) {                        \
+        sgd<T>(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, \
+               n);                                                                             \
+    }                                                                                          \
+    extern "C" __global__ void adam_##SUF(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, \
+                                          T* max_exp_avg_sq, T lr, T beta1, T beta2, T eps,   \
+                                          T weight_decay, T bc1, T bc2, int decoupled,         \
+                                          int amsgrad, long long n) {                          \
+        adam<T>(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,      \
+                weight_decay, bc1, bc2, decoupled, amsgrad, n);                                \
+    }                                                                                          \
+    extern "C" __global__ void rmsprop_##SUF(T* param, const T* grad, T* square_avg,          \
+                                             T* grad_avg, T* momentum_buf, T lr, T alpha,     \
+                                             T eps, T weight_decay, T momentum, int centered, \
+                                             long long n) {                                    \
+        rmsprop<T>(param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps,           \
+                   weight_decay, momentum, centered, n);                                       \
+    }
+
+OPTIM_INSTANTIATE(float, f32)
+OPTIM_INSTANTIATE(double, f64)

@@ -1,0 +1,137 @@
+"""Optimizer updates on NumPy: in-place twins of the ``cuda/optim.cu`` kernels.
+
+Every primitive updates ``param`` and its state arrays IN PLACE (same objects, so references
+held elsewhere stay valid) and returns None. Arithmetic runs in ``param.dtype`` with the
+hyper-parameters cast to it, in the kernels' order of operations. State arrays unused by the
+chosen options may be None.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["sgd_update", "adam_update", "rmsprop_update"]
+
+
+def _grad(op: str, param: np.ndarray, grad: Any) -> np.ndarray:
+    if tuple(grad.shape) != tuple(param.shape):
+        raise ValueError(
+            f"{op}: grad shape {tuple(grad.shape)} does not match param shape {tuple(param.shape)}"
+        )
+    return np.asarray(grad, dtype=param.dtype)
+
+
+def sgd_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    buf: np.ndarray | None,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    first_step: bool,
+) -> None:
+    """SGD step in place (PyTorch semantics). ``buf``: momentum buffer (needed if momentum != 0).
+
+    ``g = grad + wd*p``; with momentum: ``buf = g`` on the first step, else
+    ``buf = momentum*buf + (1-dampening)*g``; ``g = g + momentum*buf`` (nesterov) or ``buf``;
+    ``p -= lr*g``. Twin of kernel ``sgd_f32/_f64``.
+    """
+    t = param.dtype.type
+    g = _grad("sgd_update", param, grad)
+    if weight_decay != 0:
+        g = g + t(weight_decay) * param
+    if momentum != 0:
+        if first_step:
+            buf[...] = g
+        else:
+            buf *= t(momentum)
+            buf += (t(1) - t(dampening)) * g
+        g = g + t(momentum) * buf if nesterov else buf
+    param -= t(lr) * g
+
+
+def adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    max_exp_avg_sq: np.ndarray | None,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    decoupled: bool,
+    amsgrad: bool,
+) -> None:
+    """Adam (``decoupled=False``) or AdamW (``True``) step number ``step`` (1-based) in place.
+
+    Adam adds ``wd*p`` to the gradient; AdamW scales ``p *= 1 - lr*wd``. Then
+    ``m = b1*m + (1-b1)*g``, ``v = b2*v + (1-b2)*g*g``, ``vhat = max(vmax, v)`` (amsgrad) or
+    ``v``, ``p -= lr/bc1 * m / (sqrt(vhat)/sqrt(bc2) + eps)`` with ``bc = 1 - beta**step``.
+    Twin of kernel ``adam_f32/_f64``.
+    """
+    t = param.dtype.type
+    g = _grad("adam_update", param, grad)
+    bc1 = t(1.0 - float(beta1) ** step)
+    bc2 = t(1.0 - float(beta2) ** step)
+    if weight_decay != 0:
+        if decoupled:
+            param *= t(1) - t(lr) * t(weight_decay)
+        else:
+            g = g + t(weight_decay) * param
+    exp_avg *= t(beta1)
+    exp_avg += (t(1) - t(beta1)) * g
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += (t(1) - t(beta2)) * g * g
+    v = exp_avg_sq
+    if amsgrad:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    denom = np.sqrt(v) / np.sqrt(bc2) + t(eps)
+    param -= (t(lr) / bc1) * exp_avg / denom
+
+
+def rmsprop_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    square_avg: np.ndarray,
+    grad_avg: np.ndarray | None,
+    momentum_buf: np.ndarray | None,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+) -> None:
+    """RMSprop step in place (PyTorch semantics; ``grad_avg`` if centered, ``momentum_buf`` if
+    momentum > 0, both zero-initialised by the caller).
+
+    ``g = grad + wd*p``; ``sq = a*sq + (1-a)*g*g``; centered: ``ga = a*ga + (1-a)*g``,
+    ``avg = sqrt(sq - ga*ga) + eps``, else ``avg = sqrt(sq) + eps``; momentum:
+    ``buf = m*buf + g/avg``, ``p -= lr*buf``, else ``p -= lr*g/avg``. Twin of ``rmsprop_f32/_f64``.
+    """
+    t = param.dtype.type
+    g = _grad("rmsprop_update", param, grad)
+    if weight_decay != 0:
+        g = g + t(weight_decay) * param
+    square_avg *= t(alpha)
+    square_avg += (t(1) - t(alpha)) * g * g
+    if centered:
+        grad_avg *= t(alpha)
+        grad_avg += (t(1) - t(alpha)) * g
+        avg = np.sqrt(square_avg - grad_avg * grad_avg) + t(eps)
+    else:
+        avg = np.sqrt(square_avg) + t(eps)
+    if momentum > 0:
+        momentum_buf *= t(momentum)
+        momentum_buf += g / avg
+        param -= t(lr) * momentum_buf
+    else:
+        param -= t(lr) * g / avg
