@@ -164,6 +164,22 @@ def _included_headers(source: str, dirs: Sequence[Path]) -> list[Path]:
     return found
 
 
+def _preprocess(path: Path, flags: Sequence[str]) -> str:
+    """The source after the C preprocessor (no shim), to find kernels defined through macros."""
+    cxx = find_compiler()
+    proc = subprocess.run(
+        [cxx, "-E", "-P", "-x", "c++", "-std=c++17", *flags, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise EmulatorCompileError(
+            f"preprocessing {path} for the host emulator failed:\n{proc.stderr}"
+        )
+    return proc.stdout
+
+
 def _rewrite_dynamic_shared(source: str) -> str:
     """``extern __shared__ T name[];`` -> a reference to the launch's dynamic shared buffer."""
 
@@ -185,9 +201,7 @@ def _wrappers(names: Sequence[str]) -> str:
             "unsigned bx, unsigned by, unsigned bz, size_t shmem, void** args, int fibers) "
             f"{{ return __emu::launch({n}, gx, gy, gz, bx, by, bz, shmem, args, fibers); }}"
         )
-        lines.append(
-            f'extern "C" const char* __emu_sig_{n}() {{ return __emu::signature({n}); }}'
-        )
+        lines.append(f'extern "C" const char* __emu_sig_{n}() {{ return __emu::signature({n}); }}')
     return "\n".join(lines) + "\n"
 
 
@@ -236,20 +250,23 @@ class EmulatedModule:
         self.defines = normalize_defines(defines)
         self._lock = threading.Lock()
         raw = self.path.read_text()
-        self.kernel_names: tuple[str, ...] = tuple(dict.fromkeys(_KERNEL_RE.findall(raw)))
         headers = _included_headers(raw, include_dirs)
         header_texts = [h.read_text() for h in headers]
+        inc_flags = [f"-I{d}" for d in dict.fromkeys(include_dirs)]
+        def_flags = ["-DGPUCNN_EMULATOR=1", *define_flags(self.defines)]
+        # Kernel names and barrier use are read after preprocessing (kernels may come from macros).
+        pre = _preprocess(self.path, [*inc_flags, *def_flags])
+        self.kernel_names: tuple[str, ...] = tuple(dict.fromkeys(_KERNEL_RE.findall(pre)))
         if fibers is None:
-            fibers = bool(_SYNC_RE.search(raw)) or any(_SYNC_RE.search(t) for t in header_texts)
+            fibers = bool(_SYNC_RE.search(pre))
         self.fibers = bool(fibers)
-        unit = f'#line 1 "{self.path}"\n' + _rewrite_dynamic_shared(raw) + _wrappers(
-            self.kernel_names
+        unit = (
+            f'#line 1 "{self.path}"\n' + _rewrite_dynamic_shared(raw) + _wrappers(self.kernel_names)
         )
         flags = [
             *CXX_FLAGS,
-            *(f"-I{d}" for d in dict.fromkeys(include_dirs)),
-            "-DGPUCNN_EMULATOR=1",
-            *define_flags(self.defines),
+            *inc_flags,
+            *def_flags,
             "-include",
             str(SHIM_PATH),
         ]
@@ -301,7 +318,7 @@ class EmulatedModule:
         if k is None:
             if name not in self.kernel_names:
                 raise AttributeError(
-                    f"{self.path.name} has no extern \"C\" __global__ kernel {name!r}; "
+                    f'{self.path.name} has no extern "C" __global__ kernel {name!r}; '
                     f"it has: {', '.join(self.kernel_names) or 'none'}"
                 )
             k = EmulatedKernel(self, name)
@@ -404,8 +421,7 @@ class EmulatedKernel:
         )
         if not ok:
             raise TypeError(
-                f"{self.name}: argument {i} is {dt} but the kernel parameter is "
-                f"{_describe(code)}"
+                f"{self.name}: argument {i} is {dt} but the kernel parameter is {_describe(code)}"
             )
         ctype = _SCALAR_CTYPES[code]
         return ctype(a.item())
@@ -417,7 +433,7 @@ class EmulatedKernel:
         args: Sequence[Any],
         shared_mem: int = 0,
     ) -> None:
-        """Launch on ``grid`` x ``block`` threads; NumPy arrays are device memory, updated in place."""
+        """Launch ``grid`` x ``block`` threads; NumPy arrays act as device memory (in place)."""
         g = _dims(grid, "grid")
         b = _dims(block, "block")
         if b[0] > 1024 or b[1] > 1024 or b[2] > 64 or b[0] * b[1] * b[2] > 1024:
@@ -428,7 +444,7 @@ class EmulatedKernel:
         if shared_mem < 0 or shared_mem > self.max_dynamic_shared_size_bytes:
             raise ValueError(
                 f"{self.name}: shared_mem={shared_mem} exceeds max_dynamic_shared_size_bytes="
-                f"{self.max_dynamic_shared_size_bytes} (a GPU needs an explicit opt-in above 48 KiB)"
+                f"{self.max_dynamic_shared_size_bytes} (a GPU needs an opt-in above 48 KiB)"
             )
         args = tuple(args)
         if len(args) != len(self.signature):
@@ -465,8 +481,9 @@ class EmulatedKernel:
             argv = (ctypes.c_void_p * max(1, len(packed)))()
             for i, p in enumerate(packed):
                 argv[i] = ctypes.cast(ctypes.pointer(p), ctypes.c_void_p)
-            rc = self._launch(*g, *b, shared_mem, ctypes.cast(argv, ctypes.c_void_p),
-                              int(self.module.fibers))
+            rc = self._launch(
+                *g, *b, shared_mem, ctypes.cast(argv, ctypes.c_void_p), int(self.module.fibers)
+            )
             err = self.module._error().decode(errors="replace") if rc else ""
             regions.finish(ok=not rc)
         if rc:
@@ -478,9 +495,18 @@ class EmulatedKernel:
 
 def _describe(code: str) -> str:
     names = {
-        "i1": "int8", "u1": "uint8", "i2": "int16", "u2": "uint16", "i4": "int32 (int)",
-        "u4": "uint32 (unsigned)", "i8": "int64 (long long)", "u8": "uint64",
-        "f4": "float32 (float)", "f8": "float64 (double)", "b1": "bool", "v": "void",
+        "i1": "int8",
+        "u1": "uint8",
+        "i2": "int16",
+        "u2": "uint16",
+        "i4": "int32 (int)",
+        "u4": "uint32 (unsigned)",
+        "i8": "int64 (long long)",
+        "u8": "uint64",
+        "f4": "float32 (float)",
+        "f8": "float64 (double)",
+        "b1": "bool",
+        "v": "void",
     }
     if code.startswith("p"):
         return f"pointer to {names.get(code[1:], code[1:])}"
@@ -519,7 +545,9 @@ class _GuardedRegions:
             if size:
                 ctypes.memmove(data, start, size)
             writable = all(m[3].flags.writeable for m in members)
-            snapshot = buf[GUARD_BYTES + off : GUARD_BYTES + off + size].copy() if not writable else None
+            snapshot = (
+                buf[GUARD_BYTES + off : GUARD_BYTES + off + size].copy() if not writable else None
+            )
             self.groups.append((start, size, buf, off, members, writable, snapshot))
             for m in members:
                 self.pointers[m[2]] = data + (m[0] - start)
@@ -529,18 +557,15 @@ class _GuardedRegions:
         for start, size, buf, off, members, writable, snapshot in self.groups:
             lo = buf[: GUARD_BYTES + off]
             hi = buf[GUARD_BYTES + off + size :]
-            names = ", ".join(
-                f"argument {m[2]} ({m[3].dtype}{list(m[3].shape)})" for m in members
-            )
+            names = ", ".join(f"argument {m[2]} ({m[3].dtype}{list(m[3].shape)})" for m in members)
             bad_lo = np.flatnonzero(lo != GUARD_FILL)
             bad_hi = np.flatnonzero(hi != GUARD_FILL)
             if bad_lo.size:
-                problems.append(
-                    f"wrote {len(lo) - bad_lo[0]} byte(s) before the start of {names}"
-                )
+                problems.append(f"wrote {len(lo) - bad_lo[0]} byte(s) before the start of {names}")
             if bad_hi.size:
-                problems.append(f"wrote past the end of {names} (up to byte {bad_hi[-1] + 1} "
-                                "beyond it)")
+                problems.append(
+                    f"wrote past the end of {names} (up to byte {bad_hi[-1] + 1} beyond it)"
+                )
             body = buf[GUARD_BYTES + off : GUARD_BYTES + off + size]
             if not writable:
                 if snapshot is not None and not np.array_equal(body, snapshot):
