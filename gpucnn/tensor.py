@@ -172,6 +172,8 @@ class Tensor:
     ) -> None:
         if isinstance(data, Tensor):
             data = data.data
+        if isinstance(data, np.generic):  # NumPy scalars (e.g. full reductions) keep dtype
+            data = np.asarray(data)
         if _is_array(data):
             if backend is not None and _array_backend_name(data) != backend:
                 data = _backend.to_backend(data, backend)

@@ -6,6 +6,7 @@ These run on the backend's ``xp`` (NumPy or CuPy, where GEMMs go to cuBLAS); eac
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Any
 
@@ -307,7 +308,7 @@ def mean(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
     n = 1
     for a in axes:
         n *= x.shape[a]
-    return _Sum.apply(x, axes, keepdims) * (1.0 / max(n, 1))
+    return _Sum.apply(x, axes, keepdims) * (1.0 / builtins.max(n, 1))
 
 
 class _Max(Function):
@@ -371,7 +372,7 @@ class _Abs(Function):
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         ctx.save_for_backward(a)
-        return abs(a)
+        return _xp(a).abs(a)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:

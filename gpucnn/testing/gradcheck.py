@@ -63,7 +63,7 @@ def gradient_check(
             tensors.append(Tensor(arr))
     out = f(*tensors)
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(out.shape)
+    w = np.asarray(rng.standard_normal(out.shape), dtype=np.float64)
 
     def weighted(*ts: Tensor) -> Tensor:
         return f(*ts) * Tensor(w)

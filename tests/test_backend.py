@@ -1,0 +1,185 @@
+"""Backend selection, the CUDA probe's failure reasons, and the shared primitive set."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn import backend as B
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fresh_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(B, "_cuda_ok", None)
+    monkeypatch.setattr(B, "_cuda_reason", None)
+    monkeypatch.setattr(B, "_backends", {k: v for k, v in B._backends.items() if k == "numpy"})
+    monkeypatch.setattr(B, "_active", None)
+
+
+def test_misspelt_name_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="auto, numpy, cuda"):
+        B.use("cdua")
+    with pytest.raises(ValueError, match="valid names"):
+        B.get_backend("gpu")
+
+
+def test_numpy_backend_explicit() -> None:
+    be = B.use("numpy")
+    assert B.current() == "numpy" and be.xp is np
+
+
+def test_env_var_selects_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fresh_probe(monkeypatch)
+    monkeypatch.setenv("GPUCNN_BACKEND", "numpy")
+    assert B.current() == "numpy"
+    monkeypatch.setattr(B, "_active", None)
+    monkeypatch.setenv("GPUCNN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        B.current()
+
+
+def _fake_cupy(monkeypatch: pytest.MonkeyPatch, device_count_error: Exception | None = None,
+               count: int = 1, kernel_error: Exception | None = None) -> None:
+    cupy = types.ModuleType("cupy")
+
+    def get_count() -> int:
+        if device_count_error is not None:
+            raise device_count_error
+        return count
+
+    class RawKernel:
+        def __init__(self, *a: object, **k: object) -> None:
+            if kernel_error is not None:
+                raise kernel_error
+
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_count))
+    cupy.RawKernel = RawKernel
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
+@pytest.mark.skipif(B.cuda_available(), reason="a GPU is usable here")
+def test_cuda_without_cupy_raises_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fresh_probe(monkeypatch)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    with pytest.raises(gpucnn.BackendUnavailable, match="CuPy is not installed"):
+        B.use("cuda")
+    assert B.use("auto").name == "numpy"
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"device_count_error": RuntimeError("cudaErrorInsufficientDriver: CUDA driver "
+                                             "version is insufficient")}, "driver is too old"),
+        ({"device_count_error": RuntimeError("cudaErrorNoDevice")}, "no CUDA device answers"),
+        ({"count": 0}, "device count is 0"),
+        ({"kernel_error": RuntimeError("nvrtc: error")}, "probe kernel failed to compile"),
+    ],
+)
+def test_cuda_failure_reasons(monkeypatch: pytest.MonkeyPatch, kwargs: dict, reason: str) -> None:
+    _fresh_probe(monkeypatch)
+    _fake_cupy(monkeypatch, **kwargs)
+    with pytest.raises(gpucnn.BackendUnavailable, match=reason):
+        B.use("cuda")
+    assert B.cuda_unavailable_reason() is not None
+    assert B.use("auto").name == "numpy"
+
+
+def _run(code: str, extra_path: Path | None = None) -> subprocess.CompletedProcess:
+    env_path = [str(ROOT)] + ([str(extra_path)] if extra_path else [])
+    prog = f"import sys; sys.path[:0] = {env_path!r}\n" + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "GPUCNN_BACKEND": "auto"})
+
+
+def test_import_never_fails_with_broken_cupy(tmp_path: Path) -> None:
+    broken = tmp_path / "cupy"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise OSError('libcudart.so.13: cannot open')\n")
+    r = _run("""
+        import gpucnn
+        print(gpucnn.backend.current())
+        try:
+            gpucnn.backend.use('cuda')
+        except gpucnn.BackendUnavailable as e:
+            print('ERR', e)
+    """, extra_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "numpy"
+    assert "libcudart" in lines[1] and lines[1].startswith("ERR")
+    assert "Traceback" not in r.stderr
+
+
+def test_library_never_imports_torch() -> None:
+    """PyTorch is a test oracle only: importing every gpucnn module must not need it."""
+    r = _run("""
+        import sys, importlib, pkgutil
+        sys.modules['torch'] = None
+        import gpucnn
+        for m in pkgutil.walk_packages(gpucnn.__path__, 'gpucnn.'):
+            if '.cuda_ops' in m.name:
+                continue
+            importlib.import_module(m.name)
+        print('ok')
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def _public(pkg: str) -> dict[str, set[str]]:
+    mod = importlib.import_module(pkg)
+    out = {}
+    for info in pkgutil.iter_modules(mod.__path__):
+        if not info.name.startswith("_"):
+            sub = importlib.import_module(f"{pkg}.{info.name}")
+            out[info.name] = set(getattr(sub, "__all__", ()))
+    return out
+
+
+def test_both_backends_implement_the_same_primitives() -> None:
+    """Every NumPy twin has a CUDA launcher of the same name and signature, and back."""
+    import inspect
+
+    np_ops = _public("gpucnn.backend.numpy_ops")
+    cu_ops = _public("gpucnn.backend.cuda_ops")
+    assert np_ops == cu_ops
+    assert sum(len(v) for v in np_ops.values()) > 0
+    for fam, names in np_ops.items():
+        a = importlib.import_module(f"gpucnn.backend.numpy_ops.{fam}")
+        b = importlib.import_module(f"gpucnn.backend.cuda_ops.{fam}")
+        for n in names:
+            sa = list(inspect.signature(getattr(a, n)).parameters)
+            sb = list(inspect.signature(getattr(b, n)).parameters)
+            assert sa == sb, f"{fam}.{n}: numpy {sa} vs cuda {sb}"
+
+
+def test_numpy_backend_exposes_primitives() -> None:
+    be = B.get_backend("numpy")
+    assert "im2col" in be.primitives and callable(be.im2col)
+
+
+def test_to_backend_and_backend_of() -> None:
+    a = np.arange(6.0).reshape(2, 3)
+    assert B.backend_of(a).name == "numpy"
+    assert B.to_backend(a, "numpy") is a
+    assert np.array_equal(B.to_numpy(a), a)
+    with pytest.raises(TypeError, match="not an array"):
+        B.backend_of("x")
+
+
+@pytest.mark.gpu
+def test_cuda_round_trip() -> None:
+    a = np.arange(6.0).reshape(2, 3)
+    d = B.to_backend(a, "cuda")
+    assert B.backend_of(d).name == "cuda"
+    assert np.array_equal(B.to_numpy(d), a)
