@@ -66,7 +66,18 @@ __all__ = [
 SHIM_PATH = Path(__file__).resolve().parent / "cuda_shim.h"
 CXX_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", "-w")
 GUARD_BYTES = 4096  # guard zone on each side of every array argument
-GUARD_FILL = 0xFF  # reads past an array see NaN (floats) or -1 (integers)
+
+
+def _guard_pattern(k: int) -> np.ndarray:
+    """8 guard bytes for region ``k``: NaN as float32 and float64, different payload per region.
+
+    A per-region payload means a value copied out of one array's guard into another's (say
+    ``c[n] = a[n] + b[n]`` one past the end) still changes the bytes and is caught.
+    """
+    p = (0x11 + 29 * k) % 251, (0x5A + 53 * k) % 251
+    return np.array([p[0], p[1], 0xFF, 0xFF, p[1], p[0], 0xFF, 0xFF], dtype=np.uint8)
+
+
 DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024  # what a launch gets on a GPU without opting in
 
 _KERNEL_RE = re.compile(
@@ -536,30 +547,34 @@ class _GuardedRegions:
                 groups.append([s[0], s[1], [s]])
         self.pointers: dict[int, int] = {}
         self.groups = []
-        for start, end, members in groups:
+        for k, (start, end, members) in enumerate(groups):
             size = end - start
-            buf = np.full(size + 2 * GUARD_BYTES + 64, GUARD_FILL, dtype=np.uint8)
+            total = size + 2 * GUARD_BYTES + 64
+            buf = np.empty(total, dtype=np.uint8)
             base = buf.ctypes.data
             off = (-(base + GUARD_BYTES)) % 64  # 64-byte alignment of the data, as cudaMalloc
             data = base + GUARD_BYTES + off
+            # pattern phase follows absolute addresses, so 4/8-byte reads see whole NaNs
+            fill = _guard_pattern(k)[(np.arange(total) - (GUARD_BYTES + off)) % 8]
+            buf[:] = fill
             if size:
                 ctypes.memmove(data, start, size)
             writable = all(m[3].flags.writeable for m in members)
             snapshot = (
                 buf[GUARD_BYTES + off : GUARD_BYTES + off + size].copy() if not writable else None
             )
-            self.groups.append((start, size, buf, off, members, writable, snapshot))
+            self.groups.append((start, size, buf, off, members, writable, snapshot, fill))
             for m in members:
                 self.pointers[m[2]] = data + (m[0] - start)
 
     def finish(self, ok: bool) -> None:
         problems = []
-        for start, size, buf, off, members, writable, snapshot in self.groups:
-            lo = buf[: GUARD_BYTES + off]
-            hi = buf[GUARD_BYTES + off + size :]
+        for start, size, buf, off, members, writable, snapshot, fill in self.groups:
+            cut = GUARD_BYTES + off
+            lo, hi = buf[:cut], buf[cut + size :]
             names = ", ".join(f"argument {m[2]} ({m[3].dtype}{list(m[3].shape)})" for m in members)
-            bad_lo = np.flatnonzero(lo != GUARD_FILL)
-            bad_hi = np.flatnonzero(hi != GUARD_FILL)
+            bad_lo = np.flatnonzero(lo != fill[:cut])
+            bad_hi = np.flatnonzero(hi != fill[cut + size :])
             if bad_lo.size:
                 problems.append(f"wrote {len(lo) - bad_lo[0]} byte(s) before the start of {names}")
             if bad_hi.size:
