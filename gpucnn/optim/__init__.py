@@ -1,0 +1,39 @@
+"""Optimizers (SGD, Adam, AdamW, RMSprop) and learning-rate schedules, PyTorch semantics.
+
+``from gpucnn import optim``; ``opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)``;
+``sched = optim.CosineAnnealingLR(opt, T_max=100)`` (also under ``optim.lr_scheduler``).
+"""
+
+from gpucnn.optim import schedules as lr_scheduler
+from gpucnn.optim.optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from gpucnn.optim.schedules import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LinearLR,
+    LinearWarmup,
+    LRScheduler,
+    MultiStepLR,
+    ReduceLROnPlateau,
+    SequentialLR,
+    StepLR,
+    warmup,
+)
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "LRScheduler",
+    "StepLR",
+    "MultiStepLR",
+    "ExponentialLR",
+    "CosineAnnealingLR",
+    "LinearLR",
+    "LinearWarmup",
+    "SequentialLR",
+    "ReduceLROnPlateau",
+    "warmup",
+    "lr_scheduler",
+]
