@@ -216,7 +216,10 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, dampening=dampening, nesterov=bool(nesterov),
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=bool(nesterov),
             weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
@@ -242,8 +245,15 @@ class SGD(Optimizer):
                 state["momentum_buffer"] = buf
                 first = True
         be.sgd_update(
-            param, grad, buf, group["lr"], momentum, group["dampening"], group["weight_decay"],
-            group["nesterov"], first,
+            param,
+            grad,
+            buf,
+            group["lr"],
+            momentum,
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            first,
         )
 
 
@@ -291,9 +301,19 @@ class Adam(Optimizer):
         state["step"] += 1
         beta1, beta2 = group["betas"]
         be.adam_update(
-            param, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
-            group["lr"], beta1, beta2, group["eps"], group["weight_decay"], state["step"],
-            self._decoupled, group["amsgrad"],
+            param,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state.get("max_exp_avg_sq"),
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            state["step"],
+            self._decoupled,
+            group["amsgrad"],
         )
 
 
@@ -332,7 +352,11 @@ class RMSprop(Optimizer):
         centered: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
             centered=bool(centered),
         )
         super().__init__(params, defaults)
@@ -352,7 +376,15 @@ class RMSprop(Optimizer):
             state["grad_avg"] = _zeros_like(be, param)
         state["step"] += 1
         be.rmsprop_update(
-            param, grad, state["square_avg"], state.get("grad_avg"),
-            state.get("momentum_buffer"), group["lr"], group["alpha"], group["eps"],
-            group["weight_decay"], group["momentum"], group["centered"],
+            param,
+            grad,
+            state["square_avg"],
+            state.get("grad_avg"),
+            state.get("momentum_buffer"),
+            group["lr"],
+            group["alpha"],
+            group["eps"],
+            group["weight_decay"],
+            group["momentum"],
+            group["centered"],
         )

@@ -393,10 +393,14 @@ class ReduceLROnPlateau:
 
     def _is_better(self, a: float, best: float) -> bool:
         if self.mode == "min":
-            return a < (best * (1.0 - self.threshold) if self.threshold_mode == "rel"
-                        else best - self.threshold)
-        return a > (best * (1.0 + self.threshold) if self.threshold_mode == "rel"
-                    else best + self.threshold)
+            return a < (
+                best * (1.0 - self.threshold)
+                if self.threshold_mode == "rel"
+                else best - self.threshold
+            )
+        return a > (
+            best * (1.0 + self.threshold) if self.threshold_mode == "rel" else best + self.threshold
+        )
 
     def step(self, metric: Any) -> None:
         """Record this epoch's ``metric`` (a number or one-element tensor) and maybe reduce."""

@@ -128,7 +128,6 @@ def batchnorm_backward(
         _FAMILY,
         f"bn_bwd_dx_{suf}",
         n * c * s,
-        (dyc, xc, m, v, w, sum_dy, sum_dy_xhat, dx, dt.type(eps), np.int32(bool(training)),
-         *sizes),
+        (dyc, xc, m, v, w, sum_dy, sum_dy_xhat, dx, dt.type(eps), np.int32(bool(training)), *sizes),
     )
     return dx, sum_dy_xhat, sum_dy

@@ -54,8 +54,18 @@ def sgd_update(
         _FAMILY,
         f"sgd_{dtype_suffix(param.dtype)}",
         n,
-        (param, g, b, t(lr), t(momentum), t(dampening), t(weight_decay),
-         np.int32(bool(nesterov)), np.int32(bool(first_step)), np.int64(n)),
+        (
+            param,
+            g,
+            b,
+            t(lr),
+            t(momentum),
+            t(dampening),
+            t(weight_decay),
+            np.int32(bool(nesterov)),
+            np.int32(bool(first_step)),
+            np.int64(n),
+        ),
     )
 
 
@@ -84,8 +94,23 @@ def adam_update(
         _FAMILY,
         f"adam_{dtype_suffix(param.dtype)}",
         n,
-        (param, g, m, v, vmax, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay), bc1, bc2,
-         np.int32(bool(decoupled)), np.int32(bool(amsgrad)), np.int64(n)),
+        (
+            param,
+            g,
+            m,
+            v,
+            vmax,
+            t(lr),
+            t(beta1),
+            t(beta2),
+            t(eps),
+            t(weight_decay),
+            bc1,
+            bc2,
+            np.int32(bool(decoupled)),
+            np.int32(bool(amsgrad)),
+            np.int64(n),
+        ),
     )
 
 
@@ -110,6 +135,18 @@ def rmsprop_update(
         _FAMILY,
         f"rmsprop_{dtype_suffix(param.dtype)}",
         n,
-        (param, g, sq, ga, mb, t(lr), t(alpha), t(eps), t(weight_decay), t(momentum),
-         np.int32(bool(centered)), np.int64(n)),
+        (
+            param,
+            g,
+            sq,
+            ga,
+            mb,
+            t(lr),
+            t(alpha),
+            t(eps),
+            t(weight_decay),
+            t(momentum),
+            np.int32(bool(centered)),
+            np.int64(n),
+        ),
     )
