@@ -1,3 +1,327 @@
-"""Placeholder: filled by its owner."""
+"""2-D convolution (PyTorch semantics, NCHW): im2col + GEMM forward, GEMMs + col2im backward.
 
-__all__: list[str] = []
+Shapes: input ``x`` (N, C, H, W); weight (O, C/groups, kh, kw); bias (O,); output
+(N, O, OH, OW). The backend's ``im2col`` gives ``cols`` (N, C*kh*kw, OH*OW) with row index
+``(c*kh + i)*kw + j``, so the rows of group ``g`` are one contiguous block and every GEMM is a
+batched ``xp.matmul`` (cuBLAS on CuPy) that writes NCHW directly, without transposes:
+
+* forward: ``y[n] = W (O, C*k) @ cols[n] (C*k, L)`` per group, then ``bias_add_nchw``;
+* backward: ``dcols[n] = W^T @ dy[n]`` then ``col2im`` (a gather) for ``dx``;
+  ``dW = sum_n dy[n] @ cols[n]^T``; ``db = bias_grad_nchw(dy)``.
+
+A 1x1 convolution with stride 1 and no padding skips im2col: ``cols`` is ``x`` itself viewed
+as (N, C, H*W). Asymmetric padding (``padding="same"`` with an even kernel) is expressed
+through the output size handed to ``im2col``/``col2im``: the top/left pads are passed, the
+extra bottom/right rows are the reads past the end that ``im2col`` zero-fills.
+
+The forward pass keeps ``cols`` for the weight gradient (no second im2col in backward); it is
+freed with the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gpucnn.tensor import Context, Function, Tensor, is_grad_enabled
+
+__all__ = ["conv2d", "conv2d_output_size", "same_padding", "Conv2dFunction"]
+
+IntPair = int | Sequence[int]
+Padding = int | str | Sequence[int]
+
+
+def _pair(v: IntPair, name: str, op: str = "conv2d", minimum: int = 1) -> tuple[int, int]:
+    """``v`` as ``(int, int)``; raises ``ValueError`` naming ``op`` and ``name``."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        p = (int(v), int(v))
+    else:
+        try:
+            items = tuple(v)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+        if len(items) != 2 or not all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in items
+        ):
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        p = (int(items[0]), int(items[1]))
+    if p[0] < minimum or p[1] < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {p}")
+    return p
+
+
+def same_padding(kernel: IntPair, dilation: IntPair = 1) -> tuple[int, int, int, int]:
+    """Padding ``(top, bottom, left, right)`` of ``padding="same"`` (stride 1), as PyTorch.
+
+    The total per axis is ``dilation*(k-1)``; top/left get ``total // 2`` and the extra one of
+    an odd total (even kernels) goes to bottom/right.
+    """
+    kh, kw = _pair(kernel, "kernel_size")
+    dh, dw = _pair(dilation, "dilation")
+    th, tw = dh * (kh - 1), dw * (kw - 1)
+    return th // 2, th - th // 2, tw // 2, tw - tw // 2
+
+
+def _resolve_padding(
+    padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``padding`` (int, pair, 4-tuple, "valid" or "same") as ``(top, bottom, left, right)``."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return 0, 0, 0, 0
+        if mode == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    f"conv2d: padding='same' needs stride 1 (as in PyTorch), got stride {stride}"
+                )
+            return same_padding(kernel, dilation)
+        raise ValueError(
+            f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
+        )
+    if not isinstance(padding, (int, np.integer)):
+        try:
+            items = tuple(padding)
+        except TypeError:
+            raise TypeError(
+                f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
+            ) from None
+        if len(items) == 4:
+            vals = tuple(int(i) for i in items)
+            if min(vals) < 0:
+                raise ValueError(f"conv2d: padding must be >= 0, got {vals}")
+            return vals  # type: ignore[return-value]
+    ph, pw = _pair(padding, "padding", minimum=0)
+    return ph, ph, pw, pw
+
+
+def conv2d_output_size(
+    h: int,
+    w: int,
+    kernel: IntPair,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+) -> tuple[int, int]:
+    """Output ``(OH, OW)`` of a convolution of an ``h x w`` image (PyTorch formula).
+
+    ``OH = (h + top + bottom - dilation*(kh-1) - 1) // stride + 1``; ``padding`` is an int, a
+    pair, ``(top, bottom, left, right)``, ``"valid"`` or ``"same"``. The result may be < 1 for
+    impossible configurations (callers validate).
+    """
+    k = _pair(kernel, "kernel_size")
+    s = _pair(stride, "stride")
+    d = _pair(dilation, "dilation")
+    pt, pb, pl, pr = _resolve_padding(padding, k, s, d)
+    oh = (int(h) + pt + pb - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (int(w) + pl + pr - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    return oh, ow
+
+
+def _backend(a: Any) -> Any:
+    from gpucnn.backend import backend_of
+
+    return backend_of(a)
+
+
+class Conv2dFunction(Function):
+    """Autograd node of :func:`conv2d`: ``apply(x, weight[, bias], stride=, pads=, dilation=,
+    groups=)`` with ``pads = (top, bottom, left, right)``; arguments are already validated."""
+
+    @staticmethod
+    def forward(
+        ctx: Context,
+        x: Any,
+        weight: Any,
+        bias: Any = None,
+        *,
+        stride: tuple[int, int],
+        pads: tuple[int, int, int, int],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> Any:
+        be = _backend(x)
+        xp = be.xp
+        x = xp.ascontiguousarray(x)
+        weight = xp.ascontiguousarray(weight)
+        n, c, h, w = (int(s) for s in x.shape)
+        o, cg, kh, kw = (int(s) for s in weight.shape)
+        sh, sw = stride
+        dh, dw = dilation
+        pt, pb, pl, pr = pads
+        oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        g = groups
+        og, ckg, L = o // g, cg * kh * kw, oh * ow
+        pointwise = kh == 1 and kw == 1 and stride == (1, 1) and pads == (0, 0, 0, 0)
+        if pointwise:
+            cols = x.reshape(n, c, h * w)  # a view: 1x1, stride 1, no padding needs no im2col
+        else:
+            cols = be.im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)  # (N, C*kh*kw, L)
+        w2 = weight.reshape(g, og, ckg)
+        if g == 1:
+            y = xp.matmul(w2[0], cols)  # (O, Ck) @ (N, Ck, L) -> (N, O, L): NCHW already
+        else:
+            y = xp.matmul(w2, cols.reshape(n, g, ckg, L))  # (N, g, O/g, L)
+        y = y.reshape(n, o, oh, ow)
+        if bias is not None:
+            be.bias_add_nchw(y, bias)
+        ctx.geom = (n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise)
+        needs = ctx.needs_input_grad if is_grad_enabled() else ()
+        ctx.has_bias = bias is not None
+        # cols only for the weight gradient; weight only for the input gradient.
+        ctx.save_for_backward(
+            cols if len(needs) > 1 and needs[1] else None,
+            weight if needs and needs[0] else None,
+        )
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, gy: Any) -> tuple:
+        cols, weight = ctx.saved
+        n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = ctx.geom
+        be = _backend(gy)
+        xp = be.xp
+        gy = xp.ascontiguousarray(gy)
+        og, ckg, L = o // g, cg * kh * kw, oh * ow
+        needs = ctx.needs_input_grad
+        gx = gw = gb = None
+        g4 = gy.reshape(n, g, og, L)
+        if needs[0]:
+            w2t = weight.reshape(g, og, ckg).transpose(0, 2, 1)  # (g, Ck/g, O/g)
+            if g == 1:
+                dcols = xp.matmul(w2t[0], gy.reshape(n, o, L))  # (N, Ck, L)
+            else:
+                dcols = xp.matmul(w2t, g4).reshape(n, c * kh * kw, L)
+            if pointwise:
+                gx = dcols.reshape(n, c, h, w)
+            else:
+                gx = be.col2im(dcols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
+        if needs[1]:
+            gw = _weight_grad(xp, g4, cols.reshape(n, g, ckg, L)).reshape(o, cg, kh, kw)
+        if ctx.has_bias:
+            gb = be.bias_grad_nchw(gy) if needs[2] else None
+            return gx, gw, gb
+        return gx, gw
+
+
+def _weight_grad(xp: Any, g4: Any, cols4: Any) -> Any:
+    """``sum_n g4[n] @ cols4[n]^T``: (N, g, O/g, L) x (N, g, Ck/g, L) -> (g, O/g, Ck/g)."""
+    n = g4.shape[0]
+    # Batched GEMM over samples, then a reduction over the batch. The per-sample products are
+    # small (O x Ck); chunking bounds the temporary when O*Ck is comparable to Ck*L.
+    per = g4.shape[1] * g4.shape[2] * cols4.shape[2]
+    chunk = max(1, min(n, (1 << 22) // max(per, 1)))
+    acc = None
+    for s in range(0, n, chunk):
+        part = xp.matmul(g4[s : s + chunk], cols4[s : s + chunk].transpose(0, 1, 3, 2))
+        part = part.sum(axis=0)
+        acc = part if acc is None else acc + part
+    return acc
+
+
+def _check_float(op: str, name: str, a: Any) -> None:
+    kind = np.dtype(a.dtype).kind
+    if kind != "f":
+        raise TypeError(
+            f"{op}: {name} must be a floating tensor (float32 or float64), got dtype {a.dtype}; "
+            f"convert integer images with .astype('float32') (and scale them) first"
+        )
+
+
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    Args:
+        x: (N, C, H, W) floating tensor (float32 or float64).
+        weight: (O, C/groups, kh, kw), same dtype as ``x``.
+        bias: optional (O,).
+        stride, dilation: int or (h, w) pair, >= 1.
+        padding: int, (h, w) pair, ``"valid"`` (none) or ``"same"`` (stride 1 only; even
+            kernels pad one more on the bottom/right, as PyTorch).
+        groups: C and O must both be divisible by it; ``groups == C`` is depthwise.
+
+    Returns:
+        (N, O, OH, OW) with ``OH = (H + pad_h - dilation_h*(kh-1) - 1) // stride_h + 1``.
+
+    Raises:
+        TypeError: integer/bool inputs or mismatched dtypes.
+        ValueError: shapes or arguments that do not fit (the message names the expected and
+            received values).
+    """
+    if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
+        raise TypeError(
+            f"conv2d: input and weight must be Tensors, got {type(x).__name__} and "
+            f"{type(weight).__name__}"
+        )
+    _check_float("conv2d", "input", x.data)
+    _check_float("conv2d", "weight", weight.data)
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: input must be 4-D (N, C, H, W), got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(
+            f"conv2d: weight must be 4-D (out, in/groups, kh, kw), got shape {weight.shape}"
+        )
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"conv2d: input dtype {x.dtype} and weight dtype {weight.dtype} differ; "
+            f"cast one of them"
+        )
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    if c % groups:
+        raise ValueError(
+            f"conv2d: groups={groups} must divide the input channels, got {c} channels "
+            f"(input shape {x.shape})"
+        )
+    if o % groups:
+        raise ValueError(
+            f"conv2d: groups={groups} must divide the output channels, got {o} "
+            f"(weight shape {weight.shape})"
+        )
+    if cg != c // groups:
+        raise ValueError(
+            f"conv2d: weight {weight.shape} expects {cg * groups} input channels "
+            f"({cg} per group x {groups} groups), but the input has {c} (shape {x.shape})"
+        )
+    if kh < 1 or kw < 1:
+        raise ValueError(f"conv2d: kernel size must be >= 1, got weight shape {weight.shape}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"conv2d: bias must be a Tensor or None, got {type(bias).__name__}")
+        _check_float("conv2d", "bias", bias.data)
+        if bias.shape != (o,):
+            raise ValueError(f"conv2d: bias must have shape ({o},), got {bias.shape}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+    s = _pair(stride, "stride")
+    d = _pair(dilation, "dilation")
+    pads = _resolve_padding(padding, (kh, kw), s, d)
+    pt, pb, pl, pr = pads
+    eff_h, eff_w = d[0] * (kh - 1) + 1, d[1] * (kw - 1) + 1
+    if eff_h > h + pt + pb or eff_w > w + pl + pr:
+        raise ValueError(
+            f"conv2d: kernel ({kh}, {kw}) with dilation {d} spans ({eff_h}, {eff_w}), larger "
+            f"than the padded input ({h + pt + pb}, {w + pl + pr}) (input {x.shape}, "
+            f"padding (top, bottom, left, right) = {pads})"
+        )
+    oh, ow = conv2d_output_size(h, w, (kh, kw), s, pads, d)
+    if oh < 1 or ow < 1:  # pragma: no cover - implied by the span check above
+        raise ValueError(f"conv2d: output size ({oh}, {ow}) is below 1 for input {x.shape}")
+    kw_args = dict(stride=s, pads=pads, dilation=d, groups=groups)
+    if bias is None:
+        return Conv2dFunction.apply(x, weight, **kw_args)
+    return Conv2dFunction.apply(x, weight, bias, **kw_args)

@@ -1,0 +1,285 @@
+"""functional.conv2d: gradient checks for every index-math option, PyTorch parity, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpucnn.functional as F
+from gpucnn import backend as B
+from gpucnn.functional.conv import conv2d_output_size, same_padding
+from gpucnn.tensor import Tensor, no_grad
+from gpucnn.testing.gradcheck import gradient_check
+
+# (x shape, weight shape, kwargs): each changes the index math somewhere
+GRAD_CASES = [
+    ((2, 2, 5, 5), (3, 2, 3, 3), dict()),
+    ((1, 2, 6, 6), (2, 2, 3, 3), dict(stride=2)),  # kernel larger than the stride
+    ((1, 2, 7, 8), (2, 2, 2, 2), dict(stride=3)),  # stride larger than the kernel: gaps
+    ((1, 2, 5, 4), (2, 2, 3, 3), dict(padding=1)),
+    ((1, 1, 4, 5), (2, 1, 3, 3), dict(padding=2, stride=2)),
+    ((1, 2, 5, 5), (2, 2, 3, 3), dict(padding="same")),  # odd kernel
+    ((1, 2, 5, 6), (2, 2, 2, 2), dict(padding="same")),  # even kernel: extra pad bottom/right
+    ((1, 2, 6, 5), (2, 2, 4, 3), dict(padding="same")),  # even x odd
+    ((1, 1, 7, 7), (2, 1, 3, 3), dict(padding="same", dilation=2)),
+    ((1, 1, 7, 6), (2, 1, 2, 2), dict(padding="same", dilation=2)),  # even kernel, dilation 2
+    ((1, 2, 6, 6), (2, 2, 3, 3), dict(padding="valid")),
+    ((1, 2, 5, 6), (2, 2, 3, 2), dict(padding=(1, 2))),  # pair padding
+    ((1, 2, 7, 7), (2, 2, 3, 3), dict(dilation=2)),
+    ((1, 2, 8, 7), (2, 2, 2, 3), dict(dilation=(2, 1), stride=(1, 2), padding=(2, 0))),
+    ((1, 4, 5, 5), (4, 2, 3, 3), dict(groups=2, padding=1)),
+    ((1, 3, 5, 6), (6, 1, 3, 3), dict(groups=3, padding=1, stride=2)),  # depthwise x2
+    ((2, 3, 4, 5), (3, 1, 3, 3), dict(groups=3)),  # depthwise
+    ((2, 3, 4, 5), (4, 3, 1, 1), dict()),  # 1x1 fast path
+    ((1, 3, 5, 5), (2, 3, 1, 1), dict(stride=2)),  # 1x1 through im2col
+    ((1, 3, 4, 4), (2, 3, 1, 1), dict(padding=1)),  # 1x1 with padding
+    ((1, 2, 4, 7), (2, 2, 2, 3), dict(stride=(2, 1))),  # non-square kernel and input
+    ((1, 1, 3, 3), (1, 1, 3, 3), dict()),  # kernel == input: 1x1 output
+]
+
+
+def _ids(cases: list) -> list[str]:
+    return [f"{x}-{w}-{kw}" for x, w, kw in cases]
+
+
+@pytest.mark.parametrize("xs, ws, kw", GRAD_CASES, ids=_ids(GRAD_CASES))
+def test_gradient_check(xs: tuple, ws: tuple, kw: dict) -> None:
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0])
+    gradient_check(lambda x, w, b: F.conv2d(x, w, b, **kw), [x, w, b])
+
+
+def test_gradient_check_without_bias() -> None:
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((3, 2, 2, 3))
+    gradient_check(lambda x, w: F.conv2d(x, w, stride=2, padding=1), [x, w])
+
+
+# ------------------------------------------------------------------ PyTorch parity
+
+
+def _torch_conv(torch, x, w, b, g, **kw):  # noqa: ANN001, ANN202
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = None if b is None else torch.tensor(b, requires_grad=True)
+    y = torch.nn.functional.conv2d(tx, tw, tb, **kw)
+    y.backward(torch.tensor(g))
+    grads = [tx.grad.numpy(), tw.grad.numpy()] + ([] if b is None else [tb.grad.numpy()])
+    return y.detach().numpy(), grads
+
+
+def _ours(x, w, b, g, **kw):  # noqa: ANN001, ANN202
+    ts = [Tensor(a, requires_grad=True) for a in ([x, w] if b is None else [x, w, b])]
+    y = F.conv2d(*ts, **kw)
+    y.backward(g)
+    return y.numpy(), [t.grad.numpy() for t in ts]
+
+
+def _random_config(rng: np.random.Generator) -> tuple:
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cin = groups * int(rng.integers(1, 4))
+    cout = groups * int(rng.integers(1, 4))
+    kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+    dil = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    mode = rng.choice(["int", "pair", "same", "valid"])
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    if mode == "same":
+        padding, stride = "same", (1, 1)
+    elif mode == "valid":
+        padding = "valid"
+    elif mode == "int":
+        padding = int(rng.integers(0, 3))
+    else:
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+    ph = pw = 0 if isinstance(padding, str) else (padding if isinstance(padding, int) else 0)
+    if isinstance(padding, tuple):
+        ph, pw = padding
+    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * ph), 12))
+    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pw), 12))
+    n = int(rng.integers(1, 4))
+    kwargs = dict(stride=stride, padding=padding, dilation=dil, groups=groups)
+    return (n, cin, h, w), (cout, cin // groups, kh, kw), kwargs
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("seed", range(40))
+def test_torch_parity_random(seed: int) -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    xs, ws, kw = _random_config(rng)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0]) if seed % 3 else None
+    with no_grad():
+        y = F.conv2d(Tensor(x), Tensor(w), None if b is None else Tensor(b), **kw).numpy()
+    g = rng.standard_normal(y.shape)
+    y, grads = _ours(x, w, b, g, **kw)
+    ty, tgrads = _torch_conv(torch, x, w, b, g, **kw)
+    np.testing.assert_allclose(y, ty, rtol=1e-10, atol=1e-10)
+    for ours, ref in zip(grads, tgrads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("k", [(2, 2), (4, 4), (2, 3), (4, 1)])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_torch_parity_same_even_kernels(k: tuple, dilation: int) -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(k[0] * 10 + k[1] + dilation)
+    x = rng.standard_normal((2, 3, 9, 8))
+    w = rng.standard_normal((4, 3) + k)
+    b = rng.standard_normal(4)
+    g = rng.standard_normal((2, 4, 9, 8))
+    y, grads = _ours(x, w, b, g, padding="same", dilation=dilation)
+    assert y.shape == (2, 4, 9, 8)
+    ty, tgrads = _torch_conv(torch, x, w, b, g, padding="same", dilation=dilation)
+    np.testing.assert_allclose(y, ty, rtol=1e-10, atol=1e-10)
+    for ours, ref in zip(grads, tgrads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_matches_float64_reference() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8, 12, 11))
+    w = rng.standard_normal((16, 8, 3, 3)) * 0.2
+    b = rng.standard_normal(16)
+    g = rng.standard_normal((4, 16, 6, 6))
+    kw = dict(stride=2, padding=1)
+    y64, g64 = _ours(x, w, b, g, **kw)
+    f32 = [a.astype(np.float32) for a in (x, w, b, g)]
+    y32, g32 = _ours(*f32, **kw)
+    assert y32.dtype == np.float32 and all(a.dtype == np.float32 for a in g32)
+    for ours, ref in zip([y32, *g32], [y64, *g64]):
+        err = np.abs(ours.astype(np.float64) - ref).max()
+        assert err <= 1e-5 * np.abs(ref).max(), err
+
+
+# ------------------------------------------------------------------ other behaviour
+
+
+def test_non_contiguous_inputs() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 7, 6)).transpose(0, 1, 3, 2)  # (2, 3, 6, 7) strided
+    w = rng.standard_normal((3, 4, 3, 2))[:, ::2].transpose(1, 0, 2, 3)  # (2, 3, 3, 2) strided
+    b = rng.standard_normal(4)[::2]
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous
+    g = rng.standard_normal((2, 2, 6, 6))
+    y, grads = _ours(x, w, b, g, padding=(1, 0))
+    y2, grads2 = _ours(*(np.ascontiguousarray(a) for a in (x, w, b)), g, padding=(1, 0))
+    np.testing.assert_allclose(y, y2, rtol=1e-12)
+    for a, c in zip(grads, grads2):
+        np.testing.assert_allclose(a, c, rtol=1e-12)
+
+
+def test_pointwise_non_contiguous_and_grad() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 4, 3)).transpose(0, 3, 1, 2)  # (2, 3, 5, 4)
+    w = rng.standard_normal((4, 3, 1, 1))
+    ref = np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0])
+    np.testing.assert_allclose(F.conv2d(Tensor(x), Tensor(w)).numpy(), ref, rtol=1e-12)
+
+
+def test_nan_propagates() -> None:
+    x = np.ones((1, 1, 5, 5))
+    x[0, 0, 2, 2] = np.nan
+    y = F.conv2d(Tensor(x), Tensor(np.ones((1, 1, 3, 3))), padding=1).numpy()
+    assert np.isnan(y[0, 0, 1:4, 1:4]).all()
+    assert np.isfinite(y[0, 0, 0]).all()
+
+
+def test_only_weight_requires_grad() -> None:
+    rng = np.random.default_rng(6)
+    x = Tensor(rng.standard_normal((2, 2, 5, 5)))
+    w = Tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
+    F.conv2d(x, w).sum().backward()
+    assert x.grad is None and w.grad is not None
+    expect = np.stack(
+        [x.numpy()[:, :, i : i + 3, j : j + 3].sum(axis=0) for i in range(3) for j in range(3)]
+    ).sum(axis=0)
+    np.testing.assert_allclose(w.grad.numpy(), np.broadcast_to(expect, (3, 2, 3, 3)), rtol=1e-10)
+
+
+def test_dtype_and_default_float32() -> None:
+    x = Tensor(np.ones((1, 2, 4, 4), np.float32))
+    w = Tensor(np.ones((3, 2, 3, 3), np.float32))
+    y = F.conv2d(x, w, Tensor(np.zeros(3, np.float32)))
+    assert y.dtype == np.float32 and y.shape == (1, 3, 2, 2)
+    np.testing.assert_array_equal(y.numpy(), np.full((1, 3, 2, 2), 18.0, np.float32))
+
+
+def test_output_size_and_same_padding_helpers() -> None:
+    assert conv2d_output_size(28, 28, 5, padding=2) == (28, 28)
+    assert conv2d_output_size(14, 14, 5) == (10, 10)
+    assert conv2d_output_size(32, 32, 3, stride=2, padding=1) == (16, 16)
+    assert conv2d_output_size(7, 8, (2, 3), stride=(3, 1), padding=(1, 0), dilation=2) == (3, 4)
+    assert conv2d_output_size(9, 8, 4, padding="same") == (9, 8)
+    assert conv2d_output_size(9, 8, 3, padding="valid") == (7, 6)
+    assert same_padding(3) == (1, 1, 1, 1)
+    assert same_padding(2) == (0, 1, 0, 1)
+    assert same_padding((4, 5), dilation=(1, 2)) == (1, 2, 4, 4)
+    assert same_padding(2, dilation=3) == (1, 2, 1, 2)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _t(*shape: int, dtype: type = np.float32) -> Tensor:
+    return Tensor(np.zeros(shape, dtype=dtype))
+
+
+def test_integer_input_raises_type_error() -> None:
+    with pytest.raises(TypeError, match="conv2d.*int64"):
+        F.conv2d(_t(1, 1, 4, 4, dtype=np.int64), _t(1, 1, 3, 3))
+    with pytest.raises(TypeError, match="conv2d.*uint8"):
+        F.conv2d(_t(1, 1, 4, 4, dtype=np.uint8), _t(1, 1, 3, 3))
+    with pytest.raises(TypeError, match="conv2d.*float64.*float32"):
+        F.conv2d(_t(1, 1, 4, 4, dtype=np.float64), _t(1, 1, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "xs, ws, bs, kw, pattern",
+    [
+        ((1, 3, 8, 8), (4, 2, 3, 3), None, {}, r"conv2d.*expects 2 input channels.*has 3"),
+        ((1, 4, 8, 8), (4, 3, 3, 3), None, dict(groups=2), r"conv2d.*expects 6.*has 4"),
+        ((1, 3, 8, 8), (4, 1, 3, 3), None, dict(groups=2), r"conv2d.*groups=2.*3 channels"),
+        ((1, 4, 8, 8), (3, 2, 3, 3), None, dict(groups=2), r"conv2d.*groups=2.*output.*3"),
+        ((1, 1, 4, 4), (1, 1, 5, 5), None, {}, r"conv2d.*\(5, 5\).*padded input \(4, 4\)"),
+        ((1, 1, 4, 4), (1, 1, 3, 3), None, dict(dilation=3), r"conv2d.*spans \(7, 7\)"),
+        ((1, 1, 4, 4), (2, 1, 3, 3), (3,), {}, r"conv2d.*bias.*\(2,\).*\(3,\)"),
+        ((1, 1, 4, 4), (2, 1, 3, 3), None, dict(padding="same", stride=2), r"conv2d.*same.*"),
+        ((1, 1, 4, 4), (2, 1, 3, 3), None, dict(padding="full"), r"conv2d.*padding.*'full'"),
+        ((1, 1, 4, 4), (2, 1, 3, 3), None, dict(stride=0), r"conv2d.*stride.*>= 1"),
+        ((1, 1, 4, 4), (2, 1, 3, 3), None, dict(padding=-1), r"conv2d.*padding.*>= 0"),
+        ((1, 1, 4, 4), (2, 1, 3, 3), None, dict(groups=0), r"conv2d.*groups"),
+        ((1, 4, 4), (2, 1, 3, 3), None, {}, r"conv2d.*4-D.*\(1, 4, 4\)"),
+        ((1, 1, 4, 4), (2, 3, 3), None, {}, r"conv2d.*weight.*4-D.*\(2, 3, 3\)"),
+    ],
+)
+def test_bad_arguments(xs: tuple, ws: tuple, bs: tuple | None, kw: dict, pattern: str) -> None:
+    b = None if bs is None else _t(*bs)
+    with pytest.raises(ValueError, match=pattern):
+        F.conv2d(_t(*xs), _t(*ws), b, **kw)
+
+
+# ------------------------------------------------------------------ GPU parity
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(6))
+def test_cuda_matches_numpy(dtype: type, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    xs, ws, kw = _random_config(rng)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    arrays = [a.astype(dtype) for a in (x, w, b)]
+    res = {}
+    for name in ("numpy", "cuda"):
+        ts = [Tensor(B.to_backend(a, name), requires_grad=True) for a in arrays]
+        y = F.conv2d(*ts, **kw)
+        g = B.to_backend(np.linspace(-1, 1, y.size).reshape(y.shape).astype(dtype), name)
+        y.backward(g)
+        res[name] = [y.numpy()] + [t.grad.numpy() for t in ts]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, c in zip(res["cuda"], res["numpy"]):
+        np.testing.assert_allclose(a, c, **tol)
