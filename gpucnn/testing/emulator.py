@@ -59,6 +59,7 @@ __all__ = [
     "find_compiler",
     "compiler_available",
     "get_emulated_kernel",
+    "get_emulated_module",
     "emulated_runtime",
     "SHIM_PATH",
 ]

@@ -1,0 +1,225 @@
+"""im2col / col2im: NumPy twins vs a brute-force reference vs the CUDA kernels.
+
+The CUDA launchers run on the CPU through the host emulator (same grid, block and arguments as
+on a GPU) over a sweep of grid sizes; ``gpu``-marked tests repeat the parity through CuPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpucnn.backend import cuda_available
+from gpucnn.backend.cuda_ops import im2col as cuda_im2col
+from gpucnn.backend.numpy_ops import im2col as np_im2col
+from gpucnn.backend.runtime import use_runtime
+
+
+def _out(size: int, k: int, s: int, p_lo: int, p_hi: int, d: int) -> int:
+    return (size + p_lo + p_hi - d * (k - 1) - 1) // s + 1
+
+
+def _case(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, pb=None, pr=None):
+    """(x shape, im2col geometry); bottom/right padding default to top/left."""
+    pb = ph if pb is None else pb
+    pr = pw if pr is None else pr
+    oh, ow = _out(h, kh, sh, ph, pb, dh), _out(w, kw, sw, pw, pr, dw)
+    return (n, c, h, w), (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+CASES = {
+    "3x3_s1_p1": _case(2, 3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1),
+    "odd_nonsquare": _case(1, 2, 9, 5, 3, 2, 2, 1, 1, 0, 1, 1),
+    "k5_s2_p2": _case(2, 1, 8, 7, 5, 5, 2, 2, 2, 2, 1, 1),
+    "dilation2": _case(1, 3, 9, 10, 3, 3, 1, 1, 2, 2, 2, 2),
+    "1x1": _case(3, 4, 5, 6, 1, 1, 1, 1, 0, 0, 1, 1),
+    "stride_gt_kernel": _case(1, 2, 11, 11, 2, 2, 3, 3, 0, 0, 1, 1),
+    "same_even_asym": _case(2, 2, 6, 5, 4, 2, 1, 1, 1, 0, 1, 1, pb=2, pr=1),
+    "pad_gt_kernel": _case(1, 1, 4, 5, 2, 3, 1, 2, 3, 2, 1, 1),
+    "dilated_strided": _case(2, 2, 13, 12, 3, 2, 2, 3, 1, 2, 2, 3),
+}
+IDS = list(CASES)
+DTYPES = [np.float32, np.float64]
+# (grid_cap, block): one block, a few, one thread per element (None: as many blocks as needed)
+LAUNCHES = [(1, 256), (3, 32), (None, 256), (None, 1)]
+
+
+def _brute_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    n_, c_, h_, w_ = x.shape
+    cols = np.zeros((n_, c_ * kh * kw, oh * ow), x.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            for i in range(kh):
+                for j in range(kw):
+                    for y in range(oh):
+                        for xx in range(ow):
+                            iy, ix = y * sh - ph + i * dh, xx * sw - pw + j * dw
+                            if 0 <= iy < h_ and 0 <= ix < w_:
+                                cols[n, (c * kh + i) * kw + j, y * ow + xx] = x[n, c, iy, ix]
+    return cols
+
+
+def _brute_col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    x = np.zeros((n_, c_, h_, w_), cols.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            for i in range(kh):
+                for j in range(kw):
+                    for y in range(oh):
+                        for xx in range(ow):
+                            iy, ix = y * sh - ph + i * dh, xx * sw - pw + j * dw
+                            if 0 <= iy < h_ and 0 <= ix < w_:
+                                x[n, c, iy, ix] += cols[n, (c * kh + i) * kw + j, y * ow + xx]
+    return x
+
+
+def _inputs(shape, geom, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
+    cols = rng.standard_normal((shape[0], shape[1] * kh * kw, oh * ow)).astype(dtype)
+    return x, cols
+
+
+@pytest.fixture(scope="module")
+def emu():
+    emulator = pytest.importorskip("gpucnn.testing.emulator")
+    if not emulator.compiler_available():
+        pytest.skip("no host C++ compiler: the kernel emulator cannot run")
+    emulator.get_emulated_module("im2col")  # compile once, up front
+    return emulator
+
+
+# ------------------------------------------------------------------ NumPy twin
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_numpy_twin_matches_brute_force(case):
+    shape, geom = CASES[case]
+    x, cols = _inputs(shape, geom, np.float64)
+    got = np_im2col.im2col(x, *geom)
+    assert got.shape == cols.shape and got.dtype == np.float64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, _brute_im2col(x, *geom))
+    back = np_im2col.col2im(cols, *shape, *geom)
+    assert back.shape == shape and back.flags.c_contiguous
+    np.testing.assert_allclose(back, _brute_col2im(cols, *shape, *geom), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_adjoint_identity(case):
+    shape, geom = CASES[case]
+    x, cols = _inputs(shape, geom, np.float64, seed=3)
+    lhs = np.vdot(np_im2col.im2col(x, *geom), cols)
+    rhs = np.vdot(x, np_im2col.col2im(cols, *shape, *geom))
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+def test_numpy_twin_dtype_and_noncontiguous():
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    xt = x.transpose(0, 3, 1, 2)  # (2, 3, 5, 6), not C-contiguous
+    geom = (3, 3, 1, 1, 1, 1, 1, 1, 5, 6)
+    got = np_im2col.im2col(xt, *geom)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, _brute_im2col(np.ascontiguousarray(xt), *geom))
+
+
+# ------------------------------------------------------------------ CUDA kernels (emulated)
+
+
+@pytest.mark.parametrize("grid_cap,block", LAUNCHES, ids=[f"g{g}b{b}" for g, b in LAUNCHES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", IDS)
+def test_emulated_kernels_match_numpy(emu, case, dtype, grid_cap, block):
+    shape, geom = CASES[case]
+    x, cols = _inputs(shape, geom, dtype)
+    with use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block)):
+        got = cuda_im2col.im2col(x, *geom)
+        back = cuda_im2col.col2im(cols, *shape, *geom)
+    assert got.dtype == dtype and back.dtype == dtype
+    np.testing.assert_array_equal(got, np_im2col.im2col(x, *geom))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(back, np_im2col.col2im(cols, *shape, *geom), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["k5_s2_p2", "same_even_asym", "dilated_strided"])
+def test_emulated_kernels_match_brute_force(emu, case):
+    shape, geom = CASES[case]
+    x, cols = _inputs(shape, geom, np.float64, seed=5)
+    with use_runtime(emu.emulated_runtime(grid_cap=2, block=64)):
+        got = cuda_im2col.im2col(x, *geom)
+        back = cuda_im2col.col2im(cols, *shape, *geom)
+    np.testing.assert_array_equal(got, _brute_im2col(x, *geom))
+    np.testing.assert_allclose(back, _brute_col2im(cols, *shape, *geom), rtol=1e-12, atol=1e-12)
+    assert np.vdot(got, cols) == pytest.approx(np.vdot(x, back), rel=1e-12)
+
+
+def test_emulated_noncontiguous_and_empty_batch(emu):
+    x = np.random.default_rng(1).standard_normal((2, 5, 6, 3)).transpose(0, 3, 1, 2)
+    geom = (2, 3, 2, 1, 1, 0, 1, 1, 3, 4)
+    with use_runtime(emu.emulated_runtime(grid_cap=2, block=32)):
+        got = cuda_im2col.im2col(x, *geom)
+        empty = cuda_im2col.im2col(np.zeros((0, 3, 5, 6)), *geom)
+        empty_back = cuda_im2col.col2im(np.zeros((0, 18, 12)), 0, 3, 5, 6, *geom)
+    np.testing.assert_array_equal(got, np_im2col.im2col(x, *geom))
+    assert empty.shape == (0, 18, 12) and empty_back.shape == (0, 3, 5, 6)
+
+
+# ------------------------------------------------------------------ validation (both backends)
+
+
+@pytest.fixture(params=["numpy", "emulated"])
+def ops(request):
+    if request.param == "numpy":
+        yield np_im2col
+        return
+    emulator = pytest.importorskip("gpucnn.testing.emulator")
+    if not emulator.compiler_available():
+        pytest.skip("no host C++ compiler: the kernel emulator cannot run")
+    with use_runtime(emulator.emulated_runtime()):
+        yield cuda_im2col
+
+
+GEOM = (3, 3, 1, 1, 1, 1, 1, 1, 4, 4)
+
+
+def test_errors_name_op_and_shapes(ops):
+    with pytest.raises(ValueError, match=r"im2col.*\(N, C, H, W\).*\(4, 4\)"):
+        ops.im2col(np.zeros((4, 4)), *GEOM)
+    with pytest.raises(TypeError, match="im2col.*float32 or float64.*int64"):
+        ops.im2col(np.zeros((1, 1, 4, 4), np.int64), *GEOM)
+    with pytest.raises(TypeError, match="im2col.*float16"):
+        ops.im2col(np.zeros((1, 1, 4, 4), np.float16), *GEOM)
+    with pytest.raises(ValueError, match="im2col: ph"):
+        ops.im2col(np.zeros((1, 1, 4, 4)), 3, 3, 1, 1, -1, 1, 1, 1, 4, 4)
+    with pytest.raises(ValueError, match="im2col: sh"):
+        ops.im2col(np.zeros((1, 1, 4, 4)), 3, 3, 0, 1, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(TypeError, match="im2col: kh must be an integer"):
+        ops.im2col(np.zeros((1, 1, 4, 4)), 3.0, 3, 1, 1, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"col2im.*\(2, 18, 16\).*\(2, 18, 15\)"):
+        ops.col2im(np.zeros((2, 18, 15)), 2, 2, 4, 4, *GEOM)
+    with pytest.raises(TypeError, match="col2im.*float32 or float64"):
+        ops.col2im(np.zeros((2, 18, 16), np.int32), 2, 2, 4, 4, *GEOM)
+
+
+# ------------------------------------------------------------------ real GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="no usable CUDA device (CuPy)")
+@pytest.mark.parametrize("grid_cap", [1, 3, None])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", IDS)
+def test_gpu_kernels_match_numpy(case, dtype, grid_cap):
+    import cupy
+
+    from gpucnn.backend.kernels import get_kernel
+    from gpucnn.backend.runtime import KernelRuntime
+
+    shape, geom = CASES[case]
+    x, cols = _inputs(shape, geom, dtype)
+    with use_runtime(KernelRuntime(cupy, get_kernel, grid_cap=grid_cap, block=64)):
+        got = cuda_im2col.im2col(cupy.asarray(x), *geom).get()
+        back = cuda_im2col.col2im(cupy.asarray(cols), *shape, *geom).get()
+    np.testing.assert_array_equal(got, np_im2col.im2col(x, *geom))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(back, np_im2col.col2im(cols, *shape, *geom), rtol=tol, atol=tol)
