@@ -556,26 +556,32 @@ class _GuardedRegions:
             off = (-(base + GUARD_BYTES)) % 64  # 64-byte alignment of the data, as cudaMalloc
             data = base + GUARD_BYTES + off
             # pattern phase follows absolute addresses, so 4/8-byte reads see whole NaNs
-            fill = _guard_pattern(k)[(np.arange(total) - (GUARD_BYTES + off)) % 8]
-            buf[:] = fill
+            pat = _guard_pattern(k)
+            cut = GUARD_BYTES + off
+            lo_fill = pat[(np.arange(cut) - cut) % 8]
+            hi_fill = pat[(np.arange(total - cut - size) + size) % 8]
+            buf[:cut] = lo_fill
+            buf[cut + size :] = hi_fill
             if size:
                 ctypes.memmove(data, start, size)
             writable = all(m[3].flags.writeable for m in members)
             snapshot = (
                 buf[GUARD_BYTES + off : GUARD_BYTES + off + size].copy() if not writable else None
             )
-            self.groups.append((start, size, buf, off, members, writable, snapshot, fill))
+            self.groups.append(
+                (start, size, buf, off, members, writable, snapshot, lo_fill, hi_fill)
+            )
             for m in members:
                 self.pointers[m[2]] = data + (m[0] - start)
 
     def finish(self, ok: bool) -> None:
         problems = []
-        for start, size, buf, off, members, writable, snapshot, fill in self.groups:
+        for start, size, buf, off, members, writable, snapshot, lo_fill, hi_fill in self.groups:
             cut = GUARD_BYTES + off
             lo, hi = buf[:cut], buf[cut + size :]
             names = ", ".join(f"argument {m[2]} ({m[3].dtype}{list(m[3].shape)})" for m in members)
-            bad_lo = np.flatnonzero(lo != fill[:cut])
-            bad_hi = np.flatnonzero(hi != fill[cut + size :])
+            bad_lo = np.flatnonzero(lo != lo_fill)
+            bad_hi = np.flatnonzero(hi != hi_fill)
             if bad_lo.size:
                 problems.append(f"wrote {len(lo) - bad_lo[0]} byte(s) before the start of {names}")
             if bad_hi.size:
