@@ -252,3 +252,18 @@ def test_emulated_runtime_launch():
     with use_runtime(emulator.emulated_runtime(grid_cap=2, block=32)) as rt:
         assert current_runtime() is rt and rt.xp is np and rt.name == "emulator"
         assert rt.grid_for(10_000) == 2
+
+
+def test_subwarp_shuffle_and_syncthreads_count(basics):
+    x = np.linspace(-3, 4, 64, dtype=np.float32)
+    seg = np.zeros(64, np.float32)
+    count = np.zeros(1, np.int32)
+    basics.get_function("segments_and_count")((1,), (64,), (x, seg, count))
+    np.testing.assert_allclose(seg, np.repeat(x.reshape(-1, 8).sum(axis=1), 8), rtol=1e-5)
+    assert count[0] == int((x > 0).sum())
+
+
+def test_shuffle_with_exited_lane_reported(basics):
+    y = np.zeros(32, np.float32)
+    with pytest.raises(emulator.EmulatorError, match="exited"):
+        basics.get_function("shuffle_after_exit")((1,), (32,), (y,))

@@ -21,6 +21,14 @@ end of an array (or into a read-only array) raises :class:`EmulatorError`.
 With :func:`emulated_runtime` and :func:`gpucnn.backend.runtime.use_runtime`, the CuPy
 launchers in :mod:`gpucnn.backend.cuda_ops` run unchanged on NumPy arrays.
 
+Limits: no real concurrency (atomics are trivially atomic, races show up only as the
+deterministic in-order interleaving); blocks run in order and static ``__shared__`` storage
+persists between blocks and launches (never zeroed); 256 KiB stack per fiber (overflow
+crashes the process); out-of-bounds reads are not reported (they read NaN guard bytes) and
+writes beyond the 4 KiB guard zones are not caught; only ``extern "C" __global__`` kernels are
+launchable; a shuffle from an inactive or missing lane returns the caller's own value;
+no textures, cooperative groups, ``__half`` or CUDA library headers.
+
 Compiled libraries are cached in ``$GPUCNN_EMULATOR_CACHE`` (default
 ``~/.cache/gpucnn/emulator``), keyed by the source, the shim, included headers, defines,
 flags and compiler version.

@@ -134,3 +134,20 @@ extern "C" __global__ void scale_inplace(const float* x, float* y, float s, int 
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
         y[i] = s * x[i];
 }
+
+// Sub-warp shuffles (width 8) and __syncthreads_count: seg[i] = sum of i's 8-lane segment,
+// count[0] = number of positive values in the block.
+extern "C" __global__ void segments_and_count(const float* x, float* seg, int* count) {
+    const int t = threadIdx.x;
+    float v = x[t];
+    for (int o = 4; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, 8);
+    seg[t] = v;
+    const int c = __syncthreads_count(x[t] > 0.0f);
+    if (t == 0) count[0] = c;
+}
+
+// Planted bug: a full-warp shuffle after half the warp has returned.
+extern "C" __global__ void shuffle_after_exit(float* y) {
+    if (threadIdx.x >= 16) return;
+    y[threadIdx.x] = __shfl_down_sync(0xffffffffu, y[threadIdx.x], 1);
+}
