@@ -283,3 +283,34 @@ def test_cuda_matches_numpy(dtype: type, seed: int) -> None:
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
     for a, c in zip(res["cuda"], res["numpy"]):
         np.testing.assert_allclose(a, c, **tol)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((2, 4, 6, 5), (4, 4, 3, 3), dict(padding=1)),
+        ((1, 3, 7, 6), (3, 3, 2, 2), dict(padding="same", dilation=2)),
+        ((2, 4, 5, 5), (4, 2, 3, 2), dict(padding=(1, 0), groups=2)),
+        ((1, 2, 6, 6), (2, 2, 3, 3), dict(padding=3)),  # pads wider than the kernel: col2im
+    ],
+)
+def test_input_grad_paths_agree(
+    monkeypatch: pytest.MonkeyPatch, xs: tuple, ws: tuple, kw: dict
+) -> None:
+    """dx of stride-1 convs via im2col(dy) + GEMM equals the GEMM + col2im route."""
+    import gpucnn.functional.conv as conv_mod
+
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    y = F.conv2d(Tensor(x), Tensor(w), **kw)
+    g = rng.standard_normal(y.shape)
+    taken = []
+    orig = conv_mod._use_transposed_path
+    monkeypatch.setattr(
+        conv_mod, "_use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
+    )
+    _, fast = _ours(x, w, None, g, **kw)
+    monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: False)
+    _, slow = _ours(x, w, None, g, **kw)
+    assert taken == [kw.get("padding") != 3]
+    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-12, atol=1e-12)

@@ -189,7 +189,9 @@ class Conv2dFunction(Function):
         needs = ctx.needs_input_grad
         gx = gw = gb = None
         g4 = gy.reshape(n, g, og, L)
-        if needs[0]:
+        if needs[0] and _use_transposed_path(ctx.geom):
+            gx = _input_grad_as_conv(be, gy, weight, ctx.geom)
+        elif needs[0]:
             w2t = weight.reshape(g, og, ckg).transpose(0, 2, 1)  # (g, Ck/g, O/g)
             if g == 1:
                 dcols = xp.matmul(w2t[0], gy.reshape(n, o, L))  # (N, Ck, L)
@@ -205,6 +207,39 @@ class Conv2dFunction(Function):
             gb = be.bias_grad_nchw(gy) if needs[2] else None
             return gx, gw, gb
         return gx, gw
+
+
+def _use_transposed_path(geom: tuple) -> bool:
+    """Whether ``dx`` is cheaper as a stride-1 convolution of ``dy`` than as GEMM + col2im.
+
+    For stride 1 the input gradient is the correlation of ``dy`` with the flipped, transposed
+    kernel. That is one im2col of ``dy`` (N, O*k, H*W) and one GEMM, against a GEMM writing
+    (N, C*k, OH*OW) plus the col2im scatter-add; it wins when O*H*W is not much larger than
+    C*OH*OW (ResNet's "same" 3x3 convs) and needs the pads to fit inside the flipped kernel.
+    """
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    if pointwise or (sh, sw) != (1, 1):
+        return False
+    if pt > dh * (kh - 1) or pl > dw * (kw - 1):
+        return False
+    return o * h * w <= 1.25 * c * oh * ow
+
+
+def _input_grad_as_conv(be: Any, gy: Any, weight: Any, geom: tuple) -> Any:
+    """``dx`` of a stride-1 convolution: im2col of ``dy`` with the flipped kernel, then GEMM."""
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    xp = be.xp
+    og = o // g
+    # dx[n, c, y, x] = sum_{o,i,j} W[o, c, i, j] dy[n, o, y + pt - i*dh, x + pl - j*dw]
+    cols = be.im2col(gy, kh, kw, 1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw, h, w)
+    # flipped kernel per group: (g, C/g, O/g*kh*kw) with column index (o*kh + i)*kw + j
+    wf = weight[:, :, ::-1, ::-1].reshape(g, og, cg, kh * kw).transpose(0, 2, 1, 3)
+    wf = xp.ascontiguousarray(wf).reshape(g, cg, og * kh * kw)
+    if g == 1:
+        gx = xp.matmul(wf[0], cols)  # (C, O*k) @ (N, O*k, HW) -> (N, C, HW)
+    else:
+        gx = xp.matmul(wf, cols.reshape(n, g, og * kh * kw, h * w))
+    return gx.reshape(n, c, h, w)
 
 
 def _weight_grad(xp: Any, g4: Any, cols4: Any) -> Any:
