@@ -26,6 +26,7 @@ _INV_SQRT_2PI = 0.39894228040143267794
 _SQRT_2_OVER_PI = 0.79788456080286535588
 _GELU_C = 0.044715
 
+
 def erf_numpy(x: np.ndarray) -> np.ndarray:
     """Vectorised erf in float64 (max error ~1e-15) without SciPy.
 
