@@ -1,0 +1,403 @@
+"""DataLoader: shuffled mini-batches, prefetched by a background thread, on either backend.
+
+One worker thread per iteration assembles the next ``prefetch`` batches (index, cast, copy to
+the device, augment) while the caller trains on the current one; a bounded queue holds them.
+An exception in the worker is re-raised in the caller at the batch where it happened.
+Abandoning an iteration (``break``, ``del it``, garbage collection, interpreter exit) stops
+and joins the thread: no thread outlives its iterator.
+
+Randomness: the epoch's order comes from ``numpy.random.default_rng([seed, epoch])`` when a
+``seed`` is given, else from :func:`gpucnn.random.generator` ("numpy"); each batch's augmentation
+gets its own generator seeded from ``(epoch seed, batch index)``, so results do not depend on
+thread timing and are reproducible under :func:`gpucnn.manual_seed`.
+
+CUDA backend: a host batch is copied into page-locked (pinned) memory and uploaded with an
+asynchronous copy on a separate CuPy stream, the transform runs on that stream too, and the
+caller's stream waits on an event recorded after it (a GPU-side wait, not a host sync). Device
+memory from the side stream's pool is recycled only after the caller's stream has passed an
+event recorded when the batch was already out of use (a window of ``prefetch + 3`` batches is
+kept alive); keep a batch beyond its loop iteration only if you do not queue more GPU work
+on it afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DataLoader", "TensorDataset"]
+
+
+def _is_array(a: Any) -> bool:
+    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
+
+
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def _raw(a: Any) -> Any:
+    from gpucnn.tensor import Tensor
+
+    return a.data if isinstance(a, Tensor) else a
+
+
+class TensorDataset:
+    """Arrays sharing their first dimension, indexed together: ``ds[i] -> (x[i], y[i], ...)``.
+
+    Accepts NumPy/CuPy arrays or Tensors (their arrays are used). ``ds[idx]`` with an index
+    array returns a tuple of batched arrays, which :class:`DataLoader` uses directly.
+    """
+
+    def __init__(self, *arrays: Any) -> None:
+        if not arrays:
+            raise ValueError("TensorDataset needs at least one array")
+        self.arrays = tuple(_raw(a) if _is_array(_raw(a)) else np.asarray(a) for a in arrays)
+        n = len(self.arrays[0])
+        for i, a in enumerate(self.arrays):
+            if len(a) != n:
+                raise ValueError(
+                    f"TensorDataset: array 0 has {n} samples but array {i} has {len(a)}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, idx: Any) -> tuple:
+        return tuple(a[idx] for a in self.arrays)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _worker(make: Callable[[int], Any], nbatches: int, q: queue.Queue,
+            stop: threading.Event, setup: Callable[[], Any] | None) -> None:
+    """Thread body: holds no reference to the iterator, so dropping it triggers shutdown."""
+    try:
+        ctx = setup() if setup is not None else None
+        for k in range(nbatches):
+            if stop.is_set():
+                return
+            if not _put(q, stop, make(k) if ctx is None else make(k, ctx)):
+                return
+        _put(q, stop, _END)
+    except BaseException as exc:  # re-raised in the consumer
+        _put(q, stop, _Failure(exc))
+
+
+def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread) -> None:
+    stop.set()
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+    if thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout=10)
+
+
+class _CudaState:
+    """Per-iteration CUDA resources of the worker: side stream, pinned staging buffers,
+    and the latest event recorded on the consumer's stream."""
+
+    def __init__(self, device_id: int) -> None:
+        import cupy
+
+        self.cupy = cupy
+        self.device_id = device_id
+        self.consumer_event: Any = None  # set by the consumer thread at each __next__
+        self.stream: Any = None
+        self.pinned: dict[tuple, Any] = {}
+
+    def setup(self) -> _CudaState:
+        # Runs in the worker thread: make the device current there and create the stream.
+        self.cupy.cuda.Device(self.device_id).use()
+        self.stream = self.cupy.cuda.Stream(non_blocking=True)
+        return self
+
+    def upload(self, a: Any) -> Any:
+        """Async host->device copy of ``a`` on the side stream, through a pinned buffer."""
+        import cupyx
+
+        cp = self.cupy
+        if _is_cupy(a):
+            return a  # already on the device (indexed on the side stream by the caller)
+        a = np.ascontiguousarray(a)
+        key = (a.shape, a.dtype.str)
+        buf = self.pinned.get(key)
+        if buf is None:
+            buf = cupyx.empty_pinned(a.shape, dtype=a.dtype)
+            self.pinned[key] = buf
+        buf[...] = a
+        out = cp.empty(a.shape, dtype=a.dtype)
+        out.set(buf, stream=self.stream)
+        # The pinned buffer is reused for the next batch: wait (worker thread only) until the
+        # DMA read it. The caller's stream is not blocked.
+        self.stream.synchronize()
+        return out
+
+
+class _LoaderIterator:
+    """One pass over a :class:`DataLoader`; see the module docstring."""
+
+    def __init__(self, loader: DataLoader, order: np.ndarray, aug_seed: int, be: Any) -> None:
+        self._nbatches = len(loader)
+        self._i = 0
+        self._cuda: _CudaState | None = None
+        self._window: collections.deque = collections.deque(
+            maxlen=max(loader.prefetch, 0) + 3
+        )
+        make = loader._batch_maker(order, aug_seed, be)
+        setup = None
+        if be.name == "cuda":
+            self._cuda = _CudaState(be.xp.cuda.Device().id)
+            setup = self._cuda.setup
+        self._sync_make = make
+        if loader.prefetch <= 0:
+            self._thread = None
+            if setup is not None:
+                self._cuda_ctx = setup()
+            return
+        self._queue: queue.Queue = queue.Queue(maxsize=loader.prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_worker, args=(make, self._nbatches, self._queue, self._stop, setup),
+            name="gpucnn-dataloader", daemon=True,
+        )
+        self._thread.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._queue, self._thread)
+
+    def __iter__(self) -> _LoaderIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._i >= self._nbatches:
+            self.close()
+            raise StopIteration
+        if self._cuda is not None:
+            # Everything queued on the batches handed out so far precedes this event; the
+            # worker makes its stream wait on it before it reuses pool memory.
+            cp = self._cuda.cupy
+            self._cuda.consumer_event = cp.cuda.get_current_stream().record()
+        if self._thread is None:
+            item = (self._sync_make(self._i) if self._cuda is None
+                    else self._sync_make(self._i, self._cuda_ctx))
+        else:
+            item = self._queue.get()
+            if isinstance(item, _Failure):
+                self.close()
+                raise item.exc
+            if item is _END:  # pragma: no cover - guarded by the count above
+                self.close()
+                raise StopIteration
+        self._i += 1
+        batch, event = item
+        if event is not None:
+            self._cuda.cupy.cuda.get_current_stream().wait_event(event)
+        self._window.append(batch)
+        return batch
+
+    def __len__(self) -> int:
+        return self._nbatches - self._i
+
+    def close(self) -> None:
+        """Stop and join the worker thread (idempotent)."""
+        if self._thread is not None:
+            self._finalizer()
+        if self._cuda is not None and self._cuda.stream is not None:
+            self._cuda.stream.synchronize()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class DataLoader:
+    """Mini-batches ``(x, y)`` of a data set, shuffled, prefetched and augmented.
+
+    Args:
+        data: ``(x, y)`` (a tuple or list of arrays sharing the first dimension), a single
+            array ``x``, a :class:`TensorDataset`, or any object with ``__len__`` and
+            ``__getitem__(i) -> (x_i, y_i)`` (items are stacked with NumPy).
+        batch_size: samples per batch.
+        shuffle: a new random order every epoch (else the data order).
+        drop_last: drop the last, smaller batch.
+        seed: seed of the shuffle and augmentation streams (epoch ``e`` uses ``(seed, e)``);
+            default: drawn from :func:`gpucnn.random.generator` at each epoch.
+        transform: applied to each whole ``x`` batch on the device, e.g. a
+            :class:`gpucnn.transforms.Compose`; a :class:`gpucnn.transforms.Transform` gets a
+            per-batch generator, any other callable is called as ``transform(x)``.
+        backend: ``"numpy"`` or ``"cuda"``; default: the active backend when iteration starts.
+        prefetch: batches prepared ahead by the background thread (0: no thread).
+        dtype: dtype of ``x`` batches (float32); ``None`` keeps the data's dtype. ``y`` and any
+            further arrays keep theirs.
+
+    Iterating yields tuples of arrays of the chosen backend (NumPy or CuPy, not Tensors):
+    ``(x, y)`` for two arrays, ``(x,)`` for one. ``len(loader)`` is the number of batches.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int | None = None,
+        transform: Callable | None = None,
+        backend: str | None = None,
+        prefetch: int = 2,
+        dtype: Any = np.float32,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if backend not in (None, "numpy", "cuda", "auto"):
+            raise ValueError(f"DataLoader: backend must be 'numpy', 'cuda' or None, got "
+                             f"{backend!r}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = seed
+        self.transform = transform
+        self.backend = None if backend == "auto" else backend
+        self.prefetch = int(prefetch)
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.epoch = 0
+        self.arrays: tuple | None = None
+        self.dataset: Any = None
+        raw = _raw(data)
+        if isinstance(data, TensorDataset):
+            self.arrays = data.arrays
+        elif _is_array(raw):
+            self.arrays = (raw,)
+        elif isinstance(data, (tuple, list)) and data and all(_is_array(_raw(a)) for a in data):
+            self.arrays = TensorDataset(*data).arrays
+        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            self.dataset = data
+        else:
+            raise TypeError(
+                "DataLoader: data must be (x, y) arrays, an array, or a dataset with __len__ "
+                f"and __getitem__; got {type(data).__name__}"
+            )
+        self._n = len(self.arrays[0]) if self.arrays is not None else len(self.dataset)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._n // self.batch_size
+        return math.ceil(self._n / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples in the data set."""
+        return self._n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch number the next iteration uses (the seeded order depends on it)."""
+        self.epoch = int(epoch)
+
+    def _epoch_streams(self) -> tuple[np.ndarray, int]:
+        if self.seed is not None:
+            ss = np.random.SeedSequence([int(self.seed), self.epoch])
+            rng = np.random.default_rng(ss)
+        else:
+            from gpucnn import random as _random
+
+            rng = _random.generator("numpy")
+        order = rng.permutation(self._n) if self.shuffle else np.arange(self._n)
+        aug_seed = int(rng.integers(0, 2**63 - 1)) if self.transform is not None else 0
+        return order, aug_seed
+
+    def __iter__(self) -> Iterator:
+        from gpucnn import backend as _backend
+
+        be = _backend.get_backend(self.backend) if self.backend else _backend.get()
+        order, aug_seed = self._epoch_streams()
+        self.epoch += 1
+        return _LoaderIterator(self, order, aug_seed, be)
+
+    # ------------------------------------------------------------------ batch assembly
+    def _host_batch(self, idx: np.ndarray) -> list:
+        if self.arrays is not None:
+            return [a[idx] if isinstance(a, np.ndarray) else _device_index(a, idx)
+                    for a in self.arrays]
+        items = [self.dataset[int(i)] for i in idx]
+        first = items[0]
+        if not isinstance(first, (tuple, list)):
+            return [np.stack([_host(it) for it in items])]
+        return [np.stack([_host(it[f]) for it in items]) for f in range(len(first))]
+
+    def _batch_maker(self, order: np.ndarray, aug_seed: int, be: Any) -> Callable:
+        bs, n, dtype, transform = self.batch_size, self._n, self.dtype, self.transform
+        from gpucnn.transforms import Transform
+
+        def augment(x: Any, k: int) -> Any:
+            if transform is None:
+                return x
+            if not isinstance(transform, Transform):
+                return transform(x)
+            ss = np.random.SeedSequence([aug_seed, k])
+            if be.name == "numpy":
+                gen = np.random.default_rng(ss)
+            else:
+                gen = be.xp.random.default_rng(int(ss.generate_state(1, np.uint64)[0] >> 1))
+            return transform(x, generator=gen)
+
+        def cast(x: Any) -> Any:
+            return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+
+        def make_numpy(k: int) -> tuple:
+            idx = order[k * bs:min((k + 1) * bs, n)]
+            parts = [_host(p) for p in self._host_batch(idx)]
+            parts[0] = augment(cast(parts[0]), k)
+            return tuple(parts), None
+
+        def make_cuda(k: int, ctx: _CudaState) -> tuple:
+            idx = order[k * bs:min((k + 1) * bs, n)]
+            with ctx.stream:
+                if ctx.consumer_event is not None:
+                    ctx.stream.wait_event(ctx.consumer_event)
+                parts = [ctx.upload(p) for p in self._host_batch(idx)]
+                parts[0] = augment(cast(parts[0]), k)
+                event = ctx.stream.record()
+            return tuple(parts), event
+
+        return make_numpy if be.name == "numpy" else make_cuda
+
+
+def _host(a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    if _is_cupy(a):
+        return a.get()
+    return np.asarray(_raw(a))
+
+
+def _device_index(a: Any, idx: np.ndarray) -> Any:
+    """Index a CuPy array with host indices (moved to the array's device)."""
+    import cupy
+
+    return a[cupy.asarray(idx)]
+
