@@ -1,0 +1,388 @@
+"""Dense, reshaping, dropout, activations and merge layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import gpucnn.functional as F
+from gpucnn import initializers as _init
+from gpucnn.layers.base import Layer, as_tensor_list, shape_str
+from gpucnn.module import register_module
+from gpucnn.tensor import Tensor
+
+__all__ = [
+    "Dense",
+    "Flatten",
+    "Reshape",
+    "Dropout",
+    "SpatialDropout2D",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ELU",
+    "Softmax",
+    "Add",
+    "Concatenate",
+]
+
+
+def _act_name(act: Any) -> Any:
+    if act is None or isinstance(act, str):
+        return act
+    return getattr(act, "__name__", repr(act))
+
+
+def _act_flops(act: Any, n: int) -> int:
+    return 0 if act is None or act == "linear" else n
+
+
+@register_module
+class Dense(Layer):
+    """Fully connected: ``y = activation(x @ W.T + b)``; x (N, in) → (N, units).
+
+    Weight (units, in) (PyTorch layout), bias (units,). Default initialisers: Glorot uniform
+    kernel, zero bias (Keras).
+    """
+
+    def __init__(
+        self,
+        units: int,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        input_shape: Sequence[int] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        if not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense: units must be a positive int, got {units!r}")
+        self.units = int(units)
+        self.activation = activation
+        self._act = F.get_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.in_features: int | None = None
+
+    def check_input_shape(self, shape: Any) -> None:
+        shape = tuple(shape)
+        want = f"(None, {self.in_features})" if self.in_features else "(None, features)"
+        if len(shape) != 1:
+            raise self._shape_error(want, shape, "Dense takes 2-D (N, features) inputs; add a "
+                                    "Flatten layer before it")
+        if self.in_features is not None and shape[0] != self.in_features:
+            raise self._shape_error(want, shape)
+
+    def _create(self, input_shape: Any, backend: str) -> None:
+        self.in_features = int(input_shape[0])
+        self.add_weight("weight", (self.units, self.in_features), self.kernel_initializer,
+                        backend)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer, backend)
+        else:
+            self.bias = None  # type: ignore[assignment]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._act(F.linear(x, self.weight, self.bias if self.use_bias else None))
+
+    def output_shape(self, input_shape: Any) -> tuple:
+        return (self.units,)
+
+    def flops(self, input_shape: Any) -> int:
+        n_in = int(input_shape[0])
+        return 2 * n_in * self.units + (self.units if self.use_bias else 0) + _act_flops(
+            self.activation, self.units)
+
+    def get_config(self) -> dict:
+        return {
+            "units": self.units,
+            "activation": _act_name(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": _init.serialize(self.kernel_initializer),
+            "bias_initializer": _init.serialize(self.bias_initializer),
+            **self._base_config(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.units}, activation={_act_name(self.activation)}"
+
+
+@register_module
+class Flatten(Layer):
+    """(N, d1, d2, ...) → (N, d1*d2*...)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.flatten(x, 1)
+
+    def output_shape(self, input_shape: Any) -> tuple:
+        return (int(np.prod(input_shape)),)
+
+
+@register_module
+class Reshape(Layer):
+    """Reshape each sample to ``target_shape`` (one entry may be -1)."""
+
+    def __init__(self, target_shape: Sequence[int], input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        self.target_shape = tuple(int(s) for s in target_shape)
+
+    def output_shape(self, input_shape: Any) -> tuple:
+        n = int(np.prod(input_shape))
+        t = list(self.target_shape)
+        if -1 in t:
+            known = int(np.prod([s for s in t if s != -1]))
+            if known == 0 or n % known:
+                raise self._shape_error(f"a size divisible by {known}", tuple(input_shape))
+            t[t.index(-1)] = n // known
+        if int(np.prod(t)) != n:
+            raise self._shape_error(f"{int(np.prod(t))} elements per sample", tuple(input_shape))
+        return tuple(t)
+
+    def check_input_shape(self, shape: Any) -> None:
+        self.output_shape(shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.reshape(x, (x.shape[0], *self.output_shape(x.shape[1:])))
+
+    def get_config(self) -> dict:
+        return {"target_shape": list(self.target_shape), **self._base_config()}
+
+
+@register_module
+class Dropout(Layer):
+    """Zero each element with probability ``rate`` in training, scaling the rest by
+    1/(1-rate) (inverted dropout); identity in eval mode. Masks come from gpucnn.random."""
+
+    def __init__(self, rate: float, input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        return F.dropout(x, self.rate, True)
+
+    def get_config(self) -> dict:
+        return {"rate": self.rate, **self._base_config()}
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+@register_module
+class SpatialDropout2D(Dropout):
+    """Dropout of whole channels of (N, C, H, W) inputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        return F.dropout2d(x, self.rate, True)
+
+
+@register_module
+class Activation(Layer):
+    """An element-wise activation by name (``"relu"``, ``"sigmoid"``, ``"softmax"``...)."""
+
+    def __init__(self, activation: Any, input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        self.activation = activation
+        self._act = F.get_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._act(x)
+
+    def flops(self, input_shape: Any) -> int:
+        return _act_flops(self.activation, int(np.prod(input_shape)))
+
+    def get_config(self) -> dict:
+        return {"activation": _act_name(self.activation), **self._base_config()}
+
+    def extra_repr(self) -> str:
+        return repr(_act_name(self.activation))
+
+
+@register_module
+class ReLU(Layer):
+    """``max(x, 0)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+    def flops(self, input_shape: Any) -> int:
+        return int(np.prod(input_shape))
+
+
+@register_module
+class LeakyReLU(Layer):
+    """``x if x > 0 else negative_slope * x``; default slope 0.3 (Keras; PyTorch uses 0.01)."""
+
+    def __init__(self, negative_slope: float = 0.3, input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope)
+
+    def flops(self, input_shape: Any) -> int:
+        return int(np.prod(input_shape))
+
+    def get_config(self) -> dict:
+        return {"negative_slope": self.negative_slope, **self._base_config()}
+
+
+@register_module
+class ELU(Layer):
+    """``x if x > 0 else alpha * (exp(x) - 1)``."""
+
+    def __init__(self, alpha: float = 1.0, input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        self.alpha = float(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.elu(x, self.alpha)
+
+    def flops(self, input_shape: Any) -> int:
+        return int(np.prod(input_shape))
+
+    def get_config(self) -> dict:
+        return {"alpha": self.alpha, **self._base_config()}
+
+
+@register_module
+class PReLU(Layer):
+    """``x if x > 0 else a[c] * x`` with a learned slope per channel (axis 1), initialised
+    to ``alpha_init`` (0.25, as PyTorch). ``shared=True`` learns one slope for all channels."""
+
+    def __init__(self, alpha_init: float = 0.25, shared: bool = False,
+                 input_shape: Sequence[int] | None = None, name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        self.alpha_init = float(alpha_init)
+        self.shared = bool(shared)
+        self.channels: int | None = None
+
+    def check_input_shape(self, shape: Any) -> None:
+        shape = tuple(shape)
+        if len(shape) < 1:
+            raise self._shape_error("(None, C, ...)", shape)
+        if self.channels is not None and not self.shared and shape[0] != self.channels:
+            raise self._shape_error(f"(None, {self.channels}, ...)", shape)
+
+    def _create(self, input_shape: Any, backend: str) -> None:
+        self.channels = 1 if self.shared else int(input_shape[0])
+        a = self.alpha_init
+
+        def init(shape: Any, dtype: Any = np.float32, backend: str = "numpy") -> Any:
+            return _init.ones(shape, dtype, backend) * dtype(a)
+
+        self.add_weight("weight", (self.channels,), init, backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.prelu(x, self.weight)
+
+    def flops(self, input_shape: Any) -> int:
+        return 2 * int(np.prod(input_shape))
+
+    def get_config(self) -> dict:
+        return {"alpha_init": self.alpha_init, "shared": self.shared, **self._base_config()}
+
+
+@register_module
+class Softmax(Layer):
+    """Softmax over ``axis`` (of the full tensor; default -1). Note: the losses expect logits
+    and detect a final Softmax (see :mod:`gpucnn.model`)."""
+
+    output_activation = "softmax"  # type: ignore[assignment]
+
+    def __init__(self, axis: int = -1, input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        self.axis = int(axis)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softmax(x, self.axis)
+
+    def flops(self, input_shape: Any) -> int:
+        return 3 * int(np.prod(input_shape))
+
+    def get_config(self) -> dict:
+        return {"axis": self.axis, **self._base_config()}
+
+
+@register_module
+class Add(Layer):
+    """Element-wise sum of a list of same-shaped tensors: ``Add()([a, b])``."""
+
+    def check_input_shape(self, shape: Any) -> None:
+        if not isinstance(shape, list) or len(shape) < 2:
+            raise ValueError(f"{self._in_desc()}: expects a list of at least 2 tensors, "
+                             f"received {shape_str(shape) if isinstance(shape, tuple) else shape}")
+        first = tuple(shape[0])
+        for s in shape[1:]:
+            if tuple(s) != first:
+                raise self._shape_error(f"all inputs {shape_str(first)}", shape)
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        xs = as_tensor_list(inputs, self._in_desc())
+        out = xs[0]
+        for t in xs[1:]:
+            out = out + t
+        return out
+
+    def output_shape(self, input_shape: Any) -> tuple:
+        return tuple(input_shape[0])
+
+    def flops(self, input_shape: Any) -> int:
+        return (len(input_shape) - 1) * int(np.prod(input_shape[0]))
+
+
+@register_module
+class Concatenate(Layer):
+    """Join a list of tensors along ``axis`` of the full tensor (default 1: channels)."""
+
+    def __init__(self, axis: int = 1, input_shape: Sequence[int] | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        if axis == 0:
+            raise ValueError("Concatenate: axis 0 is the batch axis")
+        self.axis = int(axis)
+
+    def _sample_axis(self, ndim: int) -> int:
+        ax = self.axis if self.axis > 0 else self.axis + ndim + 1
+        return ax - 1
+
+    def check_input_shape(self, shape: Any) -> None:
+        if not isinstance(shape, list) or len(shape) < 1:
+            raise ValueError(f"{self._in_desc()}: expects a list of tensors, received {shape}")
+        first = tuple(shape[0])
+        ax = self._sample_axis(len(first))
+        for s in shape[1:]:
+            s = tuple(s)
+            if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first))
+                                           if i != ax):
+                raise self._shape_error(
+                    f"shapes equal to {shape_str(first)} except on axis {self.axis}", shape)
+
+    def forward(self, inputs: list[Tensor]) -> Tensor:
+        xs = as_tensor_list(inputs, self._in_desc())
+        return F.concat(xs, axis=self.axis)
+
+    def output_shape(self, input_shape: Any) -> tuple:
+        first = list(input_shape[0])
+        ax = self._sample_axis(len(first))
+        first[ax] = sum(int(s[ax]) for s in input_shape)
+        return tuple(first)
+
+    def get_config(self) -> dict:
+        return {"axis": self.axis, **self._base_config()}

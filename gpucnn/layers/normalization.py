@@ -1,0 +1,108 @@
+"""BatchNormalization."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import gpucnn.functional as F
+from gpucnn import initializers as _init
+from gpucnn.layers.base import Layer
+from gpucnn.module import register_module
+from gpucnn.tensor import Tensor
+
+__all__ = ["BatchNormalization"]
+
+
+@register_module
+class BatchNormalization(Layer):
+    """Batch normalisation over channels (axis 1) of (N, C) or (N, C, H, W) inputs.
+
+    ``momentum`` follows KERAS's convention: ``running = momentum * running + (1 - momentum)
+    * batch_stat`` (default 0.99; PyTorch's momentum=0.1 is Keras 0.9); ``epsilon`` defaults
+    to Keras's 1e-3. In training the batch statistics normalise (biased variance) and the
+    running variance is updated with the unbiased one (as PyTorch, through
+    :func:`gpucnn.functional.batch_norm`); in eval mode the running statistics are used.
+
+    Parameters ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are trainable; buffers
+    ``running_mean`` (zeros) and ``running_var`` (ones) are state, not parameters.
+    """
+
+    def __init__(
+        self,
+        axis: int = 1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        input_shape: Sequence[int] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(input_shape=input_shape, name=name)
+        if axis not in (1, -3):
+            raise ValueError(f"BatchNormalization: only channels-first axis=1 is supported, "
+                             f"got axis={axis}")
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"BatchNormalization: momentum must be in [0, 1], got {momentum}")
+        if float(epsilon) <= 0:
+            raise ValueError(f"BatchNormalization: epsilon must be > 0, got {epsilon}")
+        self.axis = 1
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = beta_initializer
+        self.gamma_initializer = gamma_initializer
+        self.channels: int | None = None
+
+    def check_input_shape(self, shape: Any) -> None:
+        shape = tuple(shape)
+        c = self.channels if self.channels is not None else "C"
+        if len(shape) not in (1, 2, 3):
+            raise self._shape_error(f"(None, {c}) or (None, {c}, H, W)", shape)
+        if self.channels is not None and shape[0] != self.channels:
+            raise self._shape_error(f"(None, {c}, ...)", shape,
+                                    f"{shape[0]} channels instead of {c}")
+
+    def _create(self, input_shape: Any, backend: str) -> None:
+        c = self.channels = int(input_shape[0])
+        if self.scale:
+            self.add_weight("weight", (c,), self.gamma_initializer, backend)
+        if self.center:
+            self.add_weight("bias", (c,), self.beta_initializer, backend)
+        self.register_buffer("running_mean", Tensor(_init.zeros((c,), np.float32, backend)))
+        self.register_buffer("running_var", Tensor(_init.ones((c,), np.float32, backend)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight if self.scale else None,
+            self.bias if self.center else None,
+            training=self.training,
+            momentum=1.0 - self.momentum,
+            eps=self.epsilon,
+        )
+
+    def flops(self, input_shape: Any) -> int:
+        return 2 * int(np.prod(input_shape))
+
+    def get_config(self) -> dict:
+        return {
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": _init.serialize(self.beta_initializer),
+            "gamma_initializer": _init.serialize(self.gamma_initializer),
+            **self._base_config(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, momentum={self.momentum}, epsilon={self.epsilon}"

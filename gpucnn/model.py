@@ -1,0 +1,808 @@
+"""The Keras-style model API every :class:`~gpucnn.Module` carries.
+
+``compile(optimizer, loss, metrics)``, ``fit``, ``evaluate``, ``predict``, ``summary``,
+``save``/``save_weights``/``load_weights``.
+
+Conventions:
+
+* Models output LOGITS. ``"sparse_categorical_crossentropy"`` and
+  ``"categorical_crossentropy"`` apply the softmax inside the loss, ``"binary_crossentropy"``
+  the sigmoid. If the model ends in a softmax or sigmoid (a ``Softmax`` layer,
+  ``Activation("softmax"/"sigmoid")`` or ``activation="softmax"/"sigmoid"`` on the last
+  layer) compile detects it (``from_logits=None``) and the loss takes the log of the
+  (clipped) probabilities instead; pass ``from_logits=True/False`` to override.
+* Inputs are NCHW (or (N, features)); NumPy arrays are moved batch by batch to the model's
+  backend and cast to its dtype (float32 by default; integer images are cast, not scaled).
+* Shuffling draws a permutation per epoch from ``numpy.random.default_rng([seed, epoch])``
+  (``seed``: fit's argument, else the :func:`gpucnn.manual_seed` seed), so a run resumed with
+  ``initial_epoch=k`` shuffles exactly like an uninterrupted one. ``seed`` does not reseed
+  the global generator (dropout masks continue the :mod:`gpucnn.random` stream, which
+  :func:`gpucnn.load_model` restores).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from gpucnn import backend as _backend
+from gpucnn import metrics as _metrics
+from gpucnn.callbacks import Callback, CallbackList, History
+from gpucnn.tensor import Tensor, no_grad
+
+__all__ = ["ModelMixin", "LOSSES", "OPTIMIZERS"]
+
+LOSSES = (
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+    "mse",
+    "mean_squared_error",
+    "mae",
+    "mean_absolute_error",
+)
+_LOSS_ALIASES = {
+    "mean_squared_error": "mse",
+    "mean_absolute_error": "mae",
+    "bce": "binary_crossentropy",
+}
+
+# Keras default learning rates
+OPTIMIZERS = {"sgd": ("SGD", 0.01), "adam": ("Adam", 1e-3), "adamw": ("AdamW", 1e-3),
+              "rmsprop": ("RMSprop", 1e-3)}
+
+_PROB_EPS = 1e-7
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _F() -> Any:
+    import gpucnn.functional as F
+
+    return F
+
+
+class _Loss:
+    """A compiled loss: ``loss(output Tensor, target Tensor) -> scalar Tensor``."""
+
+    def __init__(self, spec: Any, from_logits: bool) -> None:
+        self.from_logits = from_logits
+        if callable(spec):
+            self.name = getattr(spec, "__name__", "custom_loss")
+            self.fn = spec
+            self.kind = "custom"
+            return
+        if not isinstance(spec, str):
+            raise ValueError(
+                f"compile(loss=...): expected a loss name or a callable, got {spec!r}"
+            )
+        key = spec.lower()
+        key = _LOSS_ALIASES.get(key, key)
+        if key not in LOSSES:
+            raise ValueError(
+                f"compile(loss=...): unknown loss {spec!r}; known: {', '.join(LOSSES)} "
+                "or a callable(output, target) -> scalar Tensor"
+            )
+        self.name = key
+        self.kind = key
+        self.fn = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.kind == "sparse_categorical_crossentropy"
+
+    def __call__(self, out: Tensor, y: Tensor) -> Tensor:
+        F = _F()
+        k = self.kind
+        if k == "custom":
+            return self.fn(out, y)
+        if k == "sparse_categorical_crossentropy":
+            if self.from_logits:
+                return F.cross_entropy(out, y)
+            return F.nll_loss(F.log(F.clip(out, _PROB_EPS, 1.0)), y)
+        if k == "categorical_crossentropy":
+            if self.from_logits:
+                return F.cross_entropy(out, y)
+            return -(y * F.log(F.clip(out, _PROB_EPS, 1.0))).sum(axis=1).mean()
+        if k == "binary_crossentropy":
+            y = y.reshape(out.shape)
+            if self.from_logits:
+                return F.binary_cross_entropy_with_logits(out, y)
+            return F.binary_cross_entropy(F.clip(out, _PROB_EPS, 1.0 - _PROB_EPS), y)
+        y = y.reshape(out.shape)
+        if k == "mse":
+            return F.mse_loss(out, y)
+        return (out - y).abs().mean()  # mae
+
+
+def _check_targets(loss: _Loss, y: Any, out_shape: tuple, where: str) -> None:
+    """Validate targets against the model output for the built-in losses."""
+    n = out_shape[0]
+    if int(y.shape[0]) != n:
+        raise ValueError(f"{where}: got {n} outputs but {int(y.shape[0])} targets")
+    if loss.sparse:
+        if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
+            raise ValueError(
+                f"{where}: loss 'sparse_categorical_crossentropy' expects integer class ids of "
+                f"shape (N,), got targets of shape {tuple(y.shape)}; use "
+                "'categorical_crossentropy' for one-hot targets"
+            )
+        if len(out_shape) < 2:
+            raise ValueError(
+                f"{where}: loss 'sparse_categorical_crossentropy' needs outputs (N, classes), "
+                f"got {out_shape}"
+            )
+        c = out_shape[1]
+        if y.size:
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= c:
+                raise ValueError(
+                    f"{where}: labels must be in [0, {c}) for loss "
+                    f"'sparse_categorical_crossentropy' with {c} outputs, got labels in "
+                    f"[{lo}, {hi}]"
+                )
+    elif loss.kind == "categorical_crossentropy":
+        if tuple(y.shape) != tuple(out_shape):
+            raise ValueError(
+                f"{where}: loss 'categorical_crossentropy' expects one-hot/probability targets "
+                f"of shape {tuple(out_shape)}, got {tuple(y.shape)}; use "
+                "'sparse_categorical_crossentropy' for integer labels"
+            )
+    elif loss.kind in ("binary_crossentropy", "mse", "mae"):
+        if int(np.prod(y.shape)) != int(np.prod(out_shape)):
+            raise ValueError(
+                f"{where}: loss {loss.kind!r} expects targets with the output's shape "
+                f"{tuple(out_shape)}, got {tuple(y.shape)}"
+            )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _is_arraylike(a: Any) -> bool:
+    return isinstance(a, (np.ndarray, Tensor)) or type(a).__module__.startswith("cupy")
+
+
+def _host(a: Any) -> np.ndarray:
+    if isinstance(a, Tensor):
+        return a.numpy()
+    return _backend.to_numpy(a) if _is_arraylike(a) else np.asarray(a)
+
+
+class _ArrayData:
+    """Batches from in-memory arrays (host copies), optionally shuffled per epoch."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def num_batches(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def batches(self, perm: np.ndarray | None = None) -> Iterator[tuple]:
+        n, bs = len(self.x), self.batch_size
+        for s in range(0, n, bs):
+            idx = perm[s : s + bs] if perm is not None else slice(s, s + bs)
+            yield self.x[idx], (None if self.y is None else self.y[idx])
+
+
+class _IterData:
+    """Batches from any iterable of ``(x, y)`` (or ``x``) batches, e.g. a DataLoader."""
+
+    def __init__(self, loader: Iterable, steps: int | None = None) -> None:
+        self.loader, self.steps = loader, steps
+
+    def num_batches(self) -> int | None:
+        if self.steps is not None:
+            return self.steps
+        try:
+            return len(self.loader)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def batches(self, perm: Any = None) -> Iterator[tuple]:
+        for i, b in enumerate(self.loader):
+            if self.steps is not None and i >= self.steps:
+                break
+            if isinstance(b, (tuple, list)):
+                if len(b) < 1 or len(b) > 3:
+                    raise ValueError(
+                        f"data loader: expected batches (x, y) or x, got a tuple of {len(b)}"
+                    )
+                yield b[0], (b[1] if len(b) > 1 else None)
+            elif isinstance(b, dict):
+                yield b["x"], b.get("y")
+            else:
+                yield b, None
+
+    def set_epoch(self, epoch: int) -> None:
+        fn = getattr(self.loader, "set_epoch", None)
+        if callable(fn):
+            fn(epoch)
+
+
+def _make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = None) -> Any:
+    if x is None:
+        raise ValueError(f"{where}: x is required")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
+    if y is None and not _is_arraylike(x) and not isinstance(x, (list, tuple)):
+        if not hasattr(x, "__iter__"):
+            raise TypeError(
+                f"{where}: x must be an array, a Tensor or an iterable of (x, y) batches, got "
+                f"{type(x).__name__}"
+            )
+        return _IterData(x, steps)
+    xa = _host(x)
+    if xa.ndim == 0:
+        raise ValueError(f"{where}: x must have a batch dimension, got a scalar")
+    ya = None
+    if y is not None:
+        ya = _host(y)
+        if ya.ndim == 0 or len(ya) != len(xa):
+            raise ValueError(
+                f"{where}: x and y have different numbers of samples: x has {len(xa)} "
+                f"(shape {xa.shape}), y has {len(ya) if ya.ndim else 0} (shape {ya.shape})"
+            )
+    return _ArrayData(xa, ya, int(batch_size))
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _fmt_logs(logs: dict) -> str:
+    return " - ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                      for k, v in logs.items())
+
+
+class _Progress:
+    def __init__(self, verbose: int, epoch: int, epochs: int, total: int | None) -> None:
+        self.verbose, self.epoch, self.epochs = verbose, epoch, epochs
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if verbose == 1:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                desc=f"Epoch {epoch + 1}/{epochs}",
+                unit="batch",
+                file=sys.stdout,
+                leave=True,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
+
+    def update(self, logs: dict, seen: int) -> None:
+        if self.bar is not None:
+            rate = seen / max(time.perf_counter() - self.t0, 1e-9)
+            post = {k: f"{v:.4f}" for k, v in logs.items()}
+            post["img/s"] = f"{rate:.0f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+
+    def close(self, logs: dict, seen: int) -> None:
+        dt = time.perf_counter() - self.t0
+        rate = seen / max(dt, 1e-9)
+        if self.bar is not None:
+            post = {k: f"{v:.4f}" for k, v in logs.items()}
+            post["img/s"] = f"{rate:.0f}"
+            self.bar.set_postfix(post, refresh=True)
+            self.bar.close()
+        elif self.verbose == 2:
+            print(
+                f"Epoch {self.epoch + 1}/{self.epochs} - {dt:.1f}s - {_fmt_logs(logs)} - "
+                f"{rate:.0f} img/s",
+                file=sys.stdout,
+                flush=True,
+            )
+
+
+# ----------------------------------------------------------------------------- mixin
+
+
+class ModelMixin:
+    """compile / fit / evaluate / predict / summary / save for any Module."""
+
+    def __init__(self) -> None:
+        self.optimizer: Any = None
+        self.stop_training = False
+        self.history: History | None = None
+        self.completed_epochs = 0
+        self._loss: _Loss | None = None
+        self._metric_specs: list = []
+        self._optimizer_factory: Callable[[list], Any] | None = None
+        self._compile_config: dict | None = None
+
+    # ------------------------------------------------------------------ compile
+    def compile(
+        self,
+        optimizer: Any = "rmsprop",
+        loss: Any = None,
+        metrics: list | None = None,
+        lr: float | None = None,
+        from_logits: bool | None = None,
+    ) -> None:
+        """Configure training.
+
+        Args:
+            optimizer: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"`` (Keras default
+                learning rates 0.01, 1e-3, 1e-3, 1e-3), an :class:`gpucnn.optim.Optimizer`
+                instance, or a callable ``params -> Optimizer`` (e.g. ``functools.partial(
+                optim.SGD, lr=0.1, momentum=0.9)``) for models whose parameters do not exist
+                yet. Named optimizers are created as soon as the model is built.
+            loss: a name in :data:`LOSSES` or ``callable(output, target) -> scalar Tensor``.
+            metrics: names (see :mod:`gpucnn.metrics`) or callables.
+            lr: learning rate for a named optimizer.
+            from_logits: whether the model outputs logits; ``None`` detects a final
+                softmax/sigmoid (see the module doc).
+
+        Raises:
+            ValueError: unknown optimizer, loss or metric name (listing the valid ones).
+        """
+        from gpucnn import optim
+
+        if loss is None:
+            raise ValueError(
+                f"compile(loss=...): a loss is required; known: {', '.join(LOSSES)} or a callable"
+            )
+        if from_logits is None:
+            act = self._output_activation()
+            from_logits = act not in ("softmax", "sigmoid")
+        self._loss = _Loss(loss, bool(from_logits))
+        specs = list(metrics or [])
+        if isinstance(metrics, str):
+            specs = [metrics]
+        for m in specs:  # validate names now
+            _metrics.get(m, self._loss.name, self._loss.from_logits)
+        self._metric_specs = specs
+        opt_cfg: dict[str, Any]
+        self.optimizer = None
+        if isinstance(optimizer, str):
+            key = optimizer.lower()
+            if key not in OPTIMIZERS:
+                raise ValueError(
+                    f"compile(optimizer=...): unknown optimizer {optimizer!r}; known: "
+                    f"{', '.join(OPTIMIZERS)}, an Optimizer instance or a callable params -> "
+                    "Optimizer"
+                )
+            cls_name, default_lr = OPTIMIZERS[key]
+            rate = default_lr if lr is None else float(lr)
+            cls = getattr(optim, cls_name)
+            self._optimizer_factory = lambda ps: cls(ps, lr=rate)
+            opt_cfg = {"class_name": cls_name, "config": {"lr": rate}}
+        elif isinstance(optimizer, optim.Optimizer):
+            if lr is not None:
+                optimizer.lr = float(lr)
+            self._optimizer_factory = None
+            self.optimizer = optimizer
+            opt_cfg = {"class_name": type(optimizer).__name__, "config": {}}
+        elif callable(optimizer):
+            self._optimizer_factory = optimizer
+            opt_cfg = {"class_name": None, "config": {}}
+        else:
+            raise ValueError(
+                f"compile(optimizer=...): expected a name ({', '.join(OPTIMIZERS)}), an "
+                f"Optimizer or a callable, got {type(optimizer).__name__}"
+            )
+        self._compile_config = {
+            "optimizer": opt_cfg,
+            "loss": self._loss.name if self._loss.kind != "custom" else None,
+            "metrics": [m if isinstance(m, str) else getattr(m, "__name__", None) for m in specs],
+            "from_logits": bool(from_logits),
+        }
+        if self.built:
+            self._ensure_optimizer()
+
+    def _output_activation(self) -> str | None:
+        leaves = [m for m in self.modules() if not list(m.children())]  # type: ignore[attr-defined]
+        for m in reversed(leaves):
+            act = getattr(m, "output_activation", None)
+            if act is not None:
+                return act
+            if type(m).__name__ in ("Dropout", "Flatten", "Reshape"):
+                continue
+            return None
+        return None
+
+    def _ensure_optimizer(self) -> Any:
+        if self.optimizer is None:
+            if self._optimizer_factory is None:
+                raise RuntimeError("no optimizer: call compile() first")
+            params = self.trainable_parameters()  # type: ignore[attr-defined]
+            if not params:
+                raise RuntimeError(f"{self.name}: the model has no trainable parameters")  # type: ignore[attr-defined]
+            self.optimizer = self._optimizer_factory(params)
+            cfg = self._compile_config
+            if cfg is not None and cfg["optimizer"]["class_name"] is None:
+                cfg["optimizer"]["class_name"] = type(self.optimizer).__name__
+        return self.optimizer
+
+    def _require_compiled(self, where: str) -> _Loss:
+        if self._loss is None:
+            raise RuntimeError(f"{where}: the model is not compiled; call compile(...) first")
+        return self._loss
+
+    # ------------------------------------------------------------------ batches
+    def _prepare_x(self, xb: Any) -> Tensor:
+        be = self.backend  # type: ignore[attr-defined]
+        dt = self.dtype  # type: ignore[attr-defined]
+        if isinstance(xb, Tensor):
+            t = xb.to(be) if xb.backend != be else xb
+            return t if t.dtype == dt else Tensor(t.data.astype(dt))
+        arr = _backend.get_backend(be).xp.asarray(xb)
+        if arr.dtype != dt:
+            arr = arr.astype(dt)
+        return Tensor(arr)
+
+    def _prepare_y(self, yb: Any, loss: _Loss) -> Any:
+        be = self.backend  # type: ignore[attr-defined]
+        arr = yb.data if isinstance(yb, Tensor) else yb
+        arr = _backend.to_backend(arr, be) if _is_arraylike(arr) else \
+            _backend.get_backend(be).xp.asarray(arr)
+        if loss.sparse:
+            if arr.dtype.kind == "f":
+                if bool((arr != arr.round()).any()):
+                    raise ValueError(
+                        "loss 'sparse_categorical_crossentropy': labels must be integer class "
+                        f"ids, got non-integer values (dtype {arr.dtype})"
+                    )
+            if arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr.reshape(-1)
+            return arr.astype(np.int64) if arr.dtype != np.int64 else arr
+        if arr.dtype != self.dtype:  # type: ignore[attr-defined]
+            arr = arr.astype(self.dtype)  # type: ignore[attr-defined]
+        return arr
+
+    def _ensure_built_for(self, xb: Any) -> None:
+        if not self.built:  # type: ignore[attr-defined]
+            shape = tuple(xb.shape[1:])
+            self.check_input_shape(shape)  # type: ignore[attr-defined]
+            self.build(shape)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int = 32,
+        epochs: int = 1,
+        verbose: int = 1,
+        callbacks: list[Callback] | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+        seed: int | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> History:
+        """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the final epoch index).
+
+        Args:
+            x, y: arrays/Tensors (N, ...) and targets (N, ...); or ``x`` an iterable of
+                ``(x, y)`` batches (e.g. a :class:`gpucnn.data.DataLoader`) with ``y=None``.
+            batch_size: samples per step for arrays.
+            verbose: 0 silent, 1 a progress bar per epoch (running loss, metrics, img/s),
+                2 one line per epoch.
+            callbacks: :class:`gpucnn.callbacks.Callback` instances.
+            validation_split: fraction of the LAST samples of ``x``/``y`` (taken before
+                shuffling, as Keras) held out for validation (arrays only).
+            validation_data: ``(x_val, y_val)`` or an iterable of batches (overrides
+                ``validation_split``).
+            shuffle: shuffle array data each epoch (see the module doc on reproducibility).
+            initial_epoch: epoch to start from (to resume training).
+            seed: seed of the per-epoch shuffles.
+            steps_per_epoch: cap on the batches per epoch (for endless loaders).
+
+        Returns:
+            The :class:`History` (also ``self.history``): per-epoch ``loss``, metrics and
+            ``val_*``.
+        """
+        loss = self._require_compiled("fit")
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+        if not 0.0 <= float(validation_split) < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+        train = _make_data(x, y, batch_size, "fit", steps_per_epoch)
+        val = None
+        if validation_data is not None:
+            if isinstance(validation_data, tuple) and len(validation_data) in (2, 3):
+                val = _make_data(validation_data[0], validation_data[1], batch_size,
+                                 "fit(validation_data)")
+            else:
+                val = _make_data(validation_data, None, batch_size, "fit(validation_data)")
+        elif validation_split > 0:
+            if not isinstance(train, _ArrayData):
+                raise ValueError(
+                    "fit: validation_split needs array inputs; pass validation_data=loader "
+                    "when x is a data loader"
+                )
+            n = len(train.x)
+            split_at = int(round(n * (1.0 - float(validation_split))))
+            if split_at <= 0 or split_at >= n:
+                raise ValueError(
+                    f"fit: validation_split={validation_split} leaves {split_at} training and "
+                    f"{n - split_at} validation samples out of {n}"
+                )
+            val = _ArrayData(train.x[split_at:], train.y[split_at:] if train.y is not None
+                             else None, train.batch_size)
+            train = _ArrayData(train.x[:split_at], train.y[:split_at] if train.y is not None
+                               else None, train.batch_size)
+        if isinstance(train, _ArrayData) and train.y is None:
+            raise ValueError("fit: y is required when x is an array")
+        if isinstance(train, _ArrayData) and len(train.x):
+            self._ensure_built_for(train.x[:1])
+
+        base_seed = seed
+        if base_seed is None:
+            from gpucnn.random import generator, initial_seed
+
+            base_seed = initial_seed()
+            if base_seed is None:
+                base_seed = int(generator("numpy").integers(2**31))
+
+        history = History()
+        params = {"epochs": epochs, "steps": train.num_batches(), "verbose": verbose,
+                  "batch_size": batch_size}
+        cbs = CallbackList([history, *(callbacks or [])], self, params)
+        self.history = history
+        self.stop_training = False
+        metric_objs = [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
+        cbs.on_train_begin({})
+        logs: dict = {}
+        for epoch in range(int(initial_epoch), int(epochs)):
+            cbs.on_epoch_begin(epoch, {})
+            if isinstance(train, _IterData):
+                train.set_epoch(epoch)
+            perm = None
+            if isinstance(train, _ArrayData) and shuffle:
+                perm = np.random.default_rng([int(base_seed), epoch]).permutation(len(train.x))
+            self.train()  # type: ignore[attr-defined]
+            for m in metric_objs:
+                m.reset()
+            total_loss, seen = 0.0, 0
+            prog = _Progress(verbose, epoch, int(epochs), train.num_batches())
+            logs = {}
+            for step, (xb, yb) in enumerate(train.batches(perm)):
+                if yb is None:
+                    raise ValueError("fit: the data gave batches without targets; yield (x, y)")
+                cbs.on_train_batch_begin(step, {})
+                self._ensure_built_for(xb)
+                opt = self._ensure_optimizer()
+                xt = self._prepare_x(xb)
+                ya = self._prepare_y(yb, loss)
+                out = self(xt)  # type: ignore[operator]
+                _check_targets(loss, ya, tuple(out.shape), "fit")
+                value = loss(out, Tensor(ya))
+                opt.zero_grad()
+                value.backward()
+                opt.step()
+                n = int(xt.shape[0])
+                lv = float(value.item())
+                total_loss += lv * n
+                seen += n
+                with no_grad():
+                    for m in metric_objs:
+                        m.update(ya, out.data)
+                logs = {"loss": total_loss / seen, **{m.name: m.result() for m in metric_objs}}
+                prog.update(logs, seen)
+                cbs.on_train_batch_end(step, {**logs, "batch_loss": lv, "size": n})
+                if self.stop_training:
+                    break
+            if seen == 0:
+                prog.close({}, 0)
+                raise ValueError("fit: the training data produced no batches")
+            if val is not None:
+                vlogs = self._run_eval(val, loss, metric_objs, "fit(validation)")
+                logs.update({f"val_{k}": v for k, v in vlogs.items()})
+            prog.close(logs, seen)
+            self.completed_epochs = epoch + 1
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        return history
+
+    # ------------------------------------------------------------------ evaluate / predict
+    def _run_eval(self, data: Any, loss: _Loss, metric_objs: list, where: str) -> dict:
+        for m in metric_objs:
+            m.reset()
+        was = self.training  # type: ignore[attr-defined]
+        self.eval()  # type: ignore[attr-defined]
+        total, seen = 0.0, 0
+        try:
+            with no_grad():
+                for xb, yb in data.batches(None):
+                    if yb is None:
+                        raise ValueError(f"{where}: batches without targets; yield (x, y)")
+                    self._ensure_built_for(xb)
+                    xt = self._prepare_x(xb)
+                    ya = self._prepare_y(yb, loss)
+                    out = self(xt)  # type: ignore[operator]
+                    _check_targets(loss, ya, tuple(out.shape), where)
+                    n = int(xt.shape[0])
+                    total += float(loss(out, Tensor(ya)).item()) * n
+                    seen += n
+                    for m in metric_objs:
+                        m.update(ya, out.data)
+        finally:
+            self.train(was)  # type: ignore[attr-defined]
+        if seen == 0:
+            raise ValueError(f"{where}: the data produced no batches")
+        return {"loss": total / seen, **{m.name: m.result() for m in metric_objs}}
+
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int = 32,
+        verbose: int = 0,
+        return_dict: bool = False,
+    ) -> Any:
+        """Loss and metrics on ``x``/``y`` (or a loader), in eval mode without gradients.
+
+        Returns, as Keras: the loss (a float) when there are no metrics, else
+        ``[loss, metric...]``; a dict ``{"loss": ..., name: ...}`` with ``return_dict``.
+        """
+        loss = self._require_compiled("evaluate")
+        data = _make_data(x, y, batch_size, "evaluate")
+        if isinstance(data, _ArrayData) and data.y is None:
+            raise ValueError("evaluate: y is required when x is an array")
+        metric_objs = [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
+        t0 = time.perf_counter()
+        logs = self._run_eval(data, loss, metric_objs, "evaluate")
+        if verbose:
+            print(f"evaluate - {time.perf_counter() - t0:.1f}s - {_fmt_logs(logs)}")
+        if return_dict:
+            return logs
+        vals = list(logs.values())
+        return vals[0] if len(vals) == 1 else vals
+
+    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+        """Model outputs for ``x`` (array/Tensor (N, ...) or an iterable of batches), batched,
+        in eval mode without gradients; a NumPy array (N, ...)."""
+        data = _make_data(x, None, batch_size, "predict")
+        was = self.training  # type: ignore[attr-defined]
+        self.eval()  # type: ignore[attr-defined]
+        outs: list[np.ndarray] = []
+        try:
+            with no_grad():
+                for xb, _ in data.batches(None):
+                    self._ensure_built_for(xb)
+                    out = self(self._prepare_x(xb))  # type: ignore[operator]
+                    outs.append(out.numpy())
+                    if verbose:
+                        print(f"predict: {sum(len(o) for o in outs)} samples", end="\r")
+        finally:
+            self.train(was)  # type: ignore[attr-defined]
+        if not outs:
+            return np.zeros((0,), dtype=np.float32)
+        return np.concatenate(outs, axis=0)
+
+    def train_on_batch(self, x: Any, y: Any) -> float:
+        """One optimisation step on one batch; returns the loss."""
+        loss = self._require_compiled("train_on_batch")
+        self._ensure_built_for(x)
+        opt = self._ensure_optimizer()
+        self.train()  # type: ignore[attr-defined]
+        xt, ya = self._prepare_x(x), self._prepare_y(y, loss)
+        out = self(xt)  # type: ignore[operator]
+        _check_targets(loss, ya, tuple(out.shape), "train_on_batch")
+        value = loss(out, Tensor(ya))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        return float(value.item())
+
+    # ------------------------------------------------------------------ summary
+    def summary(self, input_shape: Any = None, print_fn: Callable[[str], Any] | None = print,
+                line_length: int = 92) -> str:
+        """Print and return a Keras-like table: layer (type), output shape, parameters and
+        forward FLOPs per sample (a multiply-add counts 2) of each top-level layer; then the
+        total / trainable / non-trainable parameter counts (buffers such as batch-norm running
+        statistics are not parameters; they are listed separately).
+
+        Args:
+            input_shape: per-sample input shape, needed when the model is not built and has
+                no ``input_shape`` on its first layer.
+        """
+        shape = input_shape
+        if shape is None:
+            shape = getattr(self, "input_shape", None) or self.__dict__.get("_build_input_shape")
+        if shape is None:
+            raise ValueError(
+                f"summary(): the input shape of {self.name} is unknown; pass input_shape=(C, H, "  # type: ignore[attr-defined]
+                "W), give the first layer input_shape=..., or run a batch through it first"
+            )
+        shape = tuple(shape) if not (shape and isinstance(shape[0], (list, tuple))) else shape
+        if not self.built:  # type: ignore[attr-defined]
+            self.build(shape)  # type: ignore[attr-defined]
+        rows: list[tuple[str, str, int, int]] = []
+        from gpucnn.module import Sequential
+
+        if isinstance(self, Sequential):
+            s = shape
+            for layer in self.layers:
+                out = tuple(layer.output_shape(s))
+                rows.append((f"{layer.name} ({type(layer).__name__})", _shape_str(out),
+                             layer.count_params(), int(layer.flops(s))))
+                s = out
+        else:
+            table = self._trace_children(shape)  # type: ignore[attr-defined]
+            for _, child in self.named_children():  # type: ignore[attr-defined]
+                if id(child) in table:
+                    ins, out = table[id(child)]
+                    fl = int(child.flops(ins))
+                    out_s = _shape_str(out)
+                else:
+                    fl, out_s = 0, "(not called)"
+                rows.append((f"{child.name} ({type(child).__name__})", out_s,
+                             child.count_params(), fl))
+            own = sum(p.size for p in self._parameters.values() if p is not None)  # type: ignore[attr-defined]
+            if own:
+                rows.append(("(own parameters)", "", own, 0))
+        total = self.count_params()  # type: ignore[attr-defined]
+        trainable = self.count_params(True)  # type: ignore[attr-defined]
+        n_buf = sum(b.size for b in self.buffers())  # type: ignore[attr-defined]
+        w = [max(30, line_length - 62), 26, 14, 16]
+        sep = "─" * sum(w)
+        lines = [f'Model: "{self.name}" ({type(self).__name__}), input (None, '  # type: ignore[attr-defined]
+                 f'{", ".join(map(str, shape))})', sep,
+                 f"{'Layer (type)':<{w[0]}}{'Output Shape':<{w[1]}}{'Param #':>{w[2]}}"
+                 f"{'FLOPs':>{w[3]}}", "═" * sum(w)]
+        for name, out, p, fl in rows:
+            lines.append(f"{name:<{w[0]}}{out:<{w[1]}}{p:>{w[2]},}{fl:>{w[3]},}")
+        lines += [
+            sep,
+            f"Total params: {total:,}",
+            f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {total - trainable:,}",
+            f"Buffers (not parameters, e.g. running statistics): {n_buf:,}",
+            f"Forward FLOPs per sample: {sum(r[3] for r in rows):,}",
+            sep,
+        ]
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Any) -> None:
+        """Save architecture, weights, optimizer state, RNG state and epoch counter to one
+        ``.npz`` file, atomically (see :mod:`gpucnn.saving`)."""
+        from gpucnn.saving import save_model
+
+        save_model(self, path)
+
+    def save_weights(self, path: Any) -> None:
+        """Save only the state dict (atomically, checksummed)."""
+        from gpucnn.saving import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path: Any, strict: bool = True) -> None:
+        """Load a state dict saved by :meth:`save_weights` or :meth:`save`."""
+        from gpucnn.saving import load_weights
+
+        load_weights(self, path, strict=strict)
+
+
+def _shape_str(shape: Any) -> str:
+    if isinstance(shape, list):
+        return ", ".join(_shape_str(s) for s in shape)
+    return "(None, " + ", ".join(str(s) for s in shape) + ")" if shape else "(None,)"
+
+
+def _accepts_n_args(fn: Callable[..., Any]) -> int:
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return 2
