@@ -300,7 +300,7 @@ class LearningRateScheduler(Callback):
             schedule object (``StepLR``...), whose ``step()`` is called at the end of every
             epoch (PyTorch's per-epoch convention).
 
-    The current learning rate is added to the logs as ``lr``.
+    The learning rate the epoch ran with is added to the logs as ``lr``.
     """
 
     def __init__(self, schedule: Any, verbose: int = 0) -> None:
@@ -331,10 +331,10 @@ class LearningRateScheduler(Callback):
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:  # the rate this epoch ran with
+            logs["lr"] = float(_optimizer(self.model, "LearningRateScheduler").lr)
         if self._is_object:
             self.schedule.step()
-        if logs is not None:
-            logs["lr"] = float(_optimizer(self.model, "LearningRateScheduler").lr)
 
 
 class ReduceLROnPlateau(Callback):

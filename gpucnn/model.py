@@ -552,7 +552,7 @@ class ModelMixin:
         history = History()
         params = {"epochs": epochs, "steps": train.num_batches(), "verbose": verbose,
                   "batch_size": batch_size}
-        cbs = CallbackList([history, *(callbacks or [])], self, params)
+        cbs = CallbackList([*(callbacks or []), history], self, params)  # History last
         self.history = history
         self.stop_training = False
         metric_objs = [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
