@@ -21,7 +21,7 @@ from gpucnn.testing.gradcheck import gradient_check
 KINDS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 USES_OUTPUT = ("sigmoid", "tanh")
 # (grid_cap, block): one block looping over everything, a few blocks, the uncapped grid.
-LAUNCHES = [(1, 32), (3, 256), (None, 64), (None, 256)]
+LAUNCHES = [(1, 32), (3, 256), (None, 64), (None, 256), (2, 48)]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 
 

@@ -14,7 +14,7 @@ from gpucnn.backend.runtime import use_runtime
 from gpucnn.tensor import Tensor
 from gpucnn.testing.gradcheck import gradient_check
 
-LAUNCHES = [(1, 32), (3, 256), (None, 64)]
+LAUNCHES = [(1, 32), (3, 256), (None, 64), (2, 48)]
 
 
 def _emulator():
