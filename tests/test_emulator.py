@@ -267,3 +267,15 @@ def test_shuffle_with_exited_lane_reported(basics):
     y = np.zeros(32, np.float32)
     with pytest.raises(emulator.EmulatorError, match="exited"):
         basics.get_function("shuffle_after_exit")((1,), (32,), (y,))
+
+
+def test_static_shared_memory_starts_poisoned():
+    """Reading shared memory nobody wrote gives NaN (as garbage on a GPU), not zeros."""
+    mod = emulator.EmulatedModule(KERNELS / "sharedinit.cu")
+    x = np.arange(64, dtype=np.float32)
+    good = np.zeros(1, dtype=np.float32)
+    bad = np.zeros(1, dtype=np.float32)
+    mod.get_function("sum_correct")((1,), (64,), (x, good, np.int32(64)))
+    mod.get_function("sum_reads_unwritten")((1,), (64,), (x, bad, np.int32(64)))
+    assert good[0] == x.sum()
+    assert np.isnan(bad[0])

@@ -35,7 +35,11 @@
 #define __forceinline__ __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __shared__ static
+// Static shared memory lives in its own section so every block can start with it poisoned
+// (0xff bytes: NaN / -1), as on a GPU where it is uninitialised: a kernel that reads shared
+// memory before writing it then gives visibly wrong results instead of the zeros of static
+// storage.
+#define __shared__ static __attribute__((section("emu_shared")))
 #define __constant__ static
 #define __align__(n) alignas(n)
 #define __grid_constant__
@@ -84,6 +88,10 @@ dim3 gridDim;
 constexpr int warpSize = 32;
 
 // ---------------------------------------------------------------- scheduler state
+// Bounds of the "emu_shared" section, provided by the linker (weak: absent without __shared__).
+extern "C" unsigned char __start_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" unsigned char __stop_emu_shared[] __attribute__((weak, visibility("hidden")));
+
 namespace __emu {
 
 enum State : int { READY = 0, AT_BLOCK_BARRIER = 1, AT_WARP_BARRIER = 2, DONE = 3 };
@@ -354,6 +362,9 @@ int launch(void (*k)(A...), unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
             for (unsigned x = 0; x < gx && !g_failed; ++x) {
                 blockIdx = uint3{x, y, z};
                 if (smem) memset(smem, 0xff, shmem);
+                if (__start_emu_shared != __stop_emu_shared)
+                    memset(__start_emu_shared, 0xff,
+                           static_cast<size_t>(__stop_emu_shared - __start_emu_shared));
                 if (g_fiber_mode)
                     run_block_fibers();
                 else
