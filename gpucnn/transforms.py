@@ -118,6 +118,15 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _pad_hw(x: Any, ph: int, pw: int, fill: float) -> Any:
+    """``x`` (N, C, H, W) with ``ph`` rows / ``pw`` columns of ``fill`` on each side."""
+    xp = _xp(x)
+    n, c, h, w = x.shape
+    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=x.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
 class Transform:
     """Base class: ``t(x, generator=None)`` validates and unwraps ``x``, then calls
     :meth:`apply` on the raw array with the generator to use (None for deterministic ones)."""
@@ -286,7 +295,7 @@ class RandomCrop(Transform):
         n, _, h, w = x.shape
         ph, pw = self.padding
         if ph or pw:
-            x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=self.fill)
+            x = _pad_hw(x, ph, pw, self.fill)
         th, tw = self.size
         hp, wp = h + 2 * ph, w + 2 * pw
         if th > hp or tw > wp:
@@ -347,30 +356,39 @@ def affine_grid_sample(x: Any, angle: Any, tx: Any = None, ty: Any = None, scale
     sin = (xp.sin(rad) * inv_s)[:, None, None]
     tx = xp.zeros(n, f64) if tx is None else xp.asarray(tx, dtype=f64).reshape(n)
     ty = xp.zeros(n, f64) if ty is None else xp.asarray(ty, dtype=f64).reshape(n)
+    # Per-pixel coordinate math in the batch's precision (float32 batches: float32 grid, as
+    # torchvision); snapping tolerance to match.
+    cdt = x.dtype
+    tol = 1e-4 if cdt == np.float32 else 1e-9
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    dx = xp.arange(w, dtype=f64)[None, None, :] - cx - tx[:, None, None]
-    dy = xp.arange(h, dtype=f64)[None, :, None] - cy - ty[:, None, None]
-    sx = cx + cos * dx - sin * dy  # (N, H, W) source column
-    sy = cy + sin * dx + cos * dy  # (N, H, W) source row
+    cos, sin = cos.astype(cdt), sin.astype(cdt)
+    dx = xp.arange(w, dtype=cdt)[None, None, :] - (cx + tx).astype(cdt)[:, None, None]
+    dy = xp.arange(h, dtype=cdt)[None, :, None] - (cy + ty).astype(cdt)[:, None, None]
+    sx = (cos * dx - sin * dy) + cdt.type(cx)  # (N, H, W) source column
+    sy = (sin * dx + cos * dy) + cdt.type(cy)  # (N, H, W) source row
     for s in (sx, sy):
-        r = xp.round(s)
-        s[...] = xp.where(xp.abs(s - r) < 1e-6, r, s)
+        r = xp.rint(s)
+        s[...] = xp.where(xp.abs(s - r) < tol, r, s)
     x0 = xp.floor(sx)
     y0 = xp.floor(sy)
     wx1 = (sx - x0).reshape(n, 1, h * w)
     wy1 = (sy - y0).reshape(n, 1, h * w)
-    x0 = x0.astype(np.int64).reshape(n, h * w)
-    y0 = y0.astype(np.int64).reshape(n, h * w)
-    flat = x.reshape(n, c, h * w)
-    out = xp.zeros((n, c, h * w), dtype=f64)
-    for oy, wy in ((0, 1.0 - wy1), (1, wy1)):
-        for ox, wx in ((0, 1.0 - wx1), (1, wx1)):
-            yy, xx = y0 + oy, x0 + ox
-            valid = ((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))[:, None, :]
-            idx = xp.clip(yy, 0, h - 1) * w + xp.clip(xx, 0, w - 1)
-            v = xp.take_along_axis(flat, xp.broadcast_to(idx[:, None, :], (n, c, h * w)), axis=2)
-            wgt = wy * wx
-            out += wgt * xp.where(valid, v, fill)
+    wx0, wy0 = 1 - wx1, 1 - wy1
+    # A one-pixel border of ``fill`` absorbs every out-of-range neighbour: coordinates are
+    # clipped to [-1, H] x [-1, W] and shifted by one, so no validity mask is needed.
+    hp, wp = h + 2, w + 2
+    x0 = x0.astype(np.int64).reshape(n, 1, h * w)
+    y0 = y0.astype(np.int64).reshape(n, 1, h * w)
+    cols = (xp.minimum(xp.maximum(x0, -1), w) + 1, xp.minimum(xp.maximum(x0, -2), w - 1) + 2)
+    rows = ((xp.minimum(xp.maximum(y0, -1), h) + 1) * wp,
+            (xp.minimum(xp.maximum(y0, -2), h - 1) + 2) * wp)
+    padded = _pad_hw(x, 1, 1, fill).reshape(-1)
+    base = (xp.arange(n * c, dtype=np.int64) * (hp * wp)).reshape(n, c, 1)
+    out = None
+    for row, wy in zip(rows, (wy0, wy1)):
+        for col, wx in zip(cols, (wx0, wx1)):
+            term = (wy * wx) * xp.take(padded, base + (row + col))
+            out = term if out is None else out + term
     return out.reshape(n, c, h, w).astype(x.dtype, copy=False)
 
 
