@@ -184,3 +184,172 @@ def col2im(
                 :, :, i, j
             ]
     return np.ascontiguousarray(xp[:, :, ph : ph + h, pw : pw + w])
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy-only "frame" (wide) layout, used by functional/conv.py on the NumPy backend.
+#
+# The generic im2col above copies runs of only ``ow`` elements (one output row), which makes
+# NumPy's copy loop the bottleneck. The frame layout makes every copy a run of ``oh*Wq``
+# elements:
+#
+# * the zero-padded input is split into phase images (polyphase decomposition), so a strided
+#   convolution becomes a stride-1 one on each phase: padded row ``y*sh + i*dh`` is row
+#   ``y + (i*dh)//sh`` of row phase ``(i*dh) % sh`` (the same for columns);
+# * each phase image of sample n, channel c is a flat "frame" of ``Hq+1`` rows of ``Wq``
+#   elements, ``Hq = oh + ((kh-1)*dh)//sh``, ``Wq = ow + ((kw-1)*dw)//sw`` (the extra zero row
+#   absorbs the reads past the last row, see below). Frames array: ``(Pr, Pc, C, N, (Hq+1)*Wq)``
+#   for the ``Pr x Pc`` phases the kernel uses;
+# * the columns of kernel offset (i, j) are then ONE slice ``frame[off : off + oh*Wq]`` with
+#   ``off = ((i*dh)//sh)*Wq + (j*dw)//sw``: an ``oh x Wq`` block whose last ``Wq - ow``
+#   columns are garbage (they read the next row's left edge or the zero row). GEMMs run on
+#   these wide columns and the caller drops the garbage columns from the result.
+#
+# Wide cols layout: ``(C*kh*kw, nb*oh*Wq)`` for samples ``n0:n0+nb``, row ``(c*kh + i)*kw + j``
+# (as im2col, so weight reshapes are unchanged), column ``(n*oh + y)*Wq + x``; real outputs are
+# the ``x < ow``. Putting the samples in the columns makes each GEMM one (O, Ck) @ (Ck, nb*oh*Wq)
+# product; building them per chunk of samples keeps the columns in cache (conv.py never
+# materialises all of them).
+# --------------------------------------------------------------------------------------------
+
+
+class _FrameGeometry:
+    """Frame layout of one convolution geometry (same arguments as :func:`col2im`).
+
+    Attributes: ``hq``, ``wq`` (frame rows without the zero row, and row length), ``run``
+    (``oh*Wq``: columns per sample), ``rows_ph``/``cols_ph`` (used phases), and per phase where
+    the image lies in its frame (``_rspans``/``_cspans``: ``(a0, a1, r0, count)``: frame rows
+    ``a0:a1`` hold image rows ``r0, r0+sh, ...``).
+    """
+
+    def __init__(
+        self, n: int, c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int,
+        pw: int, dh: int, dw: int, oh: int, ow: int,
+    ) -> None:
+        self.n, self.c, self.h, self.w = n, c, h, w
+        self.kh, self.kw, self.sh, self.sw, self.dh, self.dw = kh, kw, sh, sw, dh, dw
+        self.oh, self.ow = oh, ow
+        self.hq = oh + ((kh - 1) * dh) // sh
+        self.wq = ow + ((kw - 1) * dw) // sw
+        self.run = oh * self.wq
+        self.rows_ph = sorted({(i * dh) % sh for i in range(kh)})
+        self.cols_ph = sorted({(j * dw) % sw for j in range(kw)})
+        self._rspans = [self._span(h, ph, sh, p, self.hq) for p in self.rows_ph]
+        self._cspans = [self._span(w, pw, sw, p, self.wq) for p in self.cols_ph]
+        # kernel offset (i, j) -> (row phase index, column phase index, flat offset)
+        self.offsets = [
+            (
+                self.rows_ph.index((i * dh) % sh),
+                self.cols_ph.index((j * dw) % sw),
+                ((i * dh) // sh) * self.wq + (j * dw) // sw,
+            )
+            for i in range(kh)
+            for j in range(kw)
+        ]
+
+    @staticmethod
+    def _span(size: int, pad: int, s: int, p: int, frame: int) -> tuple[int, int, int, int]:
+        # frame index a holds image index a*s + p - pad; keep 0 <= that < size and a < frame
+        a0 = max(0, -((p - pad) // s))  # ceil((pad - p) / s), clipped at 0
+        count = max(0, min(frame, (size + pad - p + s - 1) // s) - a0)
+        return a0, a0 + count, a0 * s + p - pad, count
+
+    def _pairs(self):  # noqa: ANN202 - (frame view slices, image slices) per used phase
+        for a, (a0, a1, r0, rn) in enumerate(self._rspans):
+            for b, (b0, b1, c0, cn) in enumerate(self._cspans):
+                if rn and cn:
+                    rows = slice(r0, r0 + (rn - 1) * self.sh + 1, self.sh)
+                    cols = slice(c0, c0 + (cn - 1) * self.sw + 1, self.sw)
+                    yield a, b, slice(a0, a1), slice(b0, b1), rows, cols
+
+    def new_frames(self, dtype: Any) -> np.ndarray:
+        """Zero frames ``(Pr, Pc, C, N, (Hq+1)*Wq)``."""
+        shape = (len(self.rows_ph), len(self.cols_ph), self.c, self.n, (self.hq + 1) * self.wq)
+        return np.zeros(shape, dtype=dtype)
+
+    def to_frames(self, x: np.ndarray) -> np.ndarray:
+        """Frames of ``x (N, C, H, W)``: the zero-padded image split into phases."""
+        frames = self.new_frames(x.dtype)
+        f6 = frames.reshape(frames.shape[:4] + (self.hq + 1, self.wq))
+        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W) view: the copy does the transpose
+        for a, b, fr, fc, rows, cols in self._pairs():
+            f6[a, b, :, :, fr, fc] = xt[:, :, rows, cols]
+        return frames
+
+    def from_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``x (N, C, H, W)`` read back from frames; pixels no window reaches are zero."""
+        f6 = frames.reshape(frames.shape[:4] + (self.hq + 1, self.wq))
+        x = np.zeros((self.n, self.c, self.h, self.w), dtype=frames.dtype)
+        xt = x.transpose(1, 0, 2, 3)
+        for a, b, fr, fc, rows, cols in self._pairs():
+            xt[:, :, rows, cols] = f6[a, b, :, :, fr, fc]
+        return x
+
+    def cols(self, frames: np.ndarray, n0: int, n1: int, out: np.ndarray | None = None) -> Any:
+        """Wide columns ``(C*kh*kw, (n1-n0)*run)`` of samples ``n0:n1`` (into ``out`` if given,
+        a C-contiguous buffer of at least that size)."""
+        nb, run = n1 - n0, self.run
+        size = self.c * self.kh * self.kw * nb * run
+        buf = np.empty(size, frames.dtype) if out is None else out.reshape(-1)[:size]
+        c4 = buf.reshape(self.c, self.kh * self.kw, nb, run)
+        for k, (a, b, off) in enumerate(self.offsets):
+            c4[:, k] = frames[a, b, :, n0:n1, off : off + run]
+        return buf.reshape(-1, nb * run)
+
+    def scatter_add(self, dcols: np.ndarray, dframes: np.ndarray, n0: int, n1: int) -> None:
+        """Adjoint of :meth:`cols`: add ``dcols (C*kh*kw, (n1-n0)*run)`` into ``dframes``.
+
+        The garbage columns (``x >= ow``) of ``dcols`` MUST be zero: they land on real pixels.
+        """
+        nb, run = n1 - n0, self.run
+        c4 = dcols.reshape(self.c, self.kh * self.kw, nb, run)
+        for k, (a, b, off) in enumerate(self.offsets):
+            dframes[a, b, :, n0:n1, off : off + run] += c4[:, k]
+
+
+def _wide_im2col(
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+) -> tuple[np.ndarray, int]:
+    """Wide columns ``(C*kh*kw, N*oh*Wq)`` of ``x (N, C, H, W)`` and ``Wq`` (see above).
+
+    Same geometry arguments as :func:`im2col`; ``cols.reshape(C*kh*kw, N, oh, Wq)[..., :ow]``
+    equals ``im2col(x, ...)`` transposed to ``(C*kh*kw, N, oh*ow)``.
+    """
+    n, c, h, w = (int(s) for s in x.shape)
+    geo = _FrameGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return geo.cols(geo.to_frames(x), 0, n), geo.wq
+
+
+def _wide_col2im(
+    cols: np.ndarray,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+) -> np.ndarray:
+    """Adjoint of :func:`_wide_im2col`: ``(C*kh*kw, N*oh*Wq)`` -> ``(N, C, H, W)``; the garbage
+    columns of ``cols`` must be zero."""
+    geo = _FrameGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    dframes = geo.new_frames(cols.dtype)
+    geo.scatter_add(cols, dframes, 0, n)
+    return geo.from_frames(dframes)
