@@ -5,7 +5,7 @@ NumPy backend chosen at runtime where no GPU is usable. Importing gpucnn never f
 CuPy is missing or broken: the backend is probed on first use.
 """
 
-from gpucnn import backend, functional
+from gpucnn import backend, data, datasets, filters, functional, optim, transforms
 from gpucnn.backend import BackendUnavailable
 from gpucnn.random import manual_seed
 from gpucnn.tensor import (
@@ -28,6 +28,11 @@ __all__ = [
     "Parameter",
     "Tensor",
     "backend",
+    "data",
+    "datasets",
+    "filters",
+    "optim",
+    "transforms",
     "enable_grad",
     "functional",
     "is_grad_enabled",
