@@ -227,11 +227,19 @@ class _IterData:
             fn(epoch)
 
 
+def _is_batch(b: Any) -> bool:
+    if _is_arraylike(b):
+        return True
+    return isinstance(b, (list, tuple)) and bool(b) and all(_is_arraylike(v) for v in b)
+
+
 def _make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = None) -> Any:
     if x is None:
         raise ValueError(f"{where}: x is required")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
+    if y is None and isinstance(x, (list, tuple)) and x and all(_is_batch(b) for b in x):
+        return _IterData(x, steps)  # a list of batches
     if y is None and not _is_arraylike(x) and not isinstance(x, (list, tuple)):
         if not hasattr(x, "__iter__"):
             raise TypeError(

@@ -1,0 +1,344 @@
+"""compile / fit / evaluate / predict: training on real digits, data handling, losses,
+verbosity, reproducibility and bad-input errors."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import time
+
+import numpy as np
+import pytest
+
+import gpucnn
+import gpucnn.functional as F
+from gpucnn import layers as L
+from gpucnn import optim
+from gpucnn.module import Module, Sequential
+from gpucnn.tensor import Tensor
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from gpucnn.datasets import mnist_sample
+
+        return mnist_sample()
+    except ImportError:  # pragma: no cover - before the datasets module existed
+        root = "/work/shared/data/mnist5k/"
+        img = gzip.open(root + "images-idx3-ubyte.gz").read()
+        lab = gzip.open(root + "labels-idx1-ubyte.gz").read()
+        x = np.frombuffer(img, np.uint8, offset=16).reshape(-1, 1, 28, 28)
+        return x.astype(np.float32) / 255, np.frombuffer(lab, np.uint8, offset=8).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple:
+    x, y = _mnist()
+    order = np.random.default_rng(0).permutation(len(x))  # the sample is sorted by label
+    x, y = x[order], y[order]
+    return x[:2000], y[:2000], x[2000:2500], y[2000:2500]
+
+
+def small_cnn() -> Sequential:
+    return Sequential([
+        L.Conv2D(8, 3, activation="relu", input_shape=(1, 28, 28)),
+        L.MaxPooling2D(2),
+        L.Conv2D(16, 3, activation="relu"),
+        L.MaxPooling2D(2),
+        L.Flatten(),
+        L.Dense(10),
+    ])
+
+
+def _toy(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    return x, (x[:, 0] > x[:, 1]).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+
+
+def _mlp(**compile_kw) -> Sequential:
+    m = Sequential([L.Dense(16, activation="relu", input_shape=(6,)), L.Dropout(0.1),
+                    L.Dense(3)])
+    kw = {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
+          "metrics": ["accuracy"], "lr": 0.01}
+    kw.update(compile_kw)
+    m.compile(**kw)
+    return m
+
+
+# ----------------------------------------------------------------------------- real training
+
+
+def test_small_cnn_learns_mnist(digits) -> None:
+    xtr, ytr, xte, yte = digits
+    gpucnn.manual_seed(0)
+    m = small_cnn()
+    m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"], lr=3e-3)
+    before = m.evaluate(xte, yte, return_dict=True)
+    t0 = time.perf_counter()
+    h = m.fit(xtr, ytr, batch_size=32, epochs=2, verbose=0, seed=1)
+    elapsed = time.perf_counter() - t0
+    after = m.evaluate(xte, yte, batch_size=250, return_dict=True)
+    assert h.history["loss"][1] < h.history["loss"][0] < before["loss"]
+    assert after["accuracy"] > 0.85, after
+    assert after["loss"] < 0.6
+    assert elapsed < 60
+    pred = m.predict(xte[:100], batch_size=64)
+    assert pred.shape == (100, 10) and pred.dtype == np.float32
+    assert (pred.argmax(1) == yte[:100]).mean() > 0.8
+
+
+def test_loader_input_and_validation_loader(digits) -> None:
+    from gpucnn.data import DataLoader
+
+    xtr, ytr, xte, yte = digits
+    gpucnn.manual_seed(0)
+    m = Sequential([L.Flatten(input_shape=(1, 28, 28)), L.Dense(32, activation="relu"),
+                    L.Dense(10)])
+    m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    train = DataLoader((xtr, ytr), batch_size=50, shuffle=True, seed=3, prefetch=0)
+    val = DataLoader((xte, yte), batch_size=100, prefetch=0)
+    h = m.fit(train, epochs=2, verbose=0, validation_data=val)
+    assert h.history["val_accuracy"][-1] > 0.75
+    assert m.evaluate(val, return_dict=True)["accuracy"] == pytest.approx(
+        h.history["val_accuracy"][-1])
+    # a plain list of (x, y) batches works as well, and predict takes batches of x
+    batches = [(xtr[i : i + 100], ytr[i : i + 100]) for i in range(0, 300, 100)]
+    m.fit(batches, epochs=1, verbose=0)
+    p = m.predict([xte[:10], xte[10:20]])
+    np.testing.assert_allclose(p, m.predict(xte[:20]), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- semantics
+
+
+def test_validation_split_takes_last_samples() -> None:
+    x, y = _toy(80)
+    m = _mlp()
+    h = m.fit(x, y, batch_size=16, epochs=1, verbose=0, validation_split=0.25)
+    val = m.evaluate(x[60:], y[60:], return_dict=True)
+    assert h.history["val_loss"][0] == pytest.approx(val["loss"], rel=1e-6)
+    assert h.history["val_accuracy"][0] == pytest.approx(val["accuracy"])
+    with pytest.raises(ValueError, match="validation_split"):
+        m.fit(x, y, verbose=0, validation_split=1.5)
+
+
+def test_validation_split_rows_never_trained_on() -> None:
+    x, y = _toy(40)
+    m = _mlp()
+    seen: list[np.ndarray] = []
+    orig = m._prepare_x
+    m._prepare_x = lambda xb: (seen.append(np.asarray(xb).copy()), orig(xb))[1]
+    m.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_split=0.25)
+    # per epoch: 4 training batches (8, 8, 8, 6), then 2 validation batches (8, 2)
+    assert len(seen) == 12
+    for e in (0, 6):
+        trained = np.concatenate(seen[e : e + 4])
+        assert sorted(r.tobytes() for r in trained) == sorted(r.tobytes() for r in x[:30])
+        assert np.array_equal(np.concatenate(seen[e + 4 : e + 6]), x[30:])
+
+
+def test_shuffle_reproducible_and_epoch_dependent() -> None:
+    x, y = _toy(64)
+
+    def run(seed: int) -> list:
+        gpucnn.manual_seed(0)
+        m = _mlp()
+        m.fit(x, y, batch_size=8, epochs=2, verbose=0, seed=seed)
+        return m.get_weights()
+
+    a, b, c = run(1), run(1), run(2)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_evaluate_return_forms_and_predict_eval_mode() -> None:
+    x, y = _toy()
+    m = _mlp()
+    m.fit(x, y, epochs=1, verbose=0)
+    res = m.evaluate(x, y)
+    assert isinstance(res, list) and len(res) == 2
+    d = m.evaluate(x, y, return_dict=True)
+    assert list(d) == ["loss", "accuracy"] and d["loss"] == pytest.approx(res[0])
+    m2 = _mlp(metrics=None)
+    assert isinstance(m2.evaluate(x, y), float)
+    p1, p2 = m.predict(x, batch_size=7), m.predict(x, batch_size=64)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)  # dropout off, batching invisible
+    assert m.training  # restored after predict
+    logits = m.predict(x)
+    manual = F.cross_entropy(Tensor(logits), Tensor(y)).item()
+    assert d["loss"] == pytest.approx(manual, rel=1e-5)
+
+
+def test_train_on_batch_and_tensor_inputs() -> None:
+    x, y = _toy()
+    m = _mlp()
+    l1 = m.train_on_batch(Tensor(x), Tensor(y))
+    for _ in range(20):
+        last = m.train_on_batch(x, y)
+    assert last < l1
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_softmax_output_is_detected() -> None:
+    x, y = _toy()
+    m = Sequential([L.Dense(3, input_shape=(6,)), L.Softmax()])
+    m.compile("sgd", "sparse_categorical_crossentropy")
+    assert m._loss.from_logits is False
+    probs = m.predict(x)
+    expected = -np.log(probs[np.arange(len(y)), y]).mean()
+    assert m.evaluate(x, y) == pytest.approx(expected, rel=1e-5)
+    m2 = Sequential([L.Dense(3, activation="softmax", input_shape=(6,))])
+    m2.compile("sgd", "sparse_categorical_crossentropy")
+    assert m2._loss.from_logits is False
+    m3 = Sequential([L.Dense(3, input_shape=(6,)), L.Activation("softmax"), L.Dropout(0.1)])
+    m3.compile("sgd", "categorical_crossentropy")
+    assert m3._loss.from_logits is False
+    h = m.fit(x, y, epochs=3, verbose=0)
+    assert np.isfinite(h.history["loss"]).all()
+
+
+def test_categorical_binary_and_regression_losses() -> None:
+    x, y = _toy()
+    onehot = np.eye(3, dtype=np.float32)[y]
+    m = _mlp(loss="categorical_crossentropy")
+    d = m.evaluate(x, onehot, return_dict=True)
+    logits = m.predict(x)
+    ref = F.cross_entropy(Tensor(logits), Tensor(y)).item()
+    assert d["loss"] == pytest.approx(ref, rel=1e-5)
+    assert d["accuracy"] == pytest.approx((logits.argmax(1) == y).mean())
+
+    yb = (x[:, 0] > 0).astype(np.float32)
+    mb = Sequential([L.Dense(1, input_shape=(6,))])
+    mb.compile("adam", "binary_crossentropy", ["accuracy"], lr=0.05)
+    h = mb.fit(x, yb, epochs=15, verbose=0, shuffle=False)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert h.history["accuracy"][-1] > 0.8
+    ms = Sequential([L.Dense(1, activation="sigmoid", input_shape=(6,))])
+    ms.compile("adam", "binary_crossentropy", ["accuracy"])
+    p = ms.predict(x)[:, 0]
+    ref = -(yb * np.log(p) + (1 - yb) * np.log(1 - p)).mean()
+    assert ms.evaluate(x, yb) [0] == pytest.approx(ref, rel=1e-4)
+
+    yr = x @ np.arange(6, dtype=np.float32)
+    mr = Sequential([L.Dense(1, input_shape=(6,))])
+    mr.compile("sgd", "mse", ["mae"], lr=0.02)
+    h = mr.fit(x, yr, epochs=20, verbose=0)
+    assert h.history["loss"][-1] < 0.2 * h.history["loss"][0]
+    assert "mae" in h.history
+
+    def custom(out: Tensor, target: Tensor) -> Tensor:
+        return ((out[:, 0] - target) ** 2).mean()
+
+    mc = Sequential([L.Dense(1, input_shape=(6,))])
+    mc.compile("sgd", custom, lr=0.02)
+    h = mc.fit(x, yr, epochs=5, verbose=0)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+
+
+def test_compile_optimizer_forms() -> None:
+    x, y = _toy()
+    for name, cls in (("sgd", optim.SGD), ("adam", optim.Adam), ("adamw", optim.AdamW),
+                      ("RMSprop", optim.RMSprop)):
+        m = _mlp(optimizer=name, lr=None)
+        assert isinstance(m.optimizer, cls)
+    m = _mlp(optimizer="sgd", lr=None)
+    assert m.optimizer.lr == 0.01
+    lazy = Sequential([L.Dense(4), L.Dense(3)])
+    lazy.compile(functools.partial(optim.SGD, lr=0.1, momentum=0.9),
+                 "sparse_categorical_crossentropy")
+    assert lazy.optimizer is None  # parameters do not exist yet
+    lazy.fit(x, y, epochs=1, verbose=0)
+    assert isinstance(lazy.optimizer, optim.SGD) and lazy.optimizer.defaults["momentum"] == 0.9
+    built = Sequential([L.Dense(3, input_shape=(6,))])
+    opt = optim.Adam(built.parameters(), lr=0.5)
+    built.compile(opt, "sparse_categorical_crossentropy", lr=0.05)
+    assert built.optimizer is opt and opt.lr == 0.05
+
+
+def test_generic_module_fits_and_summarises() -> None:
+    class Net(Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = L.Conv2D(4, 3, padding="same", activation="relu")
+            self.bn = L.BatchNormalization()
+            self.head = L.Dense(3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(F.flatten(self.bn(self.conv(x)), 1))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 2, 5, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=32)
+    net = Net()
+    net.compile("adam", "sparse_categorical_crossentropy", ["accuracy"], lr=0.01)
+    h = net.fit(x, y, batch_size=8, epochs=5, verbose=0)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    text = net.summary(print_fn=None)
+    assert "conv (Conv2D)" not in text  # rows use layer names
+    assert f"{net.conv.name} (Conv2D)" in text and "(None, 4, 5, 5)" in text
+    assert f"Total params: {net.count_params():,}" in text
+    assert "Buffers (not parameters, e.g. running statistics): 8" in text
+
+
+# ----------------------------------------------------------------------------- verbosity
+
+
+def test_verbosity_levels(capsys) -> None:
+    x, y = _toy(48)
+    m = _mlp()
+    m.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert capsys.readouterr().out == ""
+    m.fit(x, y, batch_size=16, epochs=2, verbose=2, validation_split=0.25)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 2
+    assert lines[0].startswith("Epoch 1/2") and "loss:" in lines[0] and "val_accuracy:" in \
+        lines[0] and "img/s" in lines[0]
+    m.fit(x, y, batch_size=16, epochs=1, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 1/1" in out and "img/s" in out and "loss=" in out and "accuracy=" in out
+    with pytest.raises(ValueError, match="verbose"):
+        m.fit(x, y, verbose=3)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    x, y = _toy()
+    m = _mlp()
+    with pytest.raises(ValueError, match=r"x has 64 \(shape \(64, 6\)\), y has 60"):
+        m.fit(x, y[:60], verbose=0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\).*got labels in \[0, 7\]"):
+        m.fit(x, np.where(y == 2, 7, y), verbose=0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        m.evaluate(x, -np.ones_like(y))
+    with pytest.raises(ValueError, match=r"expected \(None, 6\), received \(N, 5\)"):
+        m.fit(x[:, :5], y, verbose=0)
+    with pytest.raises(ValueError, match="integer class ids"):
+        m.fit(x, y + 0.5, verbose=0)
+    with pytest.raises(ValueError, match="categorical_crossentropy"):
+        m.fit(x, np.eye(3)[y], verbose=0)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'.*sparse_categorical"):
+        m.compile("adam", "hinge")
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'.*sgd"):
+        m.compile("adagrad", "mse")
+    with pytest.raises(ValueError, match="unknown metric 'f1'"):
+        m.compile("adam", "mse", metrics=["f1"])
+    with pytest.raises(ValueError, match="a loss is required"):
+        m.compile("adam")
+    with pytest.raises(RuntimeError, match="not compiled"):
+        Sequential([L.Dense(2)]).fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        m.fit(x, y, batch_size=0, verbose=0)
+    cnn = small_cnn()
+    cnn.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"expected \(None, 1, 28, 28\), received "
+                                         r"\(N, 3, 28, 28\)"):
+        cnn.fit(np.zeros((4, 3, 28, 28), np.float32), np.zeros(4, np.int64), verbose=0)
+    lazy = Sequential([L.Conv2D(4, 3), L.Flatten(), L.Dense(2)])
+    lazy.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"Conv2D layer .*received \(None, 6\)"):
+        lazy.fit(x, y, verbose=0)
