@@ -103,8 +103,9 @@ def deserialize(spec: dict, custom_objects: dict | None = None) -> Module:
 
 
 def _auto_name(cls: type) -> str:
-    base = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", cls.__name__).lower()
-    base = re.sub(r"(?<=[a-z])_(\d)d", r"\1d", base)  # conv_2d -> conv2d
+    # Keras style: MaxPooling2D -> max_pooling2d, BatchNormalization -> batch_normalization
+    base = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", cls.__name__)
+    base = re.sub(r"([a-z])([A-Z])", r"\1_\2", base).lower()
     with _name_lock:
         n = _name_counts.get(base, 0)
         _name_counts[base] = n + 1

@@ -132,6 +132,10 @@ def _atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
+        # mkstemp creates 0600: keep the old file's mode, else rw-r--r--
+        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             _write_npz(f, entries)
             f.flush()
