@@ -469,3 +469,29 @@ def test_inception_block_shapes_params_flops() -> None:
     assert blk.flops((6, 7, 7)) == conv_flops + bias_relu + pool
     a = y.numpy()
     assert (a >= 0).all()  # every branch ends in ReLU
+
+
+def test_residual_block_torch_parity_training_mode() -> None:
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    blk = L.ResidualBlock(6, strides=2)
+    xn = np.random.default_rng(9).normal(size=(3, 4, 7, 7)).astype(np.float32)
+    x = Tensor(xn, requires_grad=True)
+    y = blk(x)
+    (y * y).sum().backward()
+
+    def t(p):
+        return torch.tensor(p.numpy(), requires_grad=True)
+
+    xt = torch.tensor(xn, requires_grad=True)
+
+    def bn(h, layer):
+        return tf.batch_norm(h, None, None, t(layer.weight), t(layer.bias), True, 0.1, 1e-5)
+
+    h = torch.relu(bn(tf.conv2d(xt, t(blk.conv1.weight), stride=2, padding=1), blk.bn1))
+    h = bn(tf.conv2d(h, t(blk.conv2.weight), padding=1), blk.bn2)
+    sc = bn(tf.conv2d(xt, t(blk.proj_conv.weight), stride=2), blk.proj_bn)
+    yt = torch.relu(h + sc)
+    (yt * yt).sum().backward()
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-3, atol=1e-3)
