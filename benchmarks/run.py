@@ -1,0 +1,320 @@
+"""Run the gpucnn-vs-PyTorch benchmark suite and write JSON (+ regenerate the README table).
+
+    python -m benchmarks.run --device cpu --out benchmarks/results/cpu.json
+    python -m benchmarks.run --device cuda --out benchmarks/results/cuda.json
+    options: --quick (tiny sizes), --only conv,pool,gemm,xent,optim,train, --repeats N,
+             --tf32 (allow TF32 in both frameworks on GPU), --no-readme, --functional-models
+
+Every case times gpucnn and PyTorch on the same device in the same process: the median over
+``repeats`` calls after warm-up (``time.perf_counter`` on CPU, CUDA events on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from benchmarks import env as benv
+from benchmarks import report
+from benchmarks.cases import GROUPS, Case, Ctx, Missing, build_cases
+from benchmarks.timing import Timer
+
+__all__ = ["main", "run_suite", "evaluate_targets"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _import_torch() -> Any | None:
+    try:
+        import torch
+
+        return torch
+    except Exception:
+        return None
+
+
+def measure_cpu_peak(quick: bool) -> dict[str, Any]:
+    """Achievable float32 FLOP/s: best of 3 NumPy GEMMs (n=2048; 512 with --quick)."""
+    n = 512 if quick else 2048
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(3))
+    measured = 2.0 * n**3 / best
+    mhz = benv.cpu_mhz()
+    cores = os.cpu_count() or 1
+    nominal = cores * mhz * 1e6 * 32 if mhz else None
+    return {
+        "peak_flops": measured,
+        "peak_source": f"measured: best of 3 NumPy float32 GEMMs {n}x{n}x{n} in this run",
+        "nominal_flops": nominal,
+        "nominal_source": (f"{cores} logical cores x {mhz:.0f} MHz x 32 FLOP/cycle (2 AVX2 FMA "
+                           "units x 8 float32 lanes x 2); an assumption, not a reading")
+        if mhz else None,
+    }
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def gpu_peak_info(device_name: str, tf32: bool) -> dict[str, Any]:
+    peaks = benv.gpu_peak(device_name or "")
+    if peaks is None:
+        return {"peak_flops": None, "peak_source": f"no datasheet entry for {device_name!r}"}
+    key = "tf32" if tf32 else "fp32"
+    return {"peak_flops": peaks[key], "peak_source": f"datasheet dense {key.upper()} for "
+            f"{device_name} ({peaks[key] / 1e12:.1f} TFLOP/s)", "datasheet": peaks}
+
+
+def _side_metrics(res: dict[str, Any], case: Case, peak: float | None) -> None:
+    t = res["median_s"]
+    if case.flops:
+        res["gflops"] = case.flops / t / 1e9
+        res["pct_peak"] = 100.0 * case.flops / t / peak if peak else None
+    if case.bytes:
+        res["gbytes_per_s"] = case.bytes / t / 1e9
+    if case.images:
+        res["images_per_s"] = case.images / t
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, Missing) or (
+        isinstance(exc, AttributeError) and "gpucnn.functional" in str(exc)
+    ):
+        return {"skipped": f"a gpucnn piece is missing ({exc})"}
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
+
+
+def _run_case(timer: Timer, case: Case, with_torch: bool, warmup: int) -> dict[str, Any]:
+    """Build and warm up each side (a failing side is reported, not timed), then time the
+    working sides in alternation."""
+    out: dict[str, Any] = {}
+    fns: dict[str, Any] = {}
+    sides = [("gpucnn", case.build_gpucnn)]
+    if with_torch and case.build_torch is not None:
+        sides.append(("torch", case.build_torch))
+    for side, build in sides:
+        try:
+            fn = build()
+            peak = timer.warm(fn, side, warmup)
+        except Exception as exc:
+            out[side] = _failure(exc)
+            continue
+        fns[side] = fn
+        out[side] = {"peak_mem_bytes": peak, "warmup": warmup}
+    if fns:
+        try:
+            for side, res in timer.time_interleaved(fns, case.repeats).items():
+                out[side].update(res)
+        except Exception as exc:
+            for side in fns:
+                out[side] = _failure(exc)
+    fns.clear()
+    gc.collect()
+    return out
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the selected cases and return the JSON-ready result document."""
+    device = args.device
+    if device == "cuda" and args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # read by CuPy at its first float32 GEMM
+    torch = None if args.no_torch else _import_torch()
+    cupy = None
+    import gpucnn
+
+    if device == "cuda":
+        be = gpucnn.backend.use("cuda")  # raises BackendUnavailable with the reason
+        cupy = be.xp
+        backend = "cuda"
+    else:
+        gpucnn.backend.use("numpy")
+        backend = "numpy"
+    blas_threads = benv.blas_threads()
+    if torch is not None:
+        if blas_threads:
+            torch.set_num_threads(blas_threads)
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+            torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+            torch.backends.cudnn.benchmark = True
+    info = benv.collect(device, torch, cupy)
+    info["blas_threads"] = blas_threads
+    info["torch_threads"] = torch.get_num_threads() if torch is not None else None
+    info["tf32"] = bool(args.tf32) if device == "cuda" else None
+    if device == "cuda":
+        peak = gpu_peak_info(info.get("device_name") or "", bool(args.tf32))
+    else:
+        peak = measure_cpu_peak(args.quick)
+    timer = Timer(device, torch, cupy)
+    warmup = 3 if device == "cuda" else 1
+    only = set(args.only.split(",")) if args.only else None
+    if only and not only <= set(GROUPS):
+        raise SystemExit(f"--only: unknown groups {sorted(only - set(GROUPS))}; "
+                         f"valid: {','.join(GROUPS)}")
+    ctx = Ctx(device=device, backend=backend, torch=torch, quick=args.quick)
+    if torch is not None:
+        torch.manual_seed(0)
+    groups = set(only or GROUPS)
+    if torch is None:  # the optim and train cases take shapes and weights from torch twins
+        groups -= {"train", "optim"}
+    cases = build_cases(ctx, groups, args.repeats, prefer_library=not args.functional_models)
+    info["loadavg_start"] = list(os.getloadavg())
+    results = []
+    t_start = time.perf_counter()
+    for i, case in enumerate(cases):
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"group": case.group, "name": case.name, "params": case.params,
+                               "flops": case.flops, "bytes": case.bytes, "images": case.images,
+                               "repeats": case.repeats}
+        sides = _run_case(timer, case, torch is not None, warmup)
+        g = sides.get("gpucnn", {})
+        if "median_s" in g:
+            _side_metrics(g, case, peak.get("peak_flops"))
+        row["gpucnn"] = g
+        if "torch" in sides:
+            t = sides["torch"]
+            if "median_s" in t:
+                _side_metrics(t, case, peak.get("peak_flops"))
+            row["torch"] = t
+            if "median_s" in g and "median_s" in t:
+                row["ratio"] = g["median_s"] / t["median_s"]
+        if case.build_gemm_equiv is not None:
+            e = _run_case(timer, Case(case.group, case.name, {}, case.build_gemm_equiv, None,
+                                      repeats=case.repeats), False, warmup).get("gpucnn", {})
+            if "median_s" in e:
+                e["gflops"] = case.flops / e["median_s"] / 1e9
+                e["shape_MKN"] = list(case.gemm_equiv_shape or ())
+            row["gemm_equiv"] = e
+            if "median_s" in e and "median_s" in g:
+                row["conv_over_gemm"] = e["median_s"] / g["median_s"]
+        if case.extra:
+            row["extra"] = dict(case.extra)
+        if cupy is not None:
+            cupy.get_default_memory_pool().free_all_blocks()
+        results.append(row)
+        if not args.silent:
+            print(report.progress_line(i + 1, len(cases), row, time.perf_counter() - t0),
+                  flush=True)
+    info["loadavg_end"] = list(os.getloadavg())
+    doc = {
+        "schema": 1,
+        "command": " ".join(["python", "-m", "benchmarks.run", *args.argv]),
+        "env": info,
+        "peak": peak,
+        "timing": {"method": "CUDA events" if device == "cuda" else "time.perf_counter",
+                   "statistic": "median over repeats after warm-up, the two sides timed in "
+                   "alternation", "warmup_calls": warmup,
+                   "memory": timer.mem_method, "quick": bool(args.quick)},
+        "wall_s": time.perf_counter() - t_start,
+        "results": results,
+    }
+    doc["targets"] = evaluate_targets(doc)
+    return doc
+
+
+def _rows(doc: dict, group: str, prefix: str) -> list[dict]:
+    return [r for r in doc["results"] if r["group"] == group and r["name"].startswith(prefix)]
+
+
+def _target(name: str, rows: list[dict], key: str, op: str, limit: float,
+            what: str) -> dict[str, Any]:
+    vals = [r.get(key) for r in rows]
+    if not rows or any(v is None for v in vals):
+        missing = [r["name"] for r, v in zip(rows, vals) if v is None]
+        return {"target": name, "status": "N/A", "detail": f"no measurement ({what}); "
+                f"missing: {missing or 'no matching case'}"}
+    worst = max(vals) if op == "<=" else min(vals)
+    ok = worst <= limit if op == "<=" else worst >= limit
+    return {"target": name, "status": "PASS" if ok else "FAIL", "worst": worst, "limit": limit,
+            "op": op, "values": {r["name"]: v for r, v in zip(rows, vals)}, "detail": what}
+
+
+def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """PASS/FAIL/N/A per performance target for this document's device."""
+    if doc["env"]["device"] == "cuda":
+        conv18 = [r for r in _rows(doc, "conv", "conv2d_fwd[resnet18")]
+        for r in conv18:
+            r.setdefault("conv_over_gemm", None)
+        return [
+            _target("GPU: LeNet-5 training-step throughput >= PyTorch eager (batch 128)",
+                    _rows(doc, "train", "train_step[lenet5"), "ratio", "<=", 1.0,
+                    "time ratio gpucnn/PyTorch <= 1"),
+            _target("GPU: ResNet-20 training step <= 1.7x PyTorch (cuDNN), batch 256",
+                    _rows(doc, "train", "train_step[resnet20"), "ratio", "<=", 1.7,
+                    "time ratio gpucnn/PyTorch"),
+            _target("GPU: conv2d forward at ResNet-18 shapes >= 50% of cuBLAS GEMM throughput",
+                    conv18, "conv_over_gemm", ">=", 0.5,
+                    "conv GFLOP/s / same-FLOP cuBLAS GEMM GFLOP/s, each shape"),
+        ]
+    return [
+        _target("CPU: LeNet-5 training step <= 1.5x PyTorch",
+                _rows(doc, "train", "train_step[lenet5"), "ratio", "<=", 1.5,
+                "time ratio gpucnn/PyTorch"),
+        _target("CPU: conv2d fwd+bwd at LeNet-5 shapes within 2x PyTorch",
+                _rows(doc, "conv", "conv2d_fwdbwd[lenet5"), "ratio", "<=", 2.0,
+                "time ratio gpucnn/PyTorch, each shape"),
+        _target("CPU: conv2d fwd+bwd at ResNet-20 shapes within 2x PyTorch",
+                _rows(doc, "conv", "conv2d_fwdbwd[resnet20"), "ratio", "<=", 2.0,
+                "time ratio gpucnn/PyTorch, each shape"),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>"
+                   ".json; with --quick nothing is written unless given)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    p.add_argument("--only", default=None, help=f"comma list of groups: {','.join(GROUPS)}")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per case")
+    p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 in CuPy and PyTorch")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    p.add_argument("--functional-models", action="store_true",
+                   help="use the functional twins even if gpucnn.models exists")
+    p.add_argument("--no-readme", action="store_true", help="do not regenerate README tables")
+    p.add_argument("--readme", default=os.path.join(HERE, "README.md"))
+    p.add_argument("--silent", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI entry point; returns the result document."""
+    args = parse_args(argv)
+    doc = run_suite(args)
+    out = args.out or (None if args.quick else
+                       os.path.join(HERE, "results", f"{args.device}.json"))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+            f.write("\n")
+        md = os.path.splitext(out)[0] + ".md"
+        with open(md, "w") as f:
+            f.write(report.render_doc(doc))
+    if not args.no_readme and out:
+        report.update_readme(args.readme, os.path.join(HERE, "results"))
+    if not args.silent:
+        print(report.targets_text(doc))
+        if out:
+            print(f"wrote {out}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
