@@ -131,19 +131,16 @@ class GlobalAveragePooling2D(_GlobalPool):
     """(N, C, H, W) → (N, C) means (``keepdims=True``: (N, C, 1, 1))."""
 
     def forward(self, x: Tensor) -> Tensor:
-        fn = getattr(F, "global_avg_pool2d", None)
-        y = fn(x) if fn is not None else x.mean(axis=(2, 3), keepdims=True)
-        if self.keepdims:
-            return y if y.ndim == 4 else F.reshape(y, (x.shape[0], x.shape[1], 1, 1))
-        return y if y.ndim == 2 else F.reshape(y, (x.shape[0], x.shape[1]))
+        return F.global_avg_pool2d(x, keepdims=self.keepdims)
 
 
 @register_module
 class GlobalMaxPooling2D(_GlobalPool):
-    """(N, C, H, W) → (N, C) maxima (``keepdims=True``: (N, C, 1, 1))."""
+    """(N, C, H, W) → (N, C) maxima (``keepdims=True``: (N, C, 1, 1)); the first maximum of
+    each plane gets the gradient."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.max(axis=(2, 3), keepdims=self.keepdims)
+        return F.global_max_pool2d(x, keepdims=self.keepdims)
 
 
 class _Adaptive(Layer):
