@@ -13,6 +13,7 @@ from gpucnn import callbacks as C
 from gpucnn import layers as L
 from gpucnn import optim
 from gpucnn.module import Sequential
+from gpucnn.saving import load_model
 
 
 def _data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +124,7 @@ def test_model_checkpoint_every_epoch_and_best_only(tmp_path) -> None:
     h = m.fit(x, y, epochs=2, verbose=0, validation_data=(x, y), callbacks=[ck])
     assert len(ck.saved) == 2
     assert ck.saved[0].endswith(f"m-01-{h.history['val_loss'][0]:.3f}.npz")
-    m2 = gpucnn.saving.load_model(ck.saved[1])
+    m2 = load_model(ck.saved[1])
     np.testing.assert_allclose(m2.predict(x), m.predict(x), rtol=1e-6)
 
     best = C.ModelCheckpoint(str(tmp_path / "best.npz"), save_best_only=True,
