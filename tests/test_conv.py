@@ -314,3 +314,97 @@ def test_input_grad_paths_agree(
     _, slow = _ours(x, w, None, g, **kw)
     assert taken == [kw.get("padding") != 3]
     np.testing.assert_allclose(fast[0], slow[0], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ NumPy wide (frame) path
+
+WIDE_CASES = (
+    GRAD_CASES
+    + [
+        ((3, 2, 9, 8), (4, 2, 4, 3), dict(padding="same", dilation=(2, 1))),  # asymmetric same
+        ((2, 4, 11, 10), (6, 2, 3, 3), dict(stride=(3, 2), padding=(2, 1), groups=2)),
+        ((2, 3, 7, 9), (5, 3, 5, 5), dict(padding=2)),  # LeNet-like, few output channels
+        ((3, 6, 8, 8), (6, 6, 3, 3), dict(padding=1)),  # ResNet-like: transposed dx route
+        ((3, 4, 8, 8), (8, 4, 3, 3), dict(stride=2, padding=1)),  # ResNet transition
+        ((2, 3, 6, 6), (3, 1, 3, 3), dict(padding="same", groups=3)),  # depthwise, transposed dx
+    ]
+    + [_random_config(np.random.default_rng(100 + s)) for s in range(30)]
+)
+
+
+def _run_paths(monkeypatch, xs, ws, kw, dtype=np.float64):  # noqa: ANN001, ANN202
+    """(wide-path results, generic-path results, whether the wide path ran)."""
+    import gpucnn.functional.conv as conv_mod
+
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+    with no_grad():
+        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
+    g = rng.standard_normal(shape).astype(dtype)
+    ran = []
+    orig = conv_mod._wide_forward
+    monkeypatch.setattr(conv_mod, "_wide_forward", lambda *a: ran.append(1) or orig(*a))
+    y, grads = _ours(x, w, b, g, **kw)
+    monkeypatch.setattr(conv_mod, "_use_wide_path", lambda *a: False)
+    ry, rgrads = _ours(x, w, b, g, **kw)
+    monkeypatch.undo()
+    return [y, *grads], [ry, *rgrads], bool(ran)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("xs, ws, kw", WIDE_CASES, ids=_ids(WIDE_CASES))
+def test_wide_path_matches_generic_path(monkeypatch: pytest.MonkeyPatch, xs, ws, kw) -> None:  # noqa: ANN001
+    """NumPy's frame-layout route (forward, dx either way, dW, db) equals im2col + col2im."""
+    import gpucnn.functional.conv as conv_mod
+
+    # small chunks so a multi-sample batch takes several (and a partial last) chunk
+    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 1)
+    wide, ref, ran = _run_paths(monkeypatch, xs, ws, kw)
+    # the wide route runs unless the conv is a plain 1x1 (no im2col at all) or garbage
+    # columns would outnumber real ones (Wq = ow + (kw-1)*dw // sw > 2*ow)
+    sw, dw = (
+        conv_mod._pair(kw.get("stride", 1), "s")[1],
+        conv_mod._pair(kw.get("dilation", 1), "d")[1],
+    )
+    ow = wide[0].shape[3]
+    plain_1x1 = ws[2:] == (1, 1) and (wide[0].shape[2:] == xs[2:]) and sw == 1
+    assert ran == (not plain_1x1 and ow + (ws[3] - 1) * dw // sw <= 2 * ow)
+    for a, r in zip(wide, ref):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((5, 6, 14, 14), (16, 6, 5, 5), dict()),  # LeNet conv2: scatter-add dx
+        ((5, 8, 8, 8), (8, 8, 3, 3), dict(padding=1)),  # transposed dx
+        ((5, 8, 9, 9), (16, 8, 3, 3), dict(padding=1, stride=2)),
+    ],
+)
+def test_wide_path_float32_stays_float32(monkeypatch: pytest.MonkeyPatch, xs, ws, kw) -> None:  # noqa: ANN001
+    wide, ref, ran = _run_paths(monkeypatch, xs, ws, kw, dtype=np.float32)
+    assert ran
+    for a, r in zip(wide, ref):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * np.abs(r).max())
+
+
+def test_wide_path_skipped_when_mostly_garbage() -> None:
+    import gpucnn.functional.conv as conv_mod
+
+    assert conv_mod._use_wide_path(kw=3, sw=1, dw=1, ow=8)  # Wq = 10
+    assert not conv_mod._use_wide_path(kw=3, sw=1, dw=4, ow=2)  # Wq = 10 > 2 * 2
+
+
+def test_wide_path_empty_batch_and_torch_parity_resnet_shape() -> None:
+    torch = pytest.importorskip("torch")
+    y = F.conv2d(Tensor(np.zeros((0, 3, 6, 6))), Tensor(np.ones((4, 3, 3, 3))), padding=1)
+    assert y.shape == (0, 4, 6, 6)
+    rng = np.random.default_rng(12)
+    x, w, b = rng.standard_normal((4, 8, 8, 8)), rng.standard_normal((16, 8, 3, 3)), None
+    g = rng.standard_normal((4, 16, 4, 4))
+    y, grads = _ours(x, w, b, g, stride=2, padding=1)
+    ty, tgrads = _torch_conv(torch, x, w, b, g, stride=2, padding=1)
+    for a, r in zip([y, *grads], [ty, *tgrads]):
+        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)

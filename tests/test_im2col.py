@@ -123,6 +123,90 @@ def test_numpy_twin_dtype_and_noncontiguous():
     np.testing.assert_array_equal(got, _brute_im2col(np.ascontiguousarray(xt), *geom))
 
 
+# ------------------------------------------------------------------ NumPy-only wide (frame) layout
+
+
+def _narrow(wide, c, kh, kw, n, oh, ow, wq):
+    """Wide cols (C*kh*kw, N*oh*Wq) -> im2col's (N, C*kh*kw, oh*ow): drop garbage columns."""
+    real = wide.reshape(c * kh * kw, n, oh, wq)[:, :, :, :ow]
+    return real.reshape(c * kh * kw, n, oh * ow).transpose(1, 0, 2)
+
+
+def _widen(cols, c, kh, kw, n, oh, ow, wq):
+    """im2col-layout cols -> wide layout with ZERO garbage columns (what _wide_col2im needs)."""
+    wide = np.zeros((c * kh * kw, n, oh, wq), cols.dtype)
+    wide[..., :ow] = cols.transpose(1, 0, 2).reshape(c * kh * kw, n, oh, ow)
+    return wide.reshape(c * kh * kw, -1)
+
+
+def _random_geometries(count, seed=0):
+    """Random (x shape, geometry) over stride, asymmetric padding, dilation, odd/even sizes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        n, c = (int(v) for v in rng.integers(1, 3, 2))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+        ph, pw, pb, pr = (int(v) for v in rng.integers(0, 4, 4))
+        h, w = (int(v) for v in rng.integers(1, 10, 2))
+        oh, ow = _out(h, kh, sh, ph, pb, dh), _out(w, kw, sw, pw, pr, dw)
+        if oh >= 1 and ow >= 1:
+            out.append(((n, c, h, w), (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)))
+    return out
+
+
+WIDE_CASES = list(CASES.values()) + _random_geometries(120)
+
+
+@pytest.mark.parametrize("shape, geom", WIDE_CASES)
+def test_wide_layout_matches_im2col_and_col2im(shape, geom):
+    """The NumPy-only frame layout (polyphase, long runs) is im2col/col2im with extra columns."""
+    n, c = shape[:2]
+    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
+    x, cols = _inputs(shape, geom, np.float64, seed=sum(shape) + sum(geom))
+    wide, wq = np_im2col._wide_im2col(x, *geom)
+    assert wq >= ow and wide.shape == (c * kh * kw, n * oh * wq) and wide.dtype == x.dtype
+    np.testing.assert_array_equal(
+        _narrow(wide, c, kh, kw, n, oh, ow, wq), np_im2col.im2col(x, *geom)
+    )
+    back = np_im2col._wide_col2im(_widen(cols, c, kh, kw, n, oh, ow, wq), *shape, *geom)
+    assert back.shape == shape and back.dtype == cols.dtype
+    np.testing.assert_allclose(back, np_im2col.col2im(cols, *shape, *geom), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["k5_s2_p2", "dilated_strided", "same_even_asym"])
+def test_wide_layout_matches_brute_force_float32(case):
+    shape, geom = CASES[case]
+    n, c = shape[:2]
+    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
+    x, cols = _inputs(shape, geom, np.float32)
+    wide, wq = np_im2col._wide_im2col(x, *geom)
+    assert wide.dtype == np.float32
+    np.testing.assert_array_equal(_narrow(wide, c, kh, kw, n, oh, ow, wq), _brute_im2col(x, *geom))
+    back = np_im2col._wide_col2im(_widen(cols, c, kh, kw, n, oh, ow, wq), *shape, *geom)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, _brute_col2im(cols, *shape, *geom), rtol=1e-5, atol=1e-5)
+
+
+def test_wide_cols_chunks_match_whole_batch():
+    """FrameGeometry.cols over sample chunks (into a reused buffer) equals the whole batch."""
+    shape, geom = CASES["dilated_strided"]
+    x = np.random.default_rng(2).standard_normal((5,) + shape[1:])
+    geo = np_im2col._FrameGeometry(5, *shape[1:], *geom)
+    frames = geo.to_frames(x)
+    whole = geo.cols(frames, 0, 5)
+    buf = np.full(whole.size, np.nan)
+    for n0, n1 in [(0, 2), (2, 4), (4, 5)]:
+        part = geo.cols(frames, n0, n1, out=buf)
+        np.testing.assert_array_equal(part, whole[:, n0 * geo.run : n1 * geo.run])
+
+
+def test_wide_helpers_are_private():
+    """NumPy-only helpers must not become backend primitives (the CUDA side lacks them)."""
+    assert np_im2col.__all__ == ["im2col", "col2im"] == cuda_im2col.__all__
+
+
 # ------------------------------------------------------------------ CUDA kernels (emulated)
 
 

@@ -242,7 +242,7 @@ def _use_wide_path(kw: int, sw: int, dw: int, ow: int) -> bool:
 
 # Samples per chunk on the NumPy wide path: columns of about this many bytes stay in cache
 # between im2col and the GEMMs (the full column matrix is never built).
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 2 << 20
 
 
 def _chunk(n: int, per_sample: int) -> int:

@@ -198,8 +198,8 @@ def col2im(
 #   ``y + (i*dh)//sh`` of row phase ``(i*dh) % sh`` (the same for columns);
 # * each phase image of sample n, channel c is a flat "frame" of ``Hq+1`` rows of ``Wq``
 #   elements, ``Hq = oh + ((kh-1)*dh)//sh``, ``Wq = ow + ((kw-1)*dw)//sw`` (the extra zero row
-#   absorbs the reads past the last row, see below). Frames array: ``(Pr, Pc, C, N, (Hq+1)*Wq)``
-#   for the ``Pr x Pc`` phases the kernel uses;
+#   absorbs the reads past the last row, see below). Frames array: ``(Pr, Pc, N, C, (Hq+1)*Wq)``
+#   for the ``Pr x Pc`` phases the kernel uses (N before C: filling it is a plain padded copy);
 # * the columns of kernel offset (i, j) are then ONE slice ``frame[off : off + oh*Wq]`` with
 #   ``off = ((i*dh)//sh)*Wq + (j*dw)//sw``: an ``oh x Wq`` block whose last ``Wq - ow``
 #   columns are garbage (they read the next row's left edge or the zero row). GEMMs run on
@@ -223,8 +223,21 @@ class _FrameGeometry:
     """
 
     def __init__(
-        self, n: int, c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int,
-        pw: int, dh: int, dw: int, oh: int, ow: int,
+        self,
+        n: int,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+        dh: int,
+        dw: int,
+        oh: int,
+        ow: int,
     ) -> None:
         self.n, self.c, self.h, self.w = n, c, h, w
         self.kh, self.kw, self.sh, self.sw, self.dh, self.dw = kh, kw, sh, sw, dh, dw
@@ -263,26 +276,24 @@ class _FrameGeometry:
                     yield a, b, slice(a0, a1), slice(b0, b1), rows, cols
 
     def new_frames(self, dtype: Any) -> np.ndarray:
-        """Zero frames ``(Pr, Pc, C, N, (Hq+1)*Wq)``."""
-        shape = (len(self.rows_ph), len(self.cols_ph), self.c, self.n, (self.hq + 1) * self.wq)
+        """Zero frames ``(Pr, Pc, N, C, (Hq+1)*Wq)``."""
+        shape = (len(self.rows_ph), len(self.cols_ph), self.n, self.c, (self.hq + 1) * self.wq)
         return np.zeros(shape, dtype=dtype)
 
     def to_frames(self, x: np.ndarray) -> np.ndarray:
         """Frames of ``x (N, C, H, W)``: the zero-padded image split into phases."""
         frames = self.new_frames(x.dtype)
         f6 = frames.reshape(frames.shape[:4] + (self.hq + 1, self.wq))
-        xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W) view: the copy does the transpose
         for a, b, fr, fc, rows, cols in self._pairs():
-            f6[a, b, :, :, fr, fc] = xt[:, :, rows, cols]
+            f6[a, b, :, :, fr, fc] = x[:, :, rows, cols]
         return frames
 
     def from_frames(self, frames: np.ndarray) -> np.ndarray:
         """``x (N, C, H, W)`` read back from frames; pixels no window reaches are zero."""
         f6 = frames.reshape(frames.shape[:4] + (self.hq + 1, self.wq))
         x = np.zeros((self.n, self.c, self.h, self.w), dtype=frames.dtype)
-        xt = x.transpose(1, 0, 2, 3)
         for a, b, fr, fc, rows, cols in self._pairs():
-            xt[:, :, rows, cols] = f6[a, b, :, :, fr, fc]
+            x[:, :, rows, cols] = f6[a, b, :, :, fr, fc]
         return x
 
     def cols(self, frames: np.ndarray, n0: int, n1: int, out: np.ndarray | None = None) -> Any:
@@ -293,7 +304,7 @@ class _FrameGeometry:
         buf = np.empty(size, frames.dtype) if out is None else out.reshape(-1)[:size]
         c4 = buf.reshape(self.c, self.kh * self.kw, nb, run)
         for k, (a, b, off) in enumerate(self.offsets):
-            c4[:, k] = frames[a, b, :, n0:n1, off : off + run]
+            c4[:, k] = frames[a, b, n0:n1, :, off : off + run].transpose(1, 0, 2)
         return buf.reshape(-1, nb * run)
 
     def scatter_add(self, dcols: np.ndarray, dframes: np.ndarray, n0: int, n1: int) -> None:
@@ -304,7 +315,7 @@ class _FrameGeometry:
         nb, run = n1 - n0, self.run
         c4 = dcols.reshape(self.c, self.kh * self.kw, nb, run)
         for k, (a, b, off) in enumerate(self.offsets):
-            dframes[a, b, :, n0:n1, off : off + run] += c4[:, k]
+            dframes[a, b, n0:n1, :, off : off + run] += c4[:, k].transpose(1, 0, 2)
 
 
 def _wide_im2col(
