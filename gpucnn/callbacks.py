@@ -140,8 +140,14 @@ def _monitor_value(logs: dict | None, monitor: str, who: str) -> float | None:
 
 def _optimizer(model: Any, who: str) -> Any:
     opt = getattr(model, "optimizer", None)
+    if opt is None and getattr(model, "built", False) and hasattr(model, "_ensure_optimizer"):
+        opt = model._ensure_optimizer()
     if opt is None:
-        raise RuntimeError(f"{who}: the model has no optimizer (call compile() first)")
+        raise RuntimeError(
+            f"{who}: the model has no optimizer yet: compile() it, and build it first "
+            "(input_shape= on the first layer, or model.build(input_shape)) when it is fed "
+            "by a data loader"
+        )
     return opt
 
 

@@ -233,6 +233,13 @@ def _is_batch(b: Any) -> bool:
     return isinstance(b, (list, tuple)) and bool(b) and all(_is_arraylike(v) for v in b)
 
 
+def _host_or(raw: Any, prepared: Any) -> Any:
+    """The host copy of targets when there is one (checks need no device sync)."""
+    if isinstance(raw, np.ndarray) and raw.dtype.kind in "iub":
+        return raw.reshape(-1) if raw.ndim == 2 and raw.shape[1] == 1 else raw
+    return prepared
+
+
 def _make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = None) -> Any:
     if x is None:
         raise ValueError(f"{where}: x is required")
@@ -548,6 +555,8 @@ class ModelMixin:
             raise ValueError("fit: y is required when x is an array")
         if isinstance(train, _ArrayData) and len(train.x):
             self._ensure_built_for(train.x[:1])
+        if self.built:  # type: ignore[attr-defined]
+            self._ensure_optimizer()  # so callbacks see it from on_train_begin
 
         base_seed = seed
         if base_seed is None:
@@ -588,7 +597,7 @@ class ModelMixin:
                 xt = self._prepare_x(xb)
                 ya = self._prepare_y(yb, loss)
                 out = self(xt)  # type: ignore[operator]
-                _check_targets(loss, ya, tuple(out.shape), "fit")
+                _check_targets(loss, _host_or(yb, ya), tuple(out.shape), "fit")
                 value = loss(out, Tensor(ya))
                 opt.zero_grad()
                 value.backward()
@@ -635,7 +644,7 @@ class ModelMixin:
                     xt = self._prepare_x(xb)
                     ya = self._prepare_y(yb, loss)
                     out = self(xt)  # type: ignore[operator]
-                    _check_targets(loss, ya, tuple(out.shape), where)
+                    _check_targets(loss, _host_or(yb, ya), tuple(out.shape), where)
                     n = int(xt.shape[0])
                     total += float(loss(out, Tensor(ya)).item()) * n
                     seen += n
@@ -703,7 +712,7 @@ class ModelMixin:
         self.train()  # type: ignore[attr-defined]
         xt, ya = self._prepare_x(x), self._prepare_y(y, loss)
         out = self(xt)  # type: ignore[operator]
-        _check_targets(loss, ya, tuple(out.shape), "train_on_batch")
+        _check_targets(loss, _host_or(y, ya), tuple(out.shape), "train_on_batch")
         value = loss(out, Tensor(ya))
         opt.zero_grad()
         value.backward()
