@@ -342,3 +342,22 @@ def test_bad_inputs_raise_clear_errors() -> None:
     lazy.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match=r"Conv2D layer .*received \(None, 6\)"):
         lazy.fit(x, y, verbose=0)
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_matches_numpy(digits) -> None:
+    xtr, ytr, _, _ = digits
+
+    def run(backend: str) -> list:
+        gpucnn.manual_seed(0)
+        m = small_cnn()
+        m.to(backend)
+        m.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"], lr=0.05)
+        h = m.fit(xtr[:256], ytr[:256], batch_size=64, epochs=1, verbose=0, seed=0)
+        assert all(p.backend == backend for p in m.parameters())
+        return [h.history["loss"][0], *m.get_weights()]
+
+    ref, got = run("numpy"), run("cuda")
+    assert got[0] == pytest.approx(ref[0], rel=1e-4)
+    for a, b in zip(ref[1:], got[1:]):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
