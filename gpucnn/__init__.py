@@ -5,9 +5,24 @@ NumPy backend chosen at runtime where no GPU is usable. Importing gpucnn never f
 CuPy is missing or broken: the backend is probed on first use.
 """
 
-from gpucnn import backend, data, datasets, filters, functional, optim, transforms
+from gpucnn import (
+    backend,
+    callbacks,
+    data,
+    datasets,
+    filters,
+    functional,
+    initializers,
+    layers,
+    metrics,
+    optim,
+    saving,
+    transforms,
+)
 from gpucnn.backend import BackendUnavailable
+from gpucnn.module import Module, ModuleList, Sequential, register_module
 from gpucnn.random import manual_seed
+from gpucnn.saving import CheckpointError, load_model
 from gpucnn.tensor import (
     Parameter,
     Tensor,
@@ -25,6 +40,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "CheckpointError",
+    "Module",
+    "ModuleList",
+    "Sequential",
+    "callbacks",
+    "initializers",
+    "layers",
+    "load_model",
+    "metrics",
+    "register_module",
+    "saving",
     "Parameter",
     "Tensor",
     "backend",
