@@ -300,7 +300,8 @@ class _GlobalAvgPool2d(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, keepdims: bool) -> Any:
         ctx.shape, ctx.keepdims = x.shape, keepdims
-        return x.mean(axis=(2, 3), keepdims=keepdims)
+        # Contiguous first: the summation order (and so the result) must not depend on layout.
+        return backend_of(x).xp.ascontiguousarray(x).mean(axis=(2, 3), keepdims=keepdims)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
