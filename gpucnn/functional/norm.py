@@ -2,7 +2,7 @@
 
 ``batch_norm`` runs on the backend primitives ``batchnorm_stats``, ``batchnorm_forward`` and
 ``batchnorm_backward`` (``cuda/norm.cu`` on the GPU, NumPy twins on the CPU). Dropout draws
-its mask from :func:`gpucnn.random.generator` of the input's backend, so
+its mask from :func:`gpucnn.random.uniform` (a Philox stream, identical on both backends), so
 :func:`gpucnn.manual_seed` makes it reproducible.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
-from gpucnn.random import generator
+from gpucnn.random import uniform
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = ["batch_norm", "dropout", "dropout2d"]
@@ -180,7 +180,7 @@ def _mask(x: Tensor, shape: tuple, p: float) -> Any:
     be = _be(x.data)
     if p >= 1.0:
         return be.xp.zeros(shape, dtype=x.dtype)
-    u = generator(be.name).random(shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    u = uniform(shape, np.float64 if x.dtype == np.float64 else np.float32, be.name)
     return (u >= p).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
 
 
@@ -188,7 +188,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
     Identity (returns ``x``) when not training or ``p == 0``; zeros when ``p == 1``. The mask
-    comes from :func:`gpucnn.random.generator` (seeded by :func:`gpucnn.manual_seed`).
+    comes from :func:`gpucnn.random.uniform` (seeded by :func:`gpucnn.manual_seed`).
     """
     p = _check_p("dropout", p)
     if not training or p == 0.0:
