@@ -448,8 +448,8 @@ def build_cases(ctx: Ctx, only: set[str] | None, repeats: int | None,
                 prefer_library: bool = True) -> list[Case]:
     """Every case of the groups in ``only`` (all when None); ``repeats`` overrides defaults."""
     cpu = ctx.device != "cuda"
-    default = {"conv": 5, "pool": 5, "gemm": 3 if cpu else 20, "xent": 10 if cpu else 50,
-               "optim": 3 if cpu else 20, "train": 5 if cpu else 20}
+    default = {"conv": 3 if cpu else 20, "pool": 5 if cpu else 50, "gemm": 3 if cpu else 20,
+               "xent": 10 if cpu else 50, "optim": 3 if cpu else 20, "train": 5 if cpu else 20}
     makers = {"conv": _conv_cases, "pool": _pool_cases, "gemm": _gemm_cases,
               "xent": _xent_cases, "optim": _optim_cases}
     out: list[Case] = []

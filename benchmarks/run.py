@@ -113,7 +113,7 @@ def _run_case(timer: Timer, case: Case, with_torch: bool, warmup: int) -> dict[s
             out[side] = _failure(exc)
             continue
         fns[side] = fn
-        out[side] = {"peak_mem_bytes": peak, "warmup": warmup}
+        out[side] = {**peak, "warmup": warmup}
     if fns:
         try:
             for side, res in timer.time_interleaved(fns, case.repeats).items():
@@ -142,6 +142,10 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     else:
         gpucnn.backend.use("numpy")
         backend = "numpy"
+    if args.threads:
+        if not benv.set_blas_threads(args.threads):
+            print(f"warning: could not set NumPy's BLAS threads to {args.threads}",
+                  file=sys.stderr)
     blas_threads = benv.blas_threads()
     if torch is not None:
         if blas_threads:
@@ -281,6 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     p.add_argument("--only", default=None, help=f"comma list of groups: {','.join(GROUPS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case")
+    p.add_argument("--threads", type=int, default=None,
+                   help="set NumPy's BLAS threads (and so PyTorch's) to N")
     p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 in CuPy and PyTorch")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     p.add_argument("--functional-models", action="store_true",

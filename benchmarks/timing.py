@@ -9,6 +9,7 @@ memory pool / ``torch.cuda.max_memory_allocated`` over the warm-up call.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import statistics
 import time
@@ -28,6 +29,14 @@ def _read_status(key: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS so the next RSS rise reflects new allocations."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_hwm() -> bool:
@@ -89,34 +98,41 @@ class Timer:
             pool = self.cupy.get_default_memory_pool()
             pool.free_all_blocks()
             return pool.used_bytes()
+        _malloc_trim()
+        if side == "gpucnn":  # NumPy reports its allocations to tracemalloc
+            tracemalloc.start()
         if self.cpu_mem_method.startswith("peak RSS"):
             _reset_hwm()
             return _read_status("VmRSS")
-        tracemalloc.start()
         return 0
 
-    def _mem_end(self, side: str, base: Any) -> int | None:
+    def _mem_end(self, side: str, base: Any) -> dict[str, int | None]:
         if self.device == "cuda":
             self._sync(side)
             if side == "torch":
-                return int(self.torch.cuda.max_memory_allocated() - base)
-            return int(self.cupy.get_default_memory_pool().total_bytes() - base)
+                return {"peak_mem_bytes": int(self.torch.cuda.max_memory_allocated() - base)}
+            pool = self.cupy.get_default_memory_pool()
+            return {"peak_mem_bytes": int(pool.total_bytes() - base)}
+        traced = None
+        if side == "gpucnn":
+            traced = int(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
         if self.cpu_mem_method.startswith("peak RSS"):
             hwm = _read_status("VmHWM")
-            return None if hwm is None or base is None else max(0, hwm - base)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        return int(peak) if side == "gpucnn" else None
+            rss = None if hwm is None or base is None else max(0, hwm - base)
+            return {"peak_mem_bytes": rss, "numpy_traced_peak_bytes": traced}
+        return {"peak_mem_bytes": traced}
 
     @property
     def mem_method(self) -> str:
         if self.device == "cuda":
             return "CuPy pool bytes (gpucnn) / torch.cuda.max_memory_allocated (PyTorch)"
-        return self.cpu_mem_method
+        return (self.cpu_mem_method + " after malloc_trim, both sides; gpucnn also: peak of "
+                "NumPy allocations traced by tracemalloc (numpy_traced_peak_bytes)")
 
     # ------------------------------------------------------------------ public
-    def warm(self, fn: Callable[[], Any], side: str, warmup: int = 1) -> int | None:
-        """Run ``fn`` ``warmup`` times; return the peak memory over the first call."""
+    def warm(self, fn: Callable[[], Any], side: str, warmup: int = 1) -> dict[str, Any]:
+        """Run ``fn`` ``warmup`` times; return the peak-memory fields of the first call."""
         base = self._mem_begin(side)
         fn()
         self._sync(side)
@@ -145,23 +161,7 @@ class Timer:
     def run(
         self, fn: Callable[[], Any], side: str, repeats: int, warmup: int = 1
     ) -> dict[str, Any]:
-        """Warm up (measuring peak memory over the first call), then time ``repeats`` calls.
-
-        Returns ``{"median_s", "min_s", "times_s", "repeats", "warmup", "peak_mem_bytes"}``.
-        """
-        base = self._mem_begin(side)
-        fn()
-        self._sync(side)
-        peak = self._mem_end(side, base)
-        for _ in range(max(0, warmup - 1)):
-            fn()
-        self._sync(side)
-        times = [self._time_once(fn, side) for _ in range(max(1, repeats))]
-        return {
-            "median_s": statistics.median(times),
-            "min_s": min(times),
-            "times_s": times,
-            "repeats": len(times),
-            "warmup": max(1, warmup),
-            "peak_mem_bytes": peak,
-        }
+        """Warm up (measuring peak memory over the first call), then time ``repeats`` calls."""
+        peak = self.warm(fn, side, warmup)
+        timed = self.time_interleaved({side: fn}, repeats)[side]
+        return {**peak, "warmup": max(1, warmup), **timed}
