@@ -621,11 +621,49 @@ def test_nan_in_kernels(emulator):
         _check_parity(emulator, GRIDS[1], "adaptive_maxpool2d_forward", (xd, 3, 2))
 
 
+def test_ties_first_maximum_wins(emulator):
+    """With ties the first maximum in row-major order is the argmax (PyTorch), everywhere."""
+    x = np.random.default_rng(27).integers(0, 3, (2, 2, 7, 6)).astype(np.float64)
+    x[0, 0, :3, :3] = -np.inf  # an all -inf window keeps its first in-bounds position
+    y, idx = F.max_pool2d(Tensor(x), 3, 2, 1, ceil_mode=True, return_indices=True)
+    ry, ridx = ref_maxpool(x, (3, 3), (2, 2), (1, 1), (1, 1), True)
+    np.testing.assert_array_equal(y.numpy(), ry)
+    np.testing.assert_array_equal(idx.numpy(), ridx)
+    ya, ia = F.adaptive_max_pool2d(Tensor(x), (3, 4), return_indices=True)
+    ry, ridx, _ = ref_adaptive(x, 3, 4, "max")
+    np.testing.assert_array_equal(ia.numpy(), ridx)
+    for dtype in (np.float32, np.float64):
+        xd = x.astype(dtype)
+        for grid in GRIDS:
+            args = (xd, 3, 3, 2, 2, 1, 1, 1, 1, 4, 3)
+            _check_parity(emulator, grid, "maxpool2d_forward", args)
+            _check_parity(emulator, grid, "adaptive_maxpool2d_forward", (xd, 3, 4))
+
+
 def test_all_minus_inf_window_keeps_first_index():
     x = np.full((1, 1, 4, 4), -np.inf)
     y, idx = F.max_pool2d(Tensor(x), 2, return_indices=True)
     assert np.all(np.isneginf(y.numpy()))
     np.testing.assert_array_equal(idx.numpy()[0, 0], [[0, 2], [8, 10]])
+
+
+@pytest.mark.parametrize("stride", [(4, 2), (4, 1)])  # non-overlapping / overlapping columns
+def test_windows_without_input_pixels(emulator, stride):
+    # H=2, kernel 2 rows dilated by 3, padding 1: the only window row pair is (-1, 2), outside
+    # the input. PyTorch outputs -inf with an out-of-plane index; no gradient flows from it.
+    x = tie_free((1, 2, 2, 4), seed=28)
+    xt = Tensor(x, requires_grad=True)
+    y, idx = F.max_pool2d(xt, 2, stride, (1, 0), (3, 1), return_indices=True)
+    assert np.all(np.isneginf(y.numpy()))
+    assert np.all(idx.numpy() >= 2 * 4)
+    y.backward(np.ones(y.shape))
+    np.testing.assert_array_equal(xt.grad.numpy(), 0.0)
+    oh, ow = y.shape[2:]
+    args = (x, 2, 2, stride[0], stride[1], 1, 0, 3, 1, oh, ow)
+    _check_parity(emulator, GRIDS[0], "maxpool2d_forward", args)
+    dy = np.ones(y.shape)
+    bargs = (dy, idx.numpy(), 2, 4, 2, 2, stride[0], stride[1], 1, 0, 3, 1)
+    _check_parity(emulator, GRIDS[0], "maxpool2d_backward", bargs)
 
 
 def test_avg_pool_nan_and_inf_stay_local():

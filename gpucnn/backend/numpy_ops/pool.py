@@ -53,6 +53,12 @@ def _first_inside(start: np.ndarray, step: int) -> np.ndarray:
 # --------------------------------------------------------------------------- max pooling
 
 
+def _offset_deltas(kh: int, kw: int, dh: int, dw: int, w: int) -> np.ndarray:
+    """Flat in-plane offset ``i*dh*W + j*dw`` of kernel cell ``k = i*kw + j`` (int64, kh*kw)."""
+    i, j = np.divmod(np.arange(kh * kw, dtype=np.int64), kw)
+    return i * dh * w + j * dw
+
+
 def maxpool2d_forward(
     x: np.ndarray,
     kh: int,
@@ -87,18 +93,23 @@ def maxpool2d_forward(
     off[...] = (i0[:, None] * kw + j0[None, :]).astype(kdt)
     best = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     upd = np.empty((n, c, oh, ow), dtype=bool)
-    nan = np.empty((n, c, oh, ow), dtype=bool)
     for i in range(kh):
         for j in range(kw):
             v = _window_view(xp, i * dh, j * dw, oh, ow, sh, sw)
             np.greater(v, best, out=upd)
-            np.not_equal(v, v, out=nan)
-            upd |= nan
-            np.copyto(best, v, where=upd)
             np.copyto(off, kdt(i * kw + j), where=upd)
-    off64 = off.astype(np.int64)
-    ki, kj = np.divmod(off64, kw)
-    argmax = (hs[:, None] + ki * dh) * w + (ws[None, :] + kj * dw)
+            np.maximum(best, v, out=best)  # NaN propagates into the value
+    nan_out = np.isnan(best)
+    if nan_out.any():
+        # A NaN is the maximum and the last NaN of the scan is the argmax (PyTorch's rule).
+        for i in range(kh):
+            for j in range(kw):
+                v = _window_view(xp, i * dh, j * dw, oh, ow, sh, sw)
+                np.copyto(off, kdt(i * kw + j), where=np.isnan(v))
+    # argmax = (window origin h*W + w) + (offset of kernel cell k inside the plane)
+    delta = _offset_deltas(kh, kw, dh, dw, w)
+    argmax = np.take(delta, off)
+    argmax += hs[:, None] * w + ws[None, :]
     return best, argmax
 
 
@@ -118,17 +129,34 @@ def maxpool2d_backward(
 ) -> np.ndarray:
     """Gradient of :func:`maxpool2d_forward`: ``dy`` (N, C, oh, ow) routed to each argmax.
 
-    Returns ``dx`` (N, C, h, w). For each kernel offset (i, j) in row-major order, the windows
-    whose argmax sits at that offset pass their ``dy`` to it (the kernel's gather order).
+    Returns ``dx`` (N, C, h, w). Non-overlapping windows (stride >= dilated kernel): one
+    scatter. Otherwise, for each kernel offset (i, j) in row-major order, the windows whose
+    argmax sits at that offset add their ``dy`` to it (the kernel's gather order).
     Kernel twin: ``maxpool2d_bwd_f32/f64``.
     """
     n, c, oh, ow = dy.shape
+    if sh >= (kh - 1) * dh + 1 and sw >= (kw - 1) * dw + 1:
+        # Windows do not overlap: every pixel gets at most one gradient, so scatter directly.
+        dx = np.zeros(n * c * h * w, dtype=dy.dtype)
+        flat = argmax.reshape(n * c, oh * ow)
+        inside = flat < h * w  # windows without an input pixel keep an out-of-plane index
+        flat = flat + np.arange(n * c, dtype=np.int64)[:, None] * (h * w)
+        g = dy.reshape(n * c, oh * ow)
+        if inside.all():
+            dx[flat.ravel()] = g.ravel()
+        else:
+            dx[flat[inside]] = g[inside]
+        return dx.reshape(n, c, h, w)
     pads_h = _pads(h, oh, kh, sh, ph, dh)
     pads_w = _pads(w, ow, kw, sw, pw, dw)
     hp, wp = h + sum(pads_h), w + sum(pads_w)
     dxp = np.zeros((n, c, hp, wp), dtype=dy.dtype)
     hs = np.arange(oh, dtype=np.int64) * sh - ph
     ws = np.arange(ow, dtype=np.int64) * sw - pw
+    # Position of each argmax relative to its window origin, compared per kernel cell below.
+    rdt = np.int32 if (h + 2 * kh * dh) * (w + 2 * kw * dw) < 2**31 else np.int64
+    rel = (argmax - (hs[:, None] * w + ws[None, :])).astype(rdt)
+    delta = _offset_deltas(kh, kw, dh, dw, w).astype(rdt)
     hit = np.empty((n, c, oh, ow), dtype=bool)
     for i in range(kh):
         rows = hs + i * dh
@@ -136,13 +164,14 @@ def maxpool2d_backward(
         for j in range(kw):
             cols = ws + j * dw
             cols_ok = (cols >= 0) & (cols < w)
-            # Flat index of offset (i, j) in each window; -1 where it lies in the padding.
-            target = np.where(rows_ok[:, None] & cols_ok[None, :], rows[:, None] * w + cols, -1)
-            np.equal(argmax, target, out=hit)
+            np.equal(rel, delta[i * kw + j], out=hit)
+            inside = rows_ok[:, None] & cols_ok[None, :]
+            if not inside.all():  # a cell in the padding can alias an in-bounds index
+                hit &= inside
             if not hit.any():
                 continue
             view = _window_view(dxp, i * dh, j * dw, oh, ow, sh, sw)
-            view += np.where(hit, dy, dy.dtype.type(0))
+            np.add(view, dy, out=view, where=hit)
     if hp == h and wp == w:
         return dxp
     return np.ascontiguousarray(dxp[:, :, ph : ph + h, pw : pw + w])
