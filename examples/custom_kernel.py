@@ -30,6 +30,7 @@ import numpy as np
 
 import gpucnn
 from gpucnn import backend as _backend
+from gpucnn.cli import set_blas_threads
 from gpucnn.layers import Dense, Flatten
 from gpucnn.module import Module, Sequential
 from gpucnn.tensor import Function, Tensor
@@ -260,8 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="custom_kernel_out", help="where swish.cu is written")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="small checks and one short epoch")
+    p.add_argument("--threads", type=int, default=1, help="NumPy BLAS threads (0: unchanged)")
     args = p.parse_args(argv)
     gpucnn.backend.use(args.backend)
+    if args.threads:
+        set_blas_threads(args.threads)
     gpucnn.manual_seed(0)
     out = Path(args.out)
 

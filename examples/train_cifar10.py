@@ -30,6 +30,7 @@ import gpucnn
 from gpucnn import optim
 from gpucnn import transforms as T
 from gpucnn.callbacks import Callback
+from gpucnn.cli import set_blas_threads
 from gpucnn.data import DataLoader
 from gpucnn.models import resnet20
 
@@ -51,18 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="cifar10_out")
-    p.add_argument("--smoke", action="store_true", help="one short epoch on 256 images")
+    p.add_argument("--smoke", action="store_true",
+                   help="one short epoch on 128 images (synthetic ones at 16x16), batch 16, "
+                   "lr at most 0.02")
+    p.add_argument("--threads", type=int, default=1, help="NumPy BLAS threads (0: unchanged)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None)
     return p
 
 
-def synthetic_cifar(n_train: int, n_test: int, seed: int = 0, classes: int = 10
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_cifar(n_train: int, n_test: int, seed: int = 0, classes: int = 10,
+                    size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Learnable stand-in for CIFAR-10: each class is a smooth random colour template;
-    samples are the template, randomly shifted, plus noise, clipped to [0, 1]."""
+    samples are the template, randomly shifted, plus noise, clipped to [0, 1].
+    Images (N, 3, size, size), ``size`` a multiple of 4."""
     rng = np.random.default_rng(seed)
     coarse = rng.random((classes, 3, 4, 4)).astype(np.float32)
-    templates = coarse.repeat(8, axis=2).repeat(8, axis=3)  # (classes, 3, 32, 32)
+    templates = coarse.repeat(size // 4, axis=2).repeat(size // 4, axis=3)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = rng.integers(0, classes, n)
@@ -79,13 +84,14 @@ def synthetic_cifar(n_train: int, n_test: int, seed: int = 0, classes: int = 10
 
 def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if args.synthetic:
-        n = 256 if args.smoke else (args.limit or 5000)
-        return synthetic_cifar(n, max(n // 5, 64), args.seed)
+        n = 128 if args.smoke else (args.limit or 5000)
+        return synthetic_cifar(n, 64 if args.smoke else max(n // 5, 64), args.seed,
+                               size=16 if args.smoke else 32)
     from gpucnn.datasets import load_cifar10
 
     x_tr, y_tr = load_cifar10(args.data_dir, train=True, download=args.download)
     x_te, y_te = load_cifar10(args.data_dir, train=False, download=args.download)
-    limit = 256 if args.smoke else args.limit
+    limit = 128 if args.smoke else args.limit
     if limit:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
         x_te, y_te = x_te[: max(limit // 4, 64)], y_te[: max(limit // 4, 64)]
@@ -93,14 +99,18 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 class PerBatchSchedule(Callback):
-    """Step a learning-rate schedule after every batch; log ``lr`` at the end of each epoch."""
+    """Step a learning-rate schedule after every batch; log ``lr`` at the end of each epoch;
+    keep the per-batch training losses."""
 
     def __init__(self, schedule: Any) -> None:
         super().__init__()
         self.schedule = schedule
+        self.batch_losses: list[float] = []
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.schedule.step()
+        if logs is not None and "batch_loss" in logs:
+            self.batch_losses.append(float(logs["batch_loss"]))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
@@ -108,10 +118,13 @@ class PerBatchSchedule(Callback):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the example; returns ``{"accuracy", "loss", "history", "seconds", "files"}``."""
+    """Run the example; returns ``{"accuracy", "loss", "history", "seconds", "files",
+    "batch_losses"}``."""
     args = build_parser().parse_args(argv)
     gpucnn.backend.use(args.backend)
     gpucnn.manual_seed(args.seed)
+    if args.threads:
+        set_blas_threads(args.threads)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,9 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     norm = T.Normalize(CIFAR_MEAN, CIFAR_STD)
     x_tr, x_te = norm(x_tr), norm(x_te)
     pad_fill = 0.0  # zero after normalisation = the mean colour
-    aug = T.Compose([T.RandomCrop(32, padding=4, fill=pad_fill), T.RandomHorizontalFlip()])
+    side = int(x_tr.shape[-1])
+    aug = T.Compose([T.RandomCrop(side, padding=side // 8, fill=pad_fill),
+                     T.RandomHorizontalFlip()])
     epochs = 1 if args.smoke else args.epochs
-    bs = min(args.batch_size, 64) if args.smoke else args.batch_size
+    bs = min(args.batch_size, 16) if args.smoke else args.batch_size
     loader = DataLoader((x_tr, y_tr), batch_size=bs, shuffle=True, seed=args.seed,
                         transform=aug)
     data_name = "synthetic" if args.synthetic else "CIFAR-10"
@@ -135,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{len(x_te)} | epochs {epochs}, batch {bs}", flush=True)
 
     model = resnet20(num_classes=10, in_channels=3, shortcut=args.shortcut)
-    opt = optim.SGD(model.trainable_parameters(), lr=args.lr, momentum=0.9,
+    lr = min(args.lr, 0.02) if args.smoke else args.lr  # tiny smoke batches: a gentler lr
+    opt = optim.SGD(model.trainable_parameters(), lr=lr, momentum=0.9,
                     weight_decay=args.weight_decay)
     steps = max(2, epochs * len(loader))
     warm = max(1, min(len(loader), steps // 10))
@@ -144,9 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     print(f"ResNet-20 (shortcut {args.shortcut}): {model.count_params():,} parameters")
 
+    per_batch = PerBatchSchedule(sched)
     t0 = time.perf_counter()
     hist = model.fit(loader, epochs=epochs, verbose=verbose, validation_data=(x_te, y_te),
-                     callbacks=[PerBatchSchedule(sched)])
+                     callbacks=[per_batch])
     seconds = time.perf_counter() - t0
     loss, acc = model.evaluate(x_te, y_te, batch_size=256)
 
@@ -159,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"saved: {', '.join(map(str, files))}")
     print(f"test accuracy ({data_name}): {acc:.4f}")
     return {"accuracy": float(acc), "loss": float(loss), "history": history,
-            "seconds": seconds, "files": files}
+            "seconds": seconds, "files": files,
+            "batch_losses": per_batch.batch_losses}
 
 
 if __name__ == "__main__":

@@ -60,12 +60,14 @@ class BasicBlock(Module):
     Input (N, in_channels, H, W), output (N, out_channels, ceil(H/stride), ceil(W/stride)).
     When the shape changes, the shortcut is option ``"A"`` (take every ``stride``-th pixel and
     zero-pad the new channels evenly on both sides: no parameters) or ``"B"`` (1x1 conv with
-    stride + batch norm); otherwise it is the identity.
+    stride + batch norm); otherwise it is the identity. ``residual=False`` drops the shortcut
+    (the paper's "plain" network: ``relu(bn2(conv2(...)))``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 shortcut: str = "B", name: str | None = None) -> None:
+                 shortcut: str = "B", residual: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
+        self.residual = bool(residual)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.stride = int(stride)
         self.shortcut = _check_shortcut(shortcut)
@@ -77,9 +79,11 @@ class BasicBlock(Module):
         self.conv2 = Conv2D(out_channels, 3, padding=1, use_bias=False)
         self.bn2 = _bn()
         self.downsample = self.stride != 1 or self.in_channels != self.out_channels
-        if self.downsample and self.shortcut == "B":
+        if self.residual and self.downsample and self.shortcut == "B":
             self.proj = Conv2D(out_channels, 1, strides=stride, use_bias=False)
             self.proj_bn = _bn()
+        # parameters depend only on the channel counts: create them now
+        self.build((self.in_channels, 32, 32))
 
     def _shortcut(self, x: Tensor) -> Tensor:
         if not self.downsample:
@@ -97,6 +101,8 @@ class BasicBlock(Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if not self.residual:
+            return F.relu(out)
         return F.relu(out + self._shortcut(x))
 
     def build(self, input_shape: Any, backend: str | None = None) -> None:
@@ -104,7 +110,7 @@ class BasicBlock(Module):
         shape = tuple(input_shape)
         mid = _build_chain([self.conv1, self.bn1], shape, backend)
         _build_chain([self.conv2, self.bn2], mid, backend)
-        if self.downsample and self.shortcut == "B":
+        if self.residual and self.downsample and self.shortcut == "B":
             _build_chain([self.proj, self.proj_bn], shape, backend)
 
     def output_shape(self, input_shape: Any) -> tuple:
@@ -112,7 +118,8 @@ class BasicBlock(Module):
 
     def get_config(self) -> dict:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "stride": self.stride, "shortcut": self.shortcut, "name": self.name}
+                "stride": self.stride, "shortcut": self.shortcut, "residual": self.residual,
+                "name": self.name}
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels} -> {self.out_channels}, stride={self.stride}, "
@@ -149,11 +156,13 @@ class _Net(Module):
 @register_module
 class CifarResNet(_Net):
     """CIFAR ResNet of depth ``6n + 2`` for (N, in_channels, 32, 32) inputs (any H, W >= 4
-    work); logits (N, num_classes). See the module doc."""
+    work); logits (N, num_classes). See the module doc. ``residual=False`` builds the
+    paper's "plain" counterpart (same layers, no shortcuts)."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "A", name: str | None = None) -> None:
-        super().__init__(name=name or f"resnet{depth}")
+                 shortcut: str = "A", residual: bool = True, name: str | None = None) -> None:
+        super().__init__(name=name or (f"resnet{depth}" if residual else f"plain{depth}"))
+        self.residual = bool(residual)
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CifarResNet: depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, "
                              f"110, ...), got {depth!r}")
@@ -167,7 +176,7 @@ class CifarResNet(_Net):
         for stage, width in enumerate((16, 32, 64)):
             for j in range(n):
                 stride = 2 if stage > 0 and j == 0 else 1
-                blocks.append(BasicBlock(c, width, stride, self.shortcut))
+                blocks.append(BasicBlock(c, width, stride, self.shortcut, self.residual))
                 c = width
         self.blocks = ModuleList(blocks)
         self.pool = GlobalAveragePooling2D()
@@ -186,7 +195,8 @@ class CifarResNet(_Net):
 
     def get_config(self) -> dict:
         return {"depth": self.depth, "num_classes": self.num_classes,
-                "in_channels": self.in_channels, "shortcut": self.shortcut, "name": self.name}
+                "in_channels": self.in_channels, "shortcut": self.shortcut,
+                "residual": self.residual, "name": self.name}
 
 
 @register_module
@@ -252,9 +262,10 @@ class ResNet(_Net):
 
 
 def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A",
-                 **kw: Any) -> CifarResNet:
-    """CIFAR ResNet of any depth ``6n + 2`` (20, 32, 44, 56, 110, ...)."""
-    return CifarResNet(depth, num_classes, in_channels, shortcut, **kw)
+                 residual: bool = True, **kw: Any) -> CifarResNet:
+    """CIFAR ResNet of any depth ``6n + 2`` (20, 32, 44, 56, 110, ...); ``residual=False``
+    gives the plain network of the same depth."""
+    return CifarResNet(depth, num_classes, in_channels, shortcut, residual, **kw)
 
 
 def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A",

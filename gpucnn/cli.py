@@ -1,0 +1,418 @@
+"""The ``gpucnn`` command line (also ``python -m gpucnn``).
+
+    gpucnn info                                   # backend chosen and why, device, kernels
+    gpucnn models                                 # the model zoo
+    gpucnn summary --model resnet18 --input 3,32,32
+    gpucnn train --model lenet5 --dataset mnist-sample --epochs 10 --batch-size 64 \\
+                 --lr 2e-3 --backend auto --out runs/lenet5
+
+Datasets: ``mnist-sample`` (5,000 embedded digits, split 4,000 / 1,000, no files needed),
+``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100`` (from ``--data-dir`` or
+``$GPUCNN_DATA_DIR`` / ``~/.cache/gpucnn``; ``--download`` fetches them, checksum verified).
+
+Exit codes: 0 success, 1 a runtime failure (missing data, unusable backend), 2 a usage error
+(unknown model, dataset or option; the message lists the valid names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DATASET_NAMES", "build_parser", "load_dataset", "main", "set_blas_threads"]
+
+DATASET_NAMES: tuple[str, ...] = ("mnist-sample", "mnist", "fashion-mnist", "cifar10", "cifar100")
+_NEEDS_32 = ("seed_lenet", "vgg11")
+
+
+class UsageError(ValueError):
+    """A bad name or option: reported with exit code 2."""
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def set_blas_threads(n: int) -> bool:
+    """Best effort: limit the threads of NumPy's OpenBLAS (the one bundled with NumPy wheels,
+    else a system ``libopenblas``) to ``n``; returns whether a library took the setting.
+
+    Small-matrix GEMMs of the NumPy backend gain little from several BLAS threads, and
+    OpenBLAS's spinning worker threads slow everything down badly when the cores are shared
+    (another process, or gpucnn's own data-loader prefetch thread): on a 2-core machine one
+    BLAS thread is the safe choice. ``OPENBLAS_NUM_THREADS`` set before NumPy loads does the
+    same.
+    """
+    import ctypes
+    import ctypes.util
+
+    libs = sorted((Path(np.__file__).resolve().parent.parent / "numpy.libs").glob("*openblas*"))
+    sys_lib = ctypes.util.find_library("openblas")
+    if sys_lib:
+        libs.append(Path(sys_lib))
+    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+             "openblas_set_num_threads64_", "openblas_set_num_threads")
+    for lib in libs:
+        try:
+            handle = ctypes.CDLL(str(lib))
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(handle, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(max(1, int(n))))
+                return True
+    return False
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(x_train, y_train, x_test, y_test, num_classes)`` of dataset ``name``; images
+    (N, C, H, W) float32 in [0, 1], labels int64. ``mnist-sample`` is split 4,000 / 1,000
+    (stratified, ``seed``)."""
+    from gpucnn import datasets as D
+
+    key = _dataset_key(name)
+    if key == "mnist-sample":
+        x, y = D.mnist_sample()
+        x_tr, x_te, y_tr, y_te = D.train_test_split(x, y, test_size=1000, seed=seed,
+                                                    stratify=True)
+        return x_tr, y_tr, x_te, y_te, 10
+    loader, classes = {
+        "mnist": (D.load_mnist, 10),
+        "fashion-mnist": (D.load_fashion_mnist, 10),
+        "cifar10": (D.load_cifar10, 10),
+        "cifar100": (D.load_cifar100, 100),
+    }[key]
+    x_tr, y_tr = loader(data_dir, train=True, download=download)
+    x_te, y_te = loader(data_dir, train=False, download=download)
+    return x_tr, y_tr, x_te, y_te, classes
+
+
+def _dataset_key(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    key = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
+           "cifar-100": "cifar100", "mnistsample": "mnist-sample"}.get(key, key)
+    if key not in DATASET_NAMES:
+        raise UsageError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASET_NAMES)}")
+    return key
+
+
+def _model_key(name: str) -> str:
+    from gpucnn.models import MODEL_NAMES
+
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in MODEL_NAMES:
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
+    return key
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        dims = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise UsageError(f"--input must be C,H,W (three positive ints, e.g. 3,32,32), got "
+                         f"{text!r}")
+    return dims  # type: ignore[return-value]
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                small_input: bool | None = None) -> Any:
+    """Model ``name`` for per-sample ``input_shape`` (C, H, W) and ``num_classes``."""
+    from gpucnn.models import get_model
+
+    key = _model_key(name)
+    c, h, w = input_shape
+    kw: dict[str, Any] = {"num_classes": num_classes, "in_channels": c}
+    if key == "lenet5":
+        if (h, w) not in ((28, 28), (32, 32)):
+            raise UsageError(f"lenet5 takes 28x28 or 32x32 inputs, got {h}x{w}")
+        kw["input_size"] = h
+    elif key == "inception_small":
+        if h != w:
+            raise UsageError(f"inception_small takes square inputs, got {h}x{w}")
+        kw["input_size"] = h
+    elif key in ("resnet18", "resnet34"):
+        kw["small_input"] = (h <= 64) if small_input is None else small_input
+    elif key == "seed_lenet" and (h, w) != (32, 32):
+        raise UsageError(f"seed_lenet takes 32x32 inputs, got {h}x{w}")
+    elif key == "vgg11":
+        if (h, w) not in ((32, 32), (224, 224)):
+            raise UsageError(f"vgg11 takes 32x32 or 224x224 inputs, got {h}x{w}")
+        kw["input_size"] = h
+    return get_model(key, **kw)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import gpucnn
+    from gpucnn import backend as B
+    from gpucnn.backend import kernels
+
+    print(f"gpucnn {gpucnn.__version__} | Python {platform.python_version()} | NumPy "
+          f"{np.__version__} | {platform.system()} {platform.machine()}")
+    env = os.environ.get("GPUCNN_BACKEND")
+    requested = args.backend or env or "auto"
+    try:
+        B.use(requested)
+        chosen = B.current()
+    except Exception as exc:  # BackendUnavailable or a bad GPUCNN_BACKEND value
+        print(f"backend: requested {requested!r} but it is not usable: {exc}")
+        chosen = None
+    ok = B.cuda_available()
+    reason = B.cuda_unavailable_reason()
+    src = "--backend" if args.backend else ("$GPUCNN_BACKEND" if env else "default 'auto'")
+    if chosen is not None:
+        why = ("CUDA is usable" if chosen == "cuda" else
+               (f"CUDA is not usable: {reason}" if not ok else "NumPy was asked for"))
+        print(f"backend: {chosen} (requested {requested!r} via {src}; {why})")
+    print(f"cuda available: {ok}" + ("" if ok else f" ({reason})"))
+    cupy = None
+    try:
+        import cupy  # noqa: F811
+    except Exception as exc:
+        print(f"cupy: not importable ({type(exc).__name__}: {exc}); install 'gpucnn[cuda12]' or "
+              "'gpucnn[cuda13]' on a machine with an NVIDIA GPU")
+    if cupy is not None:
+        print(f"cupy: {cupy.__version__}")
+        try:
+            rt = cupy.cuda.runtime
+            print(f"cuda runtime: {rt.runtimeGetVersion()} | driver: {rt.driverGetVersion()}")
+            for i in range(rt.getDeviceCount()):
+                props = rt.getDeviceProperties(i)
+                name = props["name"].decode() if isinstance(props["name"], bytes) \
+                    else props["name"]
+                with cupy.cuda.Device(i):
+                    free, total = rt.memGetInfo()
+                print(f"device {i}: {name}, compute capability {props['major']}."
+                      f"{props['minor']}, memory {total / 2**30:.1f} GiB "
+                      f"({free / 2**30:.1f} GiB free)")
+        except Exception as exc:
+            print(f"cuda devices: unavailable ({type(exc).__name__}: {exc})")
+    try:
+        sources = kernels.all_kernel_sources()
+        folder = sources[0].parent if sources else "(none found)"
+        print(f"kernel sources: {folder} ({len(sources)} files: "
+              f"{', '.join(p.name for p in sources)})")
+    except Exception as exc:
+        print(f"kernel sources: not found ({exc})")
+    cupy_cache = os.environ.get("CUPY_CACHE_DIR") or str(Path.home() / ".cupy" / "kernel_cache")
+    print(f"cupy kernel cache: {cupy_cache}"
+          + (" ($CUPY_CACHE_DIR)" if os.environ.get("CUPY_CACHE_DIR") else ""))
+    try:
+        from gpucnn.testing.emulator import cache_dir, compiler_available
+
+        print(f"emulator kernel cache: {cache_dir()} (host compiler "
+              f"{'found' if compiler_available() else 'not found'})")
+    except Exception as exc:
+        print(f"emulator: unavailable ({exc})")
+    try:
+        from gpucnn.datasets import cache_dir as data_cache
+
+        print(f"dataset cache: {data_cache()}")
+    except Exception as exc:
+        print(f"dataset cache: unknown ({exc})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from gpucnn.models import MODEL_NAMES
+
+    for name in MODEL_NAMES:
+        print(name)
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import gpucnn
+
+    gpucnn.backend.use(args.backend)
+    shape = _parse_shape(args.input)
+    model = build_model(args.model, shape, args.num_classes,
+                        small_input=True if args.small_input else None)
+    model.summary(input_shape=shape)
+    return 0
+
+
+def _normalise(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x_tr.mean(axis=(0, 2, 3), keepdims=True)
+    std = x_tr.std(axis=(0, 2, 3), keepdims=True) + 1e-7
+    return ((x_tr - mean) / std).astype(np.float32), ((x_te - mean) / std).astype(np.float32)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import gpucnn
+    from gpucnn import optim
+    from gpucnn import transforms as T
+    from gpucnn.callbacks import Callback
+    from gpucnn.data import DataLoader
+
+    model_key = _model_key(args.model)
+    ds_key = _dataset_key(args.dataset)
+    for what, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise UsageError(f"{what} must be >= 1, got {v}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    gpucnn.backend.use(args.backend)
+    gpucnn.manual_seed(args.seed)
+    if args.threads:
+        set_blas_threads(args.threads)
+    x_tr, y_tr, x_te, y_te, classes = load_dataset(ds_key, args.data_dir, args.download,
+                                                   args.seed)
+    if args.limit:
+        x_tr, y_tr = x_tr[: args.limit], y_tr[: args.limit]
+    if args.test_limit:
+        x_te, y_te = x_te[: args.test_limit], y_te[: args.test_limit]
+    if model_key in _NEEDS_32 and x_tr.shape[2:] == (28, 28):
+        pad = ((0, 0), (0, 0), (2, 2), (2, 2))  # 28x28 digits -> 32x32 for these models
+        x_tr, x_te = np.pad(x_tr, pad), np.pad(x_te, pad)
+    x_tr, x_te = _normalise(x_tr, x_te)
+    shape = tuple(int(s) for s in x_tr.shape[1:])
+    model = build_model(model_key, shape, classes)  # type: ignore[arg-type]
+
+    aug = None
+    if args.augment:
+        fill = float(x_tr.min())
+        if shape[0] == 3:
+            aug = T.Compose([T.RandomCrop(shape[1:], padding=4, fill=fill),
+                             T.RandomHorizontalFlip()])
+        else:
+            aug = T.Compose([T.RandomRotation(10, fill=fill),
+                             T.RandomCrop(shape[1:], padding=2, fill=fill)])
+    loader = DataLoader((x_tr, y_tr), batch_size=args.batch_size, shuffle=True,
+                        seed=args.seed, transform=aug)
+    params = model.trainable_parameters()
+    if args.optimizer == "sgd":
+        opt = optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    elif args.optimizer == "adamw":
+        opt = optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay or 1e-2)
+    else:
+        opt = optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    sched = None
+    steps = args.epochs * len(loader)
+    if args.schedule == "cosine" and steps > 1:
+        warm = max(1, min(len(loader), steps // 10))
+        sched = optim.warmup(opt, optim.CosineAnnealingLR(opt, T_max=max(1, steps - warm)),
+                             warmup_steps=warm) if steps > warm else None
+    elif args.schedule == "step" and steps > 1:
+        sched = optim.StepLR(opt, step_size=max(1, steps // 3), gamma=0.1)
+
+    class _PerBatch(Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if sched is not None:
+                sched.step()
+
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    print(f"train {model_key} on {ds_key}: {len(x_tr)} train / {len(x_te)} test images "
+          f"{shape}, {classes} classes | {model.count_params():,} parameters | backend "
+          f"{gpucnn.backend.current()} | {args.optimizer} lr {args.lr} ({args.schedule}) | "
+          f"augmentation {'on' if aug else 'off'}", flush=True)
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    t0 = time.perf_counter()
+    hist = model.fit(loader, epochs=args.epochs, verbose=verbose,
+                     validation_data=(x_te, y_te), callbacks=[_PerBatch()])
+    seconds = time.perf_counter() - t0
+    loss, acc = model.evaluate(x_te, y_te, batch_size=256)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / f"{model_key}.npz"
+    model.save(model_path)
+    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+    (out / "history.json").write_text(json.dumps(
+        {"model": model_key, "dataset": ds_key, "history": history, "test_loss": float(loss),
+         "test_accuracy": float(acc), "train_seconds": seconds,
+         "backend": gpucnn.backend.current(), "args": vars(args)}, indent=1, default=str))
+    print(f"saved {model_path} and {out / 'history.json'}")
+    print(f"test accuracy: {acc:.4f} (loss {loss:.4f}) after {seconds:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpucnn", description="gpucnn: train and inspect CNNs "
+                                "(CUDA kernels via CuPy, NumPy fallback).")
+    sub = p.add_subparsers(dest="command", metavar="{train,summary,info,models}")
+    sub.required = True
+
+    backends = ("auto", "numpy", "cuda")
+    info = sub.add_parser("info", help="backend, device, versions, kernel locations")
+    info.add_argument("--backend", choices=backends, default=None)
+    info.set_defaults(func=cmd_info)
+
+    models = sub.add_parser("models", help="list the model zoo")
+    models.set_defaults(func=cmd_models)
+
+    summ = sub.add_parser("summary", help="print a model's layer table")
+    summ.add_argument("--model", required=True, help="a model name (gpucnn models)")
+    summ.add_argument("--input", default="3,32,32", help="per-sample input C,H,W")
+    summ.add_argument("--num-classes", type=int, default=10)
+    summ.add_argument("--small-input", action="store_true",
+                      help="resnet18/34: 3x3 stem without max pool (default for H <= 64)")
+    summ.add_argument("--backend", choices=backends, default="auto")
+    summ.set_defaults(func=cmd_summary)
+
+    tr = sub.add_parser("train", help="train a model on a dataset")
+    tr.add_argument("--model", default="lenet5")
+    tr.add_argument("--dataset", default="mnist-sample",
+                    help=f"one of {', '.join(DATASET_NAMES)}")
+    tr.add_argument("--data-dir", default=None)
+    tr.add_argument("--download", action="store_true")
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+    tr.add_argument("--weight-decay", type=float, default=0.0)
+    tr.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
+                    help="learning-rate schedule, stepped per batch (cosine has a warm-up)")
+    tr.add_argument("--augment", action="store_true",
+                    help="random crops (+ flips for colour, rotations for grey images)")
+    tr.add_argument("--limit", type=int, default=None, help="use the first N training images")
+    tr.add_argument("--test-limit", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--backend", choices=backends, default="auto")
+    tr.add_argument("--threads", type=int, default=1,
+                    help="NumPy BLAS threads (default 1; 0 leaves the setting alone)")
+    tr.add_argument("--out", default="gpucnn_run")
+    tr.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None)
+    tr.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse errors exit with 2)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"gpucnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from gpucnn.backend import BackendUnavailable
+        from gpucnn.datasets import DatasetError, DatasetNotFoundError, DownloadError
+
+        if isinstance(exc, (BackendUnavailable, DatasetError, DatasetNotFoundError,
+                            DownloadError)):
+            print(f"gpucnn {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
