@@ -769,7 +769,13 @@ class ModelMixin:
         total = self.count_params()  # type: ignore[attr-defined]
         trainable = self.count_params(True)  # type: ignore[attr-defined]
         n_buf = sum(b.size for b in self.buffers())  # type: ignore[attr-defined]
-        w = [max(30, line_length - 62), 26, 14, 16]
+        # Columns grow to fit the longest entry (plus a space), so they never run together.
+        w = [
+            max(30, line_length - 62, *(len(r[0]) + 1 for r in rows)),
+            max(26, *(len(r[1]) + 1 for r in rows)),
+            14,
+            16,
+        ]
         sep = "─" * sum(w)
         lines = [f'Model: "{self.name}" ({type(self).__name__}), input (None, '  # type: ignore[attr-defined]
                  f'{", ".join(map(str, shape))})', sep,
