@@ -291,8 +291,26 @@ def test_save_load_round_trip(tmp_path, build):
     np.testing.assert_allclose(m2.predict(x), m.predict(x), rtol=1e-6, atol=1e-6)
 
 
+def cifar_conv_macs(depth: int = 20) -> int:
+    """Multiply-adds of the convolutions and the classifier of a CIFAR ResNet on 32x32."""
+    n = (depth - 2) // 6
+    macs = 3 * 16 * 9 * 32 * 32
+    c, side = 16, 32
+    for stage, w in enumerate((16, 32, 64)):
+        for j in range(n):
+            if stage and j == 0:
+                side //= 2
+            macs += (c * w * 9 + w * w * 9) * side * side
+            c = w
+    return macs + 64 * 10
+
+
 def test_summary_lists_layers():
     text = models.resnet20().summary(print_fn=None)
     assert "Total params: 269,722" in text
+    assert "stage3 (Sequential)" in text and "(None, 64, 8, 8)" in text
+    flops = int(text.split("Forward FLOPs per sample: ")[1].split()[0].replace(",", ""))
+    # 2 FLOPs per multiply-add, plus a few percent for batch norm, ReLU and the additions
+    assert 2 * cifar_conv_macs() < flops < 2.05 * cifar_conv_macs()
     text = models.lenet5().summary(print_fn=None)
     assert "61,706" in text and "c1 (Conv2D)" in text

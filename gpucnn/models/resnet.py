@@ -23,7 +23,7 @@ from typing import Any
 
 import gpucnn.functional as F
 from gpucnn.layers import BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, MaxPooling2D
-from gpucnn.module import Module, ModuleList, register_module
+from gpucnn.module import Module, Sequential, register_module
 from gpucnn.tensor import Tensor
 
 __all__ = [
@@ -171,26 +171,25 @@ class CifarResNet(_Net):
         n = (depth - 2) // 6
         self.conv1 = Conv2D(16, 3, padding=1, use_bias=False)
         self.bn1 = _bn()
-        blocks: list[Module] = []
         c = 16
         for stage, width in enumerate((16, 32, 64)):
+            blocks: list[Module] = []
             for j in range(n):
                 stride = 2 if stage > 0 and j == 0 else 1
                 blocks.append(BasicBlock(c, width, stride, self.shortcut, self.residual))
                 c = width
-        self.blocks = ModuleList(blocks)
+            setattr(self, f"stage{stage + 1}", Sequential(blocks, name=f"stage{stage + 1}"))
         self.pool = GlobalAveragePooling2D()
         self.fc = Dense(self.num_classes)
         self.input_shape = (self.in_channels, 32, 32)
         self.build(self.input_shape)
 
     def _chain(self) -> list[Module]:
-        return [self.conv1, self.bn1, *self.blocks, self.pool, self.fc]
+        return [self.conv1, self.bn1, self.stage1, self.stage2, self.stage3, self.pool, self.fc]
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        for b in self.blocks:
-            x = b(x)
+        x = self.stage3(self.stage2(self.stage1(x)))
         return self.fc(self.pool(x))
 
     def get_config(self) -> dict:
@@ -229,14 +228,14 @@ class ResNet(_Net):
             self.conv1 = Conv2D(64, 7, strides=2, padding=3, use_bias=False)
             self.maxpool = MaxPooling2D(3, strides=2, padding=1)
         self.bn1 = _bn()
-        blocks: list[Module] = []
         c = 64
         for stage, (width, count) in enumerate(zip((64, 128, 256, 512), layers)):
+            blocks: list[Module] = []
             for j in range(count):
                 stride = 2 if stage > 0 and j == 0 else 1
                 blocks.append(BasicBlock(c, width, stride, "B"))
                 c = width
-        self.blocks = ModuleList(blocks)
+            setattr(self, f"stage{stage + 1}", Sequential(blocks, name=f"stage{stage + 1}"))
         self.pool = GlobalAveragePooling2D()
         self.fc = Dense(self.num_classes)
         side = 32 if self.small_input else 224
@@ -245,14 +244,13 @@ class ResNet(_Net):
 
     def _chain(self) -> list[Module]:
         stem = [self.conv1, self.bn1] + ([] if self.small_input else [self.maxpool])
-        return [*stem, *self.blocks, self.pool, self.fc]
+        return [*stem, self.stage1, self.stage2, self.stage3, self.stage4, self.pool, self.fc]
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         if not self.small_input:
             x = self.maxpool(x)
-        for b in self.blocks:
-            x = b(x)
+        x = self.stage4(self.stage3(self.stage2(self.stage1(x))))
         return self.fc(self.pool(x))
 
     def get_config(self) -> dict:
