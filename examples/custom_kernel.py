@@ -30,7 +30,7 @@ import numpy as np
 
 import gpucnn
 from gpucnn import backend as _backend
-from gpucnn.cli import set_blas_threads
+from gpucnn.backend.threads import set_num_threads
 from gpucnn.layers import Dense, Flatten
 from gpucnn.module import Module, Sequential
 from gpucnn.tensor import Function, Tensor
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     gpucnn.backend.use(args.backend)
     if args.threads:
-        set_blas_threads(args.threads)
+        set_num_threads(args.threads)
     gpucnn.manual_seed(0)
     out = Path(args.out)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 import gpucnn
 from gpucnn.callbacks import LambdaCallback
-from gpucnn.cli import set_blas_threads
+from gpucnn.backend.threads import set_num_threads
 from gpucnn.datasets import mnist_sample, train_test_split
 from gpucnn.models import inception_small
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     gpucnn.backend.use(args.backend)
     if args.threads:
-        set_blas_threads(args.threads)
+        set_num_threads(args.threads)
     gpucnn.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 import gpucnn
 from gpucnn.callbacks import LambdaCallback
-from gpucnn.cli import set_blas_threads
+from gpucnn.backend.threads import set_num_threads
 from gpucnn.datasets import mnist_sample
 from gpucnn.models import cifar_resnet
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     gpucnn.backend.use(args.backend)
     if args.threads:
-        set_blas_threads(args.threads)
+        set_num_threads(args.threads)
     depth = 8 if args.smoke else args.depth
     n = 256 if args.smoke else args.samples
     if args.smoke:

@@ -30,7 +30,7 @@ import gpucnn
 from gpucnn import optim
 from gpucnn import transforms as T
 from gpucnn.callbacks import Callback
-from gpucnn.cli import set_blas_threads
+from gpucnn.backend.threads import set_num_threads
 from gpucnn.data import DataLoader
 from gpucnn.models import resnet20
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     gpucnn.backend.use(args.backend)
     gpucnn.manual_seed(args.seed)
     if args.threads:
-        set_blas_threads(args.threads)
+        set_num_threads(args.threads)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

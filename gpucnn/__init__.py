@@ -15,11 +15,13 @@ from gpucnn import (
     initializers,
     layers,
     metrics,
+    models,
     optim,
     saving,
     transforms,
 )
 from gpucnn.backend import BackendUnavailable
+from gpucnn.backend.threads import get_num_threads, set_num_threads
 from gpucnn.module import Module, ModuleList, Sequential, register_module
 from gpucnn.random import manual_seed
 from gpucnn.saving import CheckpointError, load_model
@@ -49,7 +51,10 @@ __all__ = [
     "layers",
     "load_model",
     "metrics",
+    "models",
     "register_module",
+    "get_num_threads",
+    "set_num_threads",
     "saving",
     "Parameter",
     "Tensor",

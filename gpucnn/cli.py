@@ -41,35 +41,10 @@ class UsageError(ValueError):
 
 
 def set_blas_threads(n: int) -> bool:
-    """Best effort: limit the threads of NumPy's OpenBLAS (the one bundled with NumPy wheels,
-    else a system ``libopenblas``) to ``n``; returns whether a library took the setting.
+    """Limit NumPy's OpenBLAS to ``n`` threads; see :func:`gpucnn.backend.set_num_threads`."""
+    from gpucnn.backend.threads import set_num_threads
 
-    Small-matrix GEMMs of the NumPy backend gain little from several BLAS threads, and
-    OpenBLAS's spinning worker threads slow everything down badly when the cores are shared
-    (another process, or gpucnn's own data-loader prefetch thread): on a 2-core machine one
-    BLAS thread is the safe choice. ``OPENBLAS_NUM_THREADS`` set before NumPy loads does the
-    same.
-    """
-    import ctypes
-    import ctypes.util
-
-    libs = sorted((Path(np.__file__).resolve().parent.parent / "numpy.libs").glob("*openblas*"))
-    sys_lib = ctypes.util.find_library("openblas")
-    if sys_lib:
-        libs.append(Path(sys_lib))
-    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-             "openblas_set_num_threads64_", "openblas_set_num_threads")
-    for lib in libs:
-        try:
-            handle = ctypes.CDLL(str(lib))
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(handle, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(max(1, int(n))))
-                return True
-    return False
+    return set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- data

@@ -183,3 +183,16 @@ def test_cuda_round_trip() -> None:
     d = B.to_backend(a, "cuda")
     assert B.backend_of(d).name == "cuda"
     assert np.array_equal(B.to_numpy(d), a)
+
+
+def test_blas_thread_control_round_trips() -> None:
+    before = gpucnn.get_num_threads()
+    if before is None:
+        pytest.skip("NumPy's BLAS does not expose a thread setting here")
+    try:
+        assert gpucnn.set_num_threads(1) is True
+        assert gpucnn.get_num_threads() == 1
+    finally:
+        gpucnn.set_num_threads(before)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        gpucnn.set_num_threads(0)

@@ -1,0 +1,63 @@
+"""CPU thread control for the NumPy backend's BLAS (OpenBLAS bundled with NumPy wheels).
+
+The NumPy backend's GEMMs are small-to-medium; OpenBLAS's spinning worker threads gain little
+there and slow everything down badly when the cores are shared (another process, or gpucnn's
+own data-loader prefetch thread). ``set_num_threads(1)`` is the safe choice on a 2-core
+machine; ``OPENBLAS_NUM_THREADS`` set before NumPy loads does the same.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["set_num_threads", "get_num_threads"]
+
+_SETTERS = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
+_GETTERS = tuple(s.replace("set_", "get_") for s in _SETTERS)
+
+
+def _blas_libraries() -> list[ctypes.CDLL]:
+    paths = sorted((Path(np.__file__).resolve().parent.parent / "numpy.libs").glob("*openblas*"))
+    sys_lib = ctypes.util.find_library("openblas")
+    if sys_lib:
+        paths.append(Path(sys_lib))
+    libs = []
+    for p in paths:
+        try:
+            libs.append(ctypes.CDLL(str(p)))
+        except OSError:
+            continue
+    return libs
+
+
+def set_num_threads(n: int) -> bool:
+    """Limit NumPy's OpenBLAS to ``n`` threads (best effort); True if a library took it."""
+    if int(n) < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    for lib in _blas_libraries():
+        for name in _SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(int(n)))
+                return True
+    return False
+
+
+def get_num_threads() -> int | None:
+    """Threads NumPy's OpenBLAS uses now, or None when it cannot be read."""
+    for lib in _blas_libraries():
+        for name in _GETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_int
+                return int(fn())
+    return None
