@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import gpucnn
-from gpucnn.callbacks import LambdaCallback
 from gpucnn.backend.threads import set_num_threads
+from gpucnn.callbacks import LambdaCallback
 from gpucnn.datasets import mnist_sample, train_test_split
 from gpucnn.models import inception_small
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import gpucnn
-from gpucnn.callbacks import LambdaCallback
 from gpucnn.backend.threads import set_num_threads
+from gpucnn.callbacks import LambdaCallback
 from gpucnn.datasets import mnist_sample
 from gpucnn.models import cifar_resnet
 

@@ -29,8 +29,8 @@ import numpy as np
 import gpucnn
 from gpucnn import optim
 from gpucnn import transforms as T
-from gpucnn.callbacks import Callback
 from gpucnn.backend.threads import set_num_threads
+from gpucnn.callbacks import Callback
 from gpucnn.data import DataLoader
 from gpucnn.models import resnet20
 
