@@ -317,7 +317,9 @@ class _Max(Function):
         y = a.max(axis=axes, keepdims=True)
         mask = a == y
         # Split the gradient evenly between ties (PyTorch's amax rule).
-        ctx.mask = mask / mask.sum(axis=axes, keepdims=True)
+        count = mask.sum(axis=axes, keepdims=True)
+        # A NaN maximum matches nothing (count 0): that slice passes no gradient.
+        ctx.mask = mask / _xp(a).maximum(count, 1)
         ctx.axes, ctx.keepdims, ctx.shape = axes, keepdims, a.shape
         return y if keepdims else y.squeeze(axis=axes)
 
