@@ -11,6 +11,9 @@ import gpucnn
 from gpucnn import backend as B
 
 os.environ.setdefault("GPUCNN_BACKEND", "auto")
+# GPU parity tests compare CUDA float32 with NumPy float32 at tight tolerances: plain FP32
+# GEMMs, no TF32 (tests/test_backend.py checks the TF32 switch itself).
+os.environ.setdefault("GPUCNN_TF32", "0")
 
 
 def _usable_backends() -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -196,3 +197,49 @@ def test_blas_thread_control_round_trips() -> None:
         gpucnn.set_num_threads(before)
     with pytest.raises(ValueError, match="n must be >= 1"):
         gpucnn.set_num_threads(0)
+
+
+def test_tf32_switch_sets_cupy_compute_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    linalg = types.SimpleNamespace(
+        COMPUTE_TYPE_TF32="tf32",
+        COMPUTE_TYPE_DEFAULT="default",
+        set_compute_type=lambda dt, ct: calls.append((np.dtype(dt), ct)),
+    )
+    core = types.ModuleType("cupy._core")
+    core._routines_linalg = linalg
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setitem(sys.modules, "cupy._core", core)
+    monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
+    monkeypatch.setattr(B, "_tf32", None)
+    monkeypatch.setenv("GPUCNN_TF32", "1")
+    monkeypatch.setenv("CUPY_TF32", "0")
+    assert B.tf32_enabled()
+    B.set_tf32(False)
+    assert not B.tf32_enabled() and os.environ["CUPY_TF32"] == "0"
+    B.set_tf32(True)
+    assert os.environ["CUPY_TF32"] == "1"
+    assert calls == [(np.dtype(np.float32), "default"), (np.dtype(np.float32), "tf32")]
+    monkeypatch.setattr(B, "_tf32", None)
+    monkeypatch.setenv("GPUCNN_TF32", "0")
+    assert not B.tf32_enabled()
+
+
+@pytest.mark.gpu
+def test_tf32_gemm_close_to_fp32() -> None:
+    import cupy
+
+    B.use("cuda")
+    r = np.random.default_rng(0)
+    a = r.standard_normal((256, 256)).astype(np.float32)
+    b = r.standard_normal((256, 256)).astype(np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    try:
+        B.set_tf32(True)
+        fast = cupy.asnumpy(cupy.asarray(a) @ cupy.asarray(b))
+        B.set_tf32(False)
+        exact = cupy.asnumpy(cupy.asarray(a) @ cupy.asarray(b))
+    finally:
+        B.set_tf32(False)
+    np.testing.assert_allclose(exact, ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(fast, ref, rtol=5e-2, atol=5e-2)

@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "to_numpy",
     "cuda_available",
     "cuda_unavailable_reason",
+    "set_tf32",
+    "tf32_enabled",
 ]
 
 VALID_BACKENDS = ("auto", "numpy", "cuda")
@@ -138,6 +141,48 @@ def cuda_unavailable_reason() -> str | None:
     return None if cuda_available() else _cuda_reason
 
 
+_tf32: bool | None = None
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 GEMMs on the CUDA backend may use TF32 tensor cores (default: yes).
+
+    The default comes from ``GPUCNN_TF32`` (``0`` opts out); :func:`set_tf32` changes it.
+    """
+    if _tf32 is None:
+        return os.environ.get("GPUCNN_TF32", "1").strip() not in ("0", "false", "False", "")
+    return _tf32
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (or forbid) TF32 tensor cores in the CUDA backend's float32 GEMMs (cuBLAS).
+
+    TF32 keeps float32's range with a 10-bit mantissa in the products (about 1e-3 relative
+    error per product): much faster on Ampere and Hopper GPUs, and the usual choice for
+    training. Turn it off for bit-for-bit-style comparisons with float32 CPU results. CuPy
+    reads ``CUPY_TF32`` at its first float32 GEMM, so the variable is set here too; once CuPy
+    is loaded its compute type is switched directly. float64 GEMMs are never affected.
+    """
+    global _tf32
+    _tf32 = bool(enabled)
+    _apply_tf32()
+
+
+def _apply_tf32() -> None:
+    on = tf32_enabled()
+    os.environ["CUPY_TF32"] = "1" if on else "0"
+    if "cupy" not in sys.modules or sys.modules["cupy"] is None:
+        return
+    try:
+        from cupy._core import _routines_linalg as linalg
+
+        linalg.set_compute_type(
+            np.float32, linalg.COMPUTE_TYPE_TF32 if on else linalg.COMPUTE_TYPE_DEFAULT
+        )
+    except Exception as exc:  # an older/newer CuPy layout: the variable decides instead
+        log.debug("gpucnn: could not switch CuPy's float32 compute type directly (%s)", exc)
+
+
 def get_backend(name: str) -> Backend:
     """The backend object called ``name`` (``"numpy"`` or ``"cuda"``), created once."""
     if name not in ("numpy", "cuda"):
@@ -152,6 +197,7 @@ def get_backend(name: str) -> Backend:
             raise BackendUnavailable(f"the cuda backend is not usable: {_cuda_reason}")
         import cupy
 
+        _apply_tf32()  # before any float32 GEMM runs
         be = Backend("cuda", cupy, "gpucnn.backend.cuda_ops")
     _backends[name] = be
     return be
