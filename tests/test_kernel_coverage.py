@@ -1,0 +1,179 @@
+"""Every kernel in cuda/*.cu is reached by a CUDA-backend launcher and agrees with its twin.
+
+Each primitive of ``gpucnn.backend.cuda_ops`` runs through the host emulator (float32 and
+float64, every activation kind and option that selects a different kernel) under a runtime that
+records the kernels it asks for; outputs are compared with the NumPy twin. The recorded set
+must equal the set of ``extern "C" __global__`` kernels declared in ``cuda/`` (after
+preprocessing): a kernel no launcher reaches is dead code that would escape CI, and a launcher
+naming a missing kernel fails here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpucnn.backend.kernels import all_kernel_sources
+from gpucnn.backend.runtime import KernelRuntime, use_runtime
+
+emulator = pytest.importorskip("gpucnn.testing.emulator")
+if not emulator.compiler_available():
+    pytest.skip("no host C++ compiler for the kernel emulator", allow_module_level=True)
+
+DTYPES = (np.float32, np.float64)
+ACT_KINDS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu", "gelu_tanh")
+
+
+def declared_kernels() -> set[str]:
+    """Kernels of every ``cuda/*.cu``, found after preprocessing (macro-made ones included)."""
+    names: set[str] = set()
+    for src in all_kernel_sources():
+        names |= set(emulator.EmulatedModule(src).kernel_names)
+    return names
+
+
+def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
+    """(family, label, call(ops_module)) for every kernel-selecting option at dtype ``dt``."""
+    r = np.random.default_rng(0)
+
+    def a(*shape: int) -> np.ndarray:
+        return r.standard_normal(shape).astype(dt)
+
+    x4 = a(2, 3, 5, 6)
+    for kind in ACT_KINDS:
+        yield "activation", f"{kind} fwd", lambda m, k=kind: m.activation_forward(x4, k, 0.1)
+        yield (
+            "activation",
+            f"{kind} bwd",
+            lambda m, k=kind: m.activation_backward(x4, x4 * 0.5, k, 0.1),
+        )
+    w = a(3)
+    yield "activation", "prelu fwd", lambda m: m.prelu_forward(x4, w)
+    yield "activation", "prelu bwd", lambda m: m.prelu_backward(x4, w, x4 * 0.3)
+    yield "bias", "add", lambda m: m.bias_add_nchw(x4.copy(), w)
+    yield "bias", "grad", lambda m: m.bias_grad_nchw(x4)
+    cols = a(2, 3 * 2 * 2, 4 * 5)
+    yield "im2col", "im2col", lambda m: m.im2col(x4, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5)
+    yield "im2col", "col2im", lambda m: m.col2im(cols, 2, 3, 5, 6, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5)
+    mean, var = x4.mean(axis=(0, 2, 3)), x4.var(axis=(0, 2, 3)) + 0.5
+    yield "norm", "stats", lambda m: m.batchnorm_stats(x4)
+    yield "norm", "fwd", lambda m: m.batchnorm_forward(x4, mean, var, w, w, 1e-5)
+    yield "norm", "bwd", lambda m: m.batchnorm_backward(x4 * 0.2, x4, mean, var, w, 1e-5, True)
+    p, g = a(7), a(7)
+
+    def sgd(m: Any) -> tuple:
+        q, buf = p.copy(), np.zeros_like(p)
+        m.sgd_update(q, g, buf, 0.1, 0.9, 0.0, 0.01, True, False)
+        return q, buf
+
+    def adam(m: Any) -> tuple:
+        q, s1, s2, mx = p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+        m.adam_update(q, g, s1, s2, mx, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1, True, True)
+        return q, s1, s2, mx
+
+    def rms(m: Any) -> tuple:
+        q, sq, ga, mb = p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+        m.rmsprop_update(q, g, sq, ga, mb, 0.01, 0.99, 1e-8, 0.0, 0.9, True)
+        return q, sq, ga, mb
+
+    yield "optim", "sgd", sgd
+    yield "optim", "adam", adam
+    yield "optim", "rmsprop", rms
+    dy23, dy34 = a(2, 3, 2, 3), a(2, 3, 3, 4)
+    yield "pool", "max fwd", lambda m: m.maxpool2d_forward(x4, 2, 2, 2, 2, 0, 0, 1, 1, 2, 3)
+    yield (
+        "pool",
+        "max bwd",
+        lambda m: m.maxpool2d_backward(
+            dy23,
+            np.asarray(m.maxpool2d_forward(x4, 2, 2, 2, 2, 0, 0, 1, 1, 2, 3)[1]),
+            5,
+            6,
+            2,
+            2,
+            2,
+            2,
+            0,
+            0,
+            1,
+            1,
+        ),
+    )
+    yield "pool", "avg fwd", lambda m: m.avgpool2d_forward(x4, 2, 2, 2, 2, 1, 1, 3, 4, True, 0)
+    yield "pool", "avg bwd", lambda m: m.avgpool2d_backward(dy34, 5, 6, 2, 2, 2, 2, 1, 1, False, 0)
+    yield "pool", "adaptive avg fwd", lambda m: m.adaptive_avgpool2d_forward(x4, 3, 4)
+    yield "pool", "adaptive avg bwd", lambda m: m.adaptive_avgpool2d_backward(dy34, 5, 6)
+    yield "pool", "adaptive max fwd", lambda m: m.adaptive_maxpool2d_forward(x4, 3, 4)
+    yield (
+        "pool",
+        "adaptive max bwd",
+        lambda m: m.adaptive_maxpool2d_backward(
+            dy34, np.asarray(m.adaptive_maxpool2d_forward(x4, 3, 4)[1]), 5, 6
+        ),
+    )
+    yield "random", "uniform", lambda m: m.random_uniform(33, dt, 7, 8)
+    logits, tgt = a(6, 11), np.array([0, 3, 10, 2, -100, 5], dtype=np.int64)
+    yield "softmax_xent", "softmax", lambda m: m.softmax_forward(logits)
+    yield "softmax_xent", "log_softmax", lambda m: m.log_softmax_forward(logits)
+    yield (
+        "softmax_xent",
+        "softmax bwd",
+        lambda m: m.softmax_backward(np.asarray(m.softmax_forward(logits)), logits * 0.1),
+    )
+    yield (
+        "softmax_xent",
+        "log_softmax bwd",
+        lambda m: m.log_softmax_backward(np.asarray(m.log_softmax_forward(logits)), logits * 0.1),
+    )
+    yield "softmax_xent", "xent fwd", lambda m: m.softmax_xent_forward(logits, tgt, None, -100, 0.1)
+    yield (
+        "softmax_xent",
+        "xent bwd",
+        lambda m: m.softmax_xent_backward(
+            np.asarray(m.log_softmax_forward(logits)), tgt, None, np.ones(6, dt), -100, 0.1
+        ),
+    )
+
+
+class RecordingRuntime(KernelRuntime):
+    """The emulated runtime, remembering every kernel name it hands out."""
+
+    def __init__(self) -> None:
+        base = emulator.emulated_runtime(grid_cap=3, block=64)
+        super().__init__(base.xp, base._get_kernel, grid_cap=3, block=64, name="recording")
+        self.seen: set[str] = set()
+
+    def kernel(self, family: str, name: str, defines: Any = None) -> Any:
+        self.seen.add(name)
+        return super().kernel(family, name, defines)
+
+
+def _flat(out: Any) -> list[np.ndarray]:
+    if isinstance(out, tuple):
+        return [np.asarray(o) for o in out if o is not None]
+    return [np.asarray(out)]
+
+
+def test_every_declared_kernel_is_launched_and_matches_its_twin() -> None:
+    rt = RecordingRuntime()
+    for dt in DTYPES:
+        for family, label, call in _cases(dt):
+            cu = importlib.import_module(f"gpucnn.backend.cuda_ops.{family}")
+            tw = importlib.import_module(f"gpucnn.backend.numpy_ops.{family}")
+            with use_runtime(rt):
+                got = _flat(call(cu))
+            want = _flat(call(tw))
+            assert len(got) == len(want), f"{family} {label}"
+            tol = 1e-5 if dt == np.float32 else 1e-12
+            for gi, wi in zip(got, want):
+                np.testing.assert_allclose(
+                    gi, wi, rtol=tol, atol=tol, err_msg=f"{family} {label} {np.dtype(dt)}"
+                )
+    declared = declared_kernels()
+    assert declared, "no kernels found in cuda/"
+    assert rt.seen - declared == set(), "launchers name kernels that no .cu declares"
+    assert declared - rt.seen == set(), "kernels in cuda/ that no launcher reaches"
