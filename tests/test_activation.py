@@ -342,3 +342,31 @@ def test_backend_matches_numpy(backend: B.Backend, name: str, rng) -> None:
     (y1, g1), (y2, g2) = results
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu"])
+def test_relu_fast_paths_match_where_bit_for_bit(kind: str, dtype, rng) -> None:
+    """The mask/bit tricks of the NumPy twin give exactly ``np.where``'s bits, specials too."""
+    x = rng.standard_normal((4, 3, 9, 7)).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    x.flat[:8] = [np.nan, -0.0, 0.0, -np.inf, np.inf, -1.0, 2.0, -3.0]
+    g.flat[:8] = [np.inf, np.nan, np.inf, np.nan, -np.inf, np.inf, np.nan, -np.inf]
+    p = dtype(0.07)
+    if kind == "relu":
+        y_ref, dx_ref = np.where(x <= 0, dtype(0), x), np.where(x <= 0, dtype(0), g)
+    else:
+        y_ref, dx_ref = np.where(x > 0, x, x * p), np.where(x > 0, g, g * p)
+    y = np_act.activation_forward(x, kind, 0.07)
+    dx = np_act.activation_backward(x, g, kind, 0.07)
+    bits = np.dtype(f"i{np.dtype(dtype).itemsize}")
+    for got, ref in ((y, y_ref), (dx, dx_ref)):
+        assert got.dtype == dtype and got.shape == x.shape and got.flags.c_contiguous
+        np.testing.assert_array_equal(got.view(bits), ref.view(bits))
+    # a non-contiguous upstream gradient works too
+    gt = np.asfortranarray(g)
+    np.testing.assert_array_equal(np_act.activation_backward(x, gt, kind, 0.07).view(bits),
+                                  dx_ref.view(bits))

@@ -71,6 +71,24 @@ def _check_kind(kind: str) -> None:
         )
 
 
+def _zero_where(mask: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``np.where(mask, 0, g)`` (a new array) as a bit mask: ``g``'s bits AND 0 or all-ones.
+
+    Exact (an inf or NaN in ``g`` under the mask still gives +0, unlike ``g * ~mask``) and
+    several times faster than ``np.where`` on an unpredictable mask.
+    """
+    g = np.ascontiguousarray(g)
+    it = np.dtype(f"i{g.itemsize}")
+    bits = mask.view(np.int8).astype(it)  # 1 where zeroed, 0 where kept
+    bits -= 1  # 0 where zeroed, -1 (all bits set) where kept
+    return np.bitwise_and(g.view(it), bits, out=bits).view(g.dtype)
+
+
+def _slope_factor(pos: np.ndarray, slope: np.generic) -> np.ndarray:
+    """``1`` where ``pos`` else ``slope``, in ``slope``'s dtype (a table lookup, no branch)."""
+    return np.array([slope, 1], dtype=type(slope)).take(pos.view(np.int8))
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     # exp of a non-positive number only: no overflow for large |x|.
     e = np.exp(-np.abs(x))
@@ -90,9 +108,10 @@ def activation_forward(x: Any, kind: str, param: float = 0.0) -> Any:
     p = t(param)
     with np.errstate(over="ignore", invalid="ignore"):
         if kind == "relu":
-            y = np.where(x <= 0, t(0), x)
+            y = np.maximum(x, t(0))  # NaN propagates; -0.0 gives +0.0 as np.where did
         elif kind == "leaky_relu":
-            y = np.where(x > 0, x, x * p)
+            # x * 1 or x * slope: bit-identical to np.where(x > 0, x, x * slope), faster.
+            y = x * _slope_factor(x > 0, p)
         elif kind == "elu":
             y = np.where(x > 0, x, p * np.expm1(np.minimum(x, t(0))))
             y = np.where(np.isnan(x), x, y)
@@ -122,9 +141,9 @@ def activation_backward(saved: Any, g: Any, kind: str, param: float = 0.0) -> An
     p = t(param)
     with np.errstate(over="ignore", invalid="ignore"):
         if kind == "relu":
-            dx = np.where(s <= 0, t(0), g)
+            dx = _zero_where(s <= 0, g)  # NaN input passes g through, as PyTorch
         elif kind == "leaky_relu":
-            dx = np.where(s > 0, g, g * p)
+            dx = g * _slope_factor(s > 0, p)
         elif kind == "elu":
             dx = np.where(s > 0, g, g * p * np.exp(np.minimum(s, t(0))))
             dx = np.where(np.isnan(s), s, dx)

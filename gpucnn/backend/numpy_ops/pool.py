@@ -93,11 +93,16 @@ def maxpool2d_forward(
     off[...] = (i0[:, None] * kw + j0[None, :]).astype(kdt)
     best = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     upd = np.empty((n, c, oh, ow), dtype=bool)
+    step = np.empty((n, c, oh, ow), dtype=kdt)
     for i in range(kh):
         for j in range(kw):
             v = _window_view(xp, i * dh, j * dw, oh, ow, sh, sw)
             np.greater(v, best, out=upd)
-            np.copyto(off, kdt(i * kw + j), where=upd)
+            # off = k where upd, as arithmetic: off += (k - off) * upd. A masked copy
+            # (np.copyto where=) branches per element and is slow on random masks.
+            np.subtract(kdt(i * kw + j), off, out=step)
+            np.multiply(step, upd, out=step)
+            off += step
             np.maximum(best, v, out=best)  # NaN propagates into the value
     nan_out = np.isnan(best)
     if nan_out.any():
