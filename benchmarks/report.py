@@ -57,6 +57,9 @@ def _heading(doc: dict) -> str:
         vers += f", CuPy {e.get('cupy')}, CUDA runtime {e.get('cuda_runtime')}"
         vers += f", cuDNN {e.get('cudnn')}, TF32 {'on' if e.get('tf32') else 'off'}"
     threads = f"BLAS threads {e.get('blas_threads')}, torch threads {e.get('torch_threads')}"
+    if e.get("loadavg_start") is not None:
+        threads += (f"; 1-min load average {e['loadavg_start'][0]:.1f} at start, "
+                    f"{(e.get('loadavg_end') or [float('nan')])[0]:.1f} at end")
     return (f"### {e['device'].upper()}: {e.get('device_name')} — {e['date'][:10]}\n\n"
             f"{vers}; {threads}; {e.get('cpu_count')} logical CPUs ({e.get('cpu_model')}); "
             f"commit `{(e.get('git_commit') or '?')[:12]}`.\n")
@@ -68,9 +71,9 @@ def render_doc(doc: dict[str, Any]) -> str:
     lines = [_heading(doc)]
     lines.append(f"Peak for % columns: {_num((pk.get('peak_flops') or 0) / 1e9, '.1f')} GFLOP/s"
                  f" ({pk.get('peak_source')}).")
-    if pk.get("nominal_flops"):
-        lines.append(f" Nominal: {pk['nominal_flops'] / 1e9:.0f} GFLOP/s "
-                     f"({pk.get('nominal_source')}).")
+    if pk.get("measured_gemm_flops"):
+        lines.append(f" NumPy float32 GEMM reached {pk['measured_gemm_flops'] / 1e9:.1f} GFLOP/s "
+                     f"({pk.get('measured_source')}).")
     t = doc.get("timing", {})
     lines.append(f" Times: {t.get('statistic')} ({t.get('method')}, {t.get('warmup_calls')} "
                  f"warm-up); memory: {t.get('memory')}. Command: `{doc.get('command')}`.\n")
