@@ -640,6 +640,30 @@ def test_ties_first_maximum_wins(emulator):
             _check_parity(emulator, grid, "adaptive_maxpool2d_forward", (xd, 3, 4))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(6, 8), (7, 9)])  # exact tiling / odd trailing row and column
+def test_maxpool_2x2_fast_path_ties_nan_and_inf(dtype, hw):
+    """The 2x2 stride-2 tournament of the NumPy twin keeps the scan's rules: first maximum on
+    ties, the last NaN of a window wins, an all -inf window keeps its first pixel."""
+    h, w = hw
+    x = np.random.default_rng(31).integers(0, 3, (3, 2, h, w)).astype(dtype)
+    x[0, 0, 0:2, 0:2] = -np.inf
+    x[0, 1, 0, 1] = x[0, 1, 1, 0] = np.nan  # two NaNs in one window: (1, 0) is the argmax
+    x[1, 0, 3, 3] = np.nan
+    x[2, 1, 2, 4] = x[2, 1, 3, 5] = np.nan
+    x[1, 1, 2:4, 2:4] = 2.0  # an all-equal window: its first pixel
+    ry, ridx = ref_maxpool(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    y, idx = NP.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1, h // 2, w // 2)
+    assert y.dtype == dtype and idx.dtype == np.int64
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+    assert idx[0, 1, 0, 0] == 1 * w + 0 and idx[1, 1, 1, 1] == 2 * w + 2
+    torch = pytest.importorskip("torch")
+    ty, ti = torch.nn.functional.max_pool2d(torch.tensor(x), 2, return_indices=True)
+    np.testing.assert_array_equal(y, ty.numpy())
+    np.testing.assert_array_equal(idx, ti.numpy())
+
+
 def test_all_minus_inf_window_keeps_first_index():
     x = np.full((1, 1, 4, 4), -np.inf)
     y, idx = F.max_pool2d(Tensor(x), 2, return_indices=True)

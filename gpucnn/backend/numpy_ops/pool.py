@@ -80,6 +80,8 @@ def maxpool2d_forward(
     Kernel twin: ``maxpool2d_fwd_f32/f64`` in ``cuda/pool2d.cu``.
     """
     n, c, h, w = x.shape
+    if (kh, kw, sh, sw, ph, pw, dh, dw) == (2, 2, 2, 2, 0, 0, 1, 1):
+        return _maxpool2x2(x, oh, ow)
     pads_h = _pads(h, oh, kh, sh, ph, dh)
     pads_w = _pads(w, ow, kw, sw, pw, dw)
     xp = _padded(x, pads_h, pads_w, -np.inf)
@@ -115,6 +117,33 @@ def maxpool2d_forward(
     delta = _offset_deltas(kh, kw, dh, dw, w)
     argmax = np.take(delta, off)
     argmax += hs[:, None] * w + ws[None, :]
+    return best, argmax
+
+
+def _maxpool2x2(x: np.ndarray, oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`maxpool2d_forward` for 2x2 windows, stride 2, no padding: a tournament.
+
+    Cells a b / c d of each window: the row winners (``b > a``, ``d > c``), then the rows
+    (``bottom > top``); strict comparisons keep the first maximum in row-major order, as the
+    generic scan. NaN values propagate through ``np.maximum``; their argmax is fixed up after.
+    """
+    n, c, h, w = x.shape
+    r, s = 2 * oh, 2 * ow  # odd trailing rows/columns belong to no window
+    a, b = x[:, :, 0:r:2, 0:s:2], x[:, :, 0:r:2, 1:s:2]
+    cc, d = x[:, :, 1:r:2, 0:s:2], x[:, :, 1:r:2, 1:s:2]
+    top, bottom = np.maximum(a, b), np.maximum(cc, d)
+    right_top, right_bottom = np.greater(b, a), np.greater(d, cc)
+    down = np.greater(bottom, top)
+    right = right_top ^ (down & (right_top ^ right_bottom))  # select by ``down``, no branch
+    best = np.maximum(top, bottom, out=top)
+    origin = (np.arange(0, r, 2)[:, None] * w + np.arange(0, s, 2)[None, :]).astype(np.int64)
+    argmax = np.multiply(down, w, dtype=np.int64)
+    argmax += right
+    argmax += origin
+    if np.isnan(best).any():
+        # A NaN is the maximum and the last NaN in row-major order is the argmax (PyTorch).
+        for v, delta in ((a, 0), (b, 1), (cc, w), (d, w + 1)):
+            np.copyto(argmax, origin + delta, where=np.isnan(v))
     return best, argmax
 
 
