@@ -22,7 +22,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,7 +29,7 @@ import gpucnn
 from gpucnn import optim
 from gpucnn import transforms as T
 from gpucnn.backend.threads import set_num_threads
-from gpucnn.callbacks import Callback
+from gpucnn.callbacks import LambdaCallback, LearningRateScheduler
 from gpucnn.data import DataLoader
 from gpucnn.models import resnet20
 
@@ -98,25 +97,6 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndar
     return x_tr, y_tr, x_te, y_te
 
 
-class PerBatchSchedule(Callback):
-    """Step a learning-rate schedule after every batch; log ``lr`` at the end of each epoch;
-    keep the per-batch training losses."""
-
-    def __init__(self, schedule: Any) -> None:
-        super().__init__()
-        self.schedule = schedule
-        self.batch_losses: list[float] = []
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.schedule.step()
-        if logs is not None and "batch_loss" in logs:
-            self.batch_losses.append(float(logs["batch_loss"]))
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["lr"] = float(self.schedule.get_last_lr()[0])
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run the example; returns ``{"accuracy", "loss", "history", "seconds", "files",
     "batch_losses"}``."""
@@ -160,10 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     print(f"ResNet-20 (shortcut {args.shortcut}): {model.count_params():,} parameters")
 
-    per_batch = PerBatchSchedule(sched)
+    batch_losses: list[float] = []
+    callbacks = [
+        LearningRateScheduler(sched, per_batch=True),  # warm-up and cosine count iterations
+        LambdaCallback(on_train_batch_end=lambda b, logs: batch_losses.append(logs["batch_loss"])),
+    ]
     t0 = time.perf_counter()
     hist = model.fit(loader, epochs=epochs, verbose=verbose, validation_data=(x_te, y_te),
-                     callbacks=[per_batch])
+                     callbacks=callbacks)
     seconds = time.perf_counter() - t0
     loss, acc = model.evaluate(x_te, y_te, batch_size=256)
 
@@ -177,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"test accuracy ({data_name}): {acc:.4f}")
     return {"accuracy": float(acc), "loss": float(loss), "history": history,
             "seconds": seconds, "files": files,
-            "batch_losses": per_batch.batch_losses}
+            "batch_losses": batch_losses}
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import gpucnn
 from gpucnn import optim
 from gpucnn import transforms as T
 from gpucnn.backend.threads import set_num_threads
-from gpucnn.callbacks import Callback
+from gpucnn.callbacks import LambdaCallback, LearningRateScheduler
 from gpucnn.data import DataLoader
 from gpucnn.datasets import mnist_sample, train_test_split
 from gpucnn.models import lenet5
@@ -67,25 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a "
                    "terminal, else 2)")
     return p
-
-
-class PerBatchSchedule(Callback):
-    """Step a :mod:`gpucnn.optim` schedule after every training batch; log ``lr`` per epoch;
-    keep the per-batch training losses."""
-
-    def __init__(self, schedule: Any) -> None:
-        super().__init__()
-        self.schedule = schedule
-        self.batch_losses: list[float] = []
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.schedule.step()
-        if logs is not None and "batch_loss" in logs:
-            self.batch_losses.append(float(logs["batch_loss"]))
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["lr"] = float(self.schedule.get_last_lr()[0])
 
 
 def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -194,10 +175,14 @@ def main(argv: list[str] | None = None) -> dict:
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
 
-    per_batch = PerBatchSchedule(sched)
+    batch_losses: list[float] = []
+    callbacks = [
+        LearningRateScheduler(sched, per_batch=True),  # warm-up and cosine count iterations
+        LambdaCallback(on_train_batch_end=lambda b, logs: batch_losses.append(logs["batch_loss"])),
+    ]
     t0 = time.perf_counter()
     hist = model.fit(loader, epochs=epochs, verbose=verbose,
-                     validation_data=(x_te, y_te), callbacks=[per_batch])
+                     validation_data=(x_te, y_te), callbacks=callbacks)
     seconds = time.perf_counter() - t0
     loss, acc = model.evaluate(x_te, y_te, batch_size=500)
 
@@ -214,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
           flush=True)
     return {"accuracy": float(acc), "loss": float(loss), "history": history,
             "seconds": seconds, "files": files,
-            "batch_losses": per_batch.batch_losses}
+            "batch_losses": batch_losses}
 
 
 if __name__ == "__main__":

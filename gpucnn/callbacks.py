@@ -304,21 +304,35 @@ class LearningRateScheduler(Callback):
         schedule: either a function ``schedule(epoch)`` or ``schedule(epoch, lr)`` returning
             the new learning rate (``epoch`` 0-based, as Keras), or a :mod:`gpucnn.optim`
             schedule object (``StepLR``...), whose ``step()`` is called at the end of every
-            epoch (PyTorch's per-epoch convention).
+            epoch (PyTorch's per-epoch convention), or after every training batch with
+            ``per_batch=True`` (for schedules counted in iterations: warm-up, cosine decay).
+        verbose: print the new rate each epoch (functions only).
+        per_batch: step a schedule object after every batch instead of every epoch.
 
-    The learning rate the epoch ran with is added to the logs as ``lr``.
+    The learning rate the epoch ran with (with ``per_batch``: the current one) is added to the
+    logs as ``lr``.
     """
 
-    def __init__(self, schedule: Any, verbose: int = 0) -> None:
+    def __init__(self, schedule: Any, verbose: int = 0, per_batch: bool = False) -> None:
         super().__init__()
         self.schedule = schedule
         self.verbose = verbose
+        self.per_batch = bool(per_batch)
         self._is_object = hasattr(schedule, "step") and not inspect.isfunction(schedule)
         if not self._is_object and not callable(schedule):
             raise TypeError(
                 "LearningRateScheduler: schedule must be a function epoch -> lr, "
                 f"(epoch, lr) -> lr, or a gpucnn.optim schedule; got {type(schedule).__name__}"
             )
+        if self.per_batch and not self._is_object:
+            raise ValueError(
+                "LearningRateScheduler: per_batch=True needs a gpucnn.optim schedule object "
+                "(its step() counts iterations), not a function of the epoch"
+            )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.per_batch:
+            self.schedule.step()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self._is_object:
@@ -339,7 +353,7 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:  # the rate this epoch ran with
             logs["lr"] = float(_optimizer(self.model, "LearningRateScheduler").lr)
-        if self._is_object:
+        if self._is_object and not self.per_batch:
             self.schedule.step()
 
 

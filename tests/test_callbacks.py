@@ -225,3 +225,19 @@ def test_bad_callbacks_rejected() -> None:
         _model().fit(x, y, verbose=0, callbacks=[lambda: None])
     with pytest.raises(ValueError, match="mode"):
         C.EarlyStopping(mode="up")
+
+
+def test_learning_rate_scheduler_per_batch_steps_every_batch() -> None:
+    gpucnn.manual_seed(0)
+    model = Sequential([L.Dense(3, input_shape=(4,))])
+    opt = optim.SGD(model.parameters(), lr=1.0)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    y = np.arange(40) % 3
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    hist = model.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False,
+                     callbacks=[C.LearningRateScheduler(sched, per_batch=True)])
+    assert opt.lr == pytest.approx(0.5**8)  # 4 batches x 2 epochs
+    assert hist.history["lr"] == pytest.approx([0.5**4, 0.5**8])
+    with pytest.raises(ValueError, match="per_batch=True needs a gpucnn.optim schedule"):
+        C.LearningRateScheduler(lambda epoch: 0.1, per_batch=True)
