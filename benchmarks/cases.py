@@ -18,7 +18,7 @@ from benchmarks.models import Missing
 
 __all__ = ["Case", "Ctx", "build_cases", "GROUPS", "Missing"]
 
-GROUPS = ("conv", "pool", "gemm", "xent", "optim", "train")
+GROUPS = ("conv", "pool", "gemm", "xent", "optim", "train", "loader")
 
 
 @dataclass
@@ -449,7 +449,8 @@ def build_cases(ctx: Ctx, only: set[str] | None, repeats: int | None,
     """Every case of the groups in ``only`` (all when None); ``repeats`` overrides defaults."""
     cpu = ctx.device != "cuda"
     default = {"conv": 3 if cpu else 20, "pool": 5 if cpu else 50, "gemm": 3 if cpu else 20,
-               "xent": 10 if cpu else 50, "optim": 3 if cpu else 20, "train": 5 if cpu else 20}
+               "xent": 10 if cpu else 50, "optim": 3 if cpu else 20, "train": 5 if cpu else 20,
+               "loader": 5 if cpu else 5}
     makers = {"conv": _conv_cases, "pool": _pool_cases, "gemm": _gemm_cases,
               "xent": _xent_cases, "optim": _optim_cases}
     out: list[Case] = []
@@ -459,6 +460,10 @@ def build_cases(ctx: Ctx, only: set[str] | None, repeats: int | None,
         r = repeats if repeats is not None else default[group]
         if group == "train":
             out += _train_cases(ctx, r, prefer_library)
+        elif group == "loader":  # DataLoader throughput and loader-fed training (loader.py)
+            from benchmarks.loader import loader_cases
+
+            out += loader_cases(ctx, r)
         else:
             out += makers[group](ctx, r)
     return out

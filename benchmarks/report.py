@@ -46,6 +46,9 @@ def _params(row: dict) -> str:
         return f"{p['elements'] / 1e6:.2f}M params, {p['tensors']} tensors"
     if row["group"] == "train":
         return f"batch {p['batch']}, {p['parameters'] / 1e6:.2f}M params"
+    if row["group"] == "loader":
+        return (f"{p['images']} imgs ({p['steps']} x batch {p['batch']}), aug {p['augment']}, "
+                f"prefetch {p['prefetch']}")
     return ""
 
 
@@ -77,16 +80,40 @@ def render_doc(doc: dict[str, Any]) -> str:
     t = doc.get("timing", {})
     lines.append(f" Times: {t.get('statistic')} ({t.get('method')}, {t.get('warmup_calls')} "
                  f"warm-up); memory: {t.get('memory')}. Command: `{doc.get('command')}`.\n")
+    for run in doc.get("merged_runs", []):
+        lines.append(_merged_line(run))
     lines.append("| target | status | worst | limit |")
     lines.append("| --- | --- | --- | --- |")
     for tg in doc.get("targets", []):
-        lines.append(f"| {tg['target']} | **{tg['status']}** | {_num(tg.get('worst'))} | "
+        worst = tg.get("detail", "—") if tg["status"] == "SKIP" else _num(tg.get("worst"))
+        lines.append(f"| {tg['target']} | **{tg['status']}** | {worst} | "
                      f"{tg.get('op', '')} {_num(tg.get('limit'))} |")
     lines.append("")
+    main_rows = [r for r in doc["results"] if r["group"] != "loader"]
+    if main_rows:
+        lines += _main_table(main_rows)
+    loader = [r for r in doc["results"] if r["group"] == "loader"]
+    if loader:
+        lines += ["", *_loader_table(loader)]
+    notes = [f"- {r['name']}: gpucnn network = {r['extra']['gpucnn_model']}"
+             for r in doc["results"] if r.get("extra", {}).get("gpucnn_model")]
+    errs = [f"- {r['name']} ({side}): {r[side].get('error') or r[side].get('skipped')}"
+            for r in doc["results"] for side in ("gpucnn", "torch", "baseline")
+            if isinstance(r.get(side), dict) and ("error" in r[side] or "skipped" in r[side])]
+    if notes:
+        lines += ["", *notes]
+    if errs:
+        lines += ["", "Not measured:", *errs]
+    return "\n".join(lines) + "\n"
+
+
+def _main_table(rows: list[dict]) -> list[str]:
+    """The gpucnn-vs-PyTorch table."""
+    lines = []
     lines.append("| case | shape | gpucnn ms | PyTorch ms | ratio g/t | gpucnn GFLOP/s (% peak) "
                  "| PyTorch GFLOP/s (% peak) | GB/s g / t | img/s g / t | peak MiB g / t |")
     lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in doc["results"]:
+    for r in rows:
         g, tt = r.get("gpucnn") or {}, r.get("torch") or {}
 
         def fl(s: dict) -> str:
@@ -104,16 +131,32 @@ def render_doc(doc: dict[str, Any]) -> str:
             f"{_num(tt.get('gbytes_per_s'))} | {_num(g.get('images_per_s'), '.0f')} / "
             f"{_num(tt.get('images_per_s'), '.0f')} | {_mib(g.get('peak_mem_bytes'))} / "
             f"{_mib(tt.get('peak_mem_bytes'))} |")
-    notes = [f"- {r['name']}: gpucnn network = {r['extra']['gpucnn_model']}"
-             for r in doc["results"] if r.get("extra", {}).get("gpucnn_model")]
-    errs = [f"- {r['name']} ({side}): {r[side].get('error') or r[side].get('skipped')}"
-            for r in doc["results"] for side in ("gpucnn", "torch")
-            if isinstance(r.get(side), dict) and ("error" in r[side] or "skipped" in r[side])]
-    if notes:
-        lines += ["", *notes]
-    if errs:
-        lines += ["", "Not measured:", *errs]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _merged_line(run: dict) -> str:
+    la = run.get("loadavg_start") or [float("nan")]
+    lb = run.get("loadavg_end") or [float("nan")]
+    return (f"Group(s) {', '.join(f'`{g}`' for g in run['groups'])} measured in a separate run "
+            f"merged in: `{run.get('command')}` on {(run.get('date') or '?')[:10]}, commit "
+            f"`{(run.get('git_commit') or '?')[:12]}`, BLAS threads {run.get('blas_threads')}, "
+            f"1-min load average {la[0]:.1f} at start, {lb[0]:.1f} at end.\n")
+
+
+def _loader_table(rows: list[dict]) -> list[str]:
+    """DataLoader group (gpucnn only): per-epoch time, images/s, and for the training cases
+    the pre-loaded baseline and the ratio loader-fed / pre-loaded."""
+    out = ["DataLoader (`loader`, gpucnn only; one timed call = one epoch; baseline = the "
+           "same steps over batches made beforehand and already on the backend):", "",
+           "| case | setup | epoch ms | img/s | baseline epoch ms | ratio loader/baseline "
+           "| peak MiB |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        g, b = r.get("gpucnn") or {}, r.get("baseline") or {}
+        out.append(f"| {r['name']} | {_params(r)} | {_ms(g)} | "
+                   f"{_num(g.get('images_per_s'), '.0f')} | {_ms(b) if b else '—'} | "
+                   f"{_num(r.get('ratio_vs_baseline'), '.3f')} | {_mib(g.get('peak_mem_bytes'))} |")
+    return out
 
 
 def update_readme(readme: str, results_dir: str) -> None:
@@ -147,7 +190,10 @@ def targets_text(doc: dict[str, Any]) -> str:
 
 def progress_line(i: int, n: int, row: dict, wall: float) -> str:
     g, t = row.get("gpucnn") or {}, row.get("torch") or {}
-    ratio = row.get("ratio")
+    ratio = row.get("ratio", row.get("ratio_vs_baseline"))
     r = f"ratio {ratio:5.2f}" if ratio is not None else "ratio   —  "
-    return (f"[{i:3d}/{n}] {row['name']:<48s} gpucnn {_ms(g):>9s} ms  torch {_ms(t):>9s} ms  "
+    if "baseline" in row:
+        t = row["baseline"] or {}
+    other = "base " if "baseline" in row else "torch"
+    return (f"[{i:3d}/{n}] {row['name']:<48s} gpucnn {_ms(g):>9s} ms  {other} {_ms(t):>9s} ms  "
             f"{r}  ({wall:.1f}s)")
