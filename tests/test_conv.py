@@ -336,6 +336,8 @@ def _run_paths(monkeypatch, xs, ws, kw, dtype=np.float64):  # noqa: ANN001, ANN2
     """(wide-path results, generic-path results, whether the wide path ran)."""
     import gpucnn.functional.conv as conv_mod
 
+    # this compares the frame route with the generic one: keep the batch-innermost route out
+    monkeypatch.setattr(conv_mod, "_use_batch_inner_path", lambda *a: False)
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
     with no_grad():
@@ -408,3 +410,168 @@ def test_wide_path_empty_batch_and_torch_parity_resnet_shape() -> None:
     ty, tgrads = _torch_conv(torch, x, w, b, g, stride=2, padding=1)
     for a, r in zip([y, *grads], [ty, *tgrads]):
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ NumPy batch-innermost path
+
+BATCH_INNER_CASES = WIDE_CASES + [
+    ((5, 3, 9, 7), (4, 3, 3, 3), dict(padding=1)),  # odd batch, odd sizes, transposed dx
+    ((4, 2, 8, 8), (4, 2, 4, 4), dict(padding="same")),  # even kernel: asymmetric same
+    ((3, 4, 10, 9), (6, 4, 3, 2), dict(padding="same", dilation=(1, 2))),  # asym, dilated
+    ((3, 4, 9, 9), (8, 2, 3, 3), dict(stride=2, padding=1, groups=2)),  # grouped, strided
+    ((2, 6, 7, 7), (6, 1, 3, 3), dict(padding=1, groups=6)),  # depthwise
+    ((2, 2, 12, 11), (3, 2, 2, 3), dict(stride=(3, 2), dilation=(2, 1), padding=(0, 3))),
+]
+
+
+def _run_routes(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True)):  # noqa: ANN001, ANN202
+    """(batch-innermost results, generic results): output then the grads that were asked for."""
+    import gpucnn.functional.conv as conv_mod
+
+    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+    with no_grad():
+        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
+    g = rng.standard_normal(shape).astype(dtype)
+    arrays = [x, w, b] if bias else [x, w]
+    out = {}
+    for route in ("batch_inner", "generic"):
+        taken = []
+
+        def pick(*a, route=route, taken=taken):  # noqa: ANN001, ANN202
+            taken.append(route)
+            return route
+
+        monkeypatch.setattr(conv_mod, "_numpy_route", pick)
+        ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
+        y = F.conv2d(*ts, **kw)
+        y.backward(g)
+        assert taken == [route]
+        out[route] = [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
+    return out["batch_inner"], out["generic"]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("chunk", [1, 3000, 1 << 30], ids=["row_chunks", "uneven_chunks", "one"])
+@pytest.mark.parametrize("xs, ws, kw", BATCH_INNER_CASES, ids=_ids(BATCH_INNER_CASES))
+def test_batch_inner_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -> None:  # noqa: ANN001
+    """NumPy's batch-innermost route (y, dx by either route, dW, db) equals im2col + col2im,
+    whatever the chunking over output rows (one row per chunk, partial last chunk, one)."""
+    import gpucnn.functional.conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_BATCH_INNER_CHUNK_BYTES", chunk)
+    fast, ref = _run_routes(monkeypatch, xs, ws, kw)
+    for a, r in zip(fast, ref):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((4, 6, 8, 8), (6, 6, 3, 3), dict(padding=1)),  # transposed dx qualifies
+        ((3, 4, 7, 6), (4, 4, 2, 3), dict(padding="same", dilation=2)),
+        ((3, 4, 6, 6), (4, 2, 3, 3), dict(padding=1, groups=2)),
+    ],
+)
+def test_batch_inner_dx_routes_agree(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
+    """dx as a batch-innermost correlation of dy equals the GEMM + scatter-add route."""
+    import gpucnn.functional.conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
+    taken = []
+    orig = conv_mod._use_transposed_path
+    monkeypatch.setattr(
+        conv_mod, "_use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
+    )
+    transposed, ref = _run_routes(monkeypatch, xs, ws, kw)
+    assert taken[0]  # the batch-innermost backward really took the transposed route
+    monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: False)
+    scatter, _ = _run_routes(monkeypatch, xs, ws, kw)
+    for a, b, r in zip(transposed, scatter, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(b, r, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((16, 6, 14, 14), (16, 6, 5, 5), dict()),  # LeNet conv2
+        ((8, 16, 8, 8), (16, 16, 3, 3), dict(padding=1)),  # ResNet stage 3
+        ((8, 8, 8, 8), (16, 8, 3, 3), dict(stride=2, padding=1)),  # ResNet transition
+    ],
+)
+def test_batch_inner_path_float32(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
+    fast, ref = _run_routes(monkeypatch, xs, ws, kw, dtype=np.float32)
+    for a, r in zip(fast, ref):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * np.abs(r).max())
+
+
+@pytest.mark.parametrize(
+    "bias, needs",
+    [(True, (False, True, True)), (True, (True, False, False)), (False, (True, False))],
+    ids=["no_dx", "only_dx", "no_bias_only_dx"],
+)
+def test_batch_inner_path_partial_grads(monkeypatch, bias, needs) -> None:  # noqa: ANN001
+    """The batch-innermost backward computes exactly the gradients that are needed."""
+    fast, ref = _run_routes(
+        monkeypatch, (3, 4, 6, 6), (5, 4, 3, 3), dict(padding=1), bias=bias, needs=needs
+    )
+    assert len(fast) == 1 + sum(needs)
+    for a, r in zip(fast, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+
+
+def test_batch_inner_gradient_check(monkeypatch) -> None:  # noqa: ANN001
+    import gpucnn.functional.conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_numpy_route", lambda *a: "batch_inner")
+    monkeypatch.setattr(conv_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((3, 2, 5, 6)), rng.standard_normal((4, 2, 3, 2)), None
+    b = rng.standard_normal(4)
+    gradient_check(lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 2)), [x, w, b])
+    gradient_check(lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=2), [x, w, b])
+
+
+def test_batch_inner_route_selection() -> None:
+    """Small images with many garbage frame columns take the batch-innermost route."""
+    import gpucnn.functional.conv as conv_mod
+
+    route = conv_mod._numpy_route
+    assert route(128, 3, 1, 1, 8, False) == "batch_inner"  # ResNet 8x8: 2/10 garbage
+    assert route(128, 5, 1, 1, 10, False) == "batch_inner"  # LeNet conv2: 4/14
+    assert route(128, 3, 2, 1, 8, False) == "batch_inner"  # 16 -> 8 stride 2: 1/9
+    assert route(128, 3, 1, 1, 32, False) == "wide"  # 32x32: 2/34 garbage
+    assert route(2, 3, 1, 1, 8, False) == "wide"  # copy runs of N*ow = 16 only
+    assert route(128, 3, 1, 4, 2, False) == "batch_inner"  # mostly garbage
+    assert route(1, 3, 1, 4, 2, False) == "generic"
+    assert route(128, 1, 1, 1, 8, True) == "generic"  # plain 1x1: no im2col at all
+
+
+def test_batch_inner_torch_parity_and_empty_batch() -> None:
+    """The default routing sends these shapes through the batch-innermost path; PyTorch agrees."""
+    torch = pytest.importorskip("torch")
+    import gpucnn.functional.conv as conv_mod
+
+    y = F.conv2d(Tensor(np.zeros((0, 3, 6, 6))), Tensor(np.ones((4, 3, 3, 3))), padding=1)
+    assert y.shape == (0, 4, 6, 6)
+    rng = np.random.default_rng(13)
+    for xs, ws, kw in [
+        ((20, 6, 14, 14), (16, 6, 5, 5), dict()),
+        ((9, 8, 8, 8), (8, 8, 3, 3), dict(padding=1)),
+        ((9, 8, 8, 8), (16, 8, 3, 3), dict(padding=1, stride=2)),
+        ((9, 4, 6, 7), (6, 2, 2, 3), dict(padding="same", groups=2, dilation=(2, 1))),
+    ]:
+        geo = {k: v for k, v in kw.items() if k != "groups"}
+        (oh, ow), n = conv2d_output_size(xs[2], xs[3], ws[2:], **geo), xs[0]
+        stride = conv_mod._pair(kw.get("stride", 1), "s")[1]
+        dil = conv_mod._pair(kw.get("dilation", 1), "d")[1]
+        assert conv_mod._numpy_route(n, ws[3], stride, dil, ow, False) == "batch_inner"
+        x, w, b = (rng.standard_normal(s) for s in (xs, ws, ws[:1]))
+        g = rng.standard_normal((n, ws[0], oh, ow))
+        ours = _ours(x, w, b, g, **kw)
+        theirs = _torch_conv(torch, x, w, b, g, **kw)
+        for a, r in zip([ours[0], *ours[1]], [theirs[0], *theirs[1]]):
+            np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)

@@ -202,8 +202,94 @@ def test_wide_cols_chunks_match_whole_batch():
         np.testing.assert_array_equal(part, whole[:, n0 * geo.run : n1 * geo.run])
 
 
+# ---------------------------------------------------------- NumPy-only batch-innermost layout
+
+
+def _batch_outer(bi, c, kh, kw, n, oh, ow):
+    """Batch-innermost cols (C*kh*kw, oh*ow*N) -> im2col's (N, C*kh*kw, oh*ow)."""
+    return bi.reshape(c * kh * kw, oh * ow, n).transpose(2, 0, 1)
+
+
+def _batch_inner(cols, c, kh, kw, n, oh, ow):
+    return np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape(c * kh * kw, oh * ow * n)
+
+
+BATCH_INNER_CASES = list(CASES.values()) + _random_geometries(120, seed=1)
+
+
+@pytest.mark.parametrize("shape, geom", BATCH_INNER_CASES)
+def test_batch_inner_layout_matches_im2col_and_col2im(shape, geom):
+    """The NumPy-only batch-innermost layout is im2col/col2im with the batch moved innermost."""
+    n, c = shape[:2]
+    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
+    x, cols = _inputs(shape, geom, np.float64, seed=sum(shape) + sum(geom))
+    bi = np_im2col._batch_inner_im2col(x, *geom)
+    assert bi.shape == (c * kh * kw, oh * ow * n) and bi.dtype == x.dtype
+    np.testing.assert_array_equal(
+        _batch_outer(bi, c, kh, kw, n, oh, ow), np_im2col.im2col(x, *geom)
+    )
+    back = np_im2col._batch_inner_col2im(_batch_inner(cols, c, kh, kw, n, oh, ow), *shape, *geom)
+    assert back.shape == shape and back.dtype == cols.dtype
+    np.testing.assert_allclose(back, np_im2col.col2im(cols, *shape, *geom), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["k5_s2_p2", "dilated_strided", "same_even_asym", "pad_gt_kernel"])
+def test_batch_inner_layout_matches_brute_force_float32(case):
+    shape, geom = CASES[case]
+    n, c = shape[:2]
+    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
+    x, cols = _inputs(shape, geom, np.float32)
+    bi = np_im2col._batch_inner_im2col(x, *geom)
+    assert bi.dtype == np.float32
+    np.testing.assert_array_equal(_batch_outer(bi, c, kh, kw, n, oh, ow), _brute_im2col(x, *geom))
+    back = np_im2col._batch_inner_col2im(_batch_inner(cols, c, kh, kw, n, oh, ow), *shape, *geom)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, _brute_col2im(cols, *shape, *geom), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_inner_row_chunks_match_whole():
+    """cols/add_cols over chunks of output rows (reused buffer, partial last chunk) equal the
+    whole-image versions."""
+    shape, geom = CASES["dilated_strided"]
+    n = 5
+    x = np.random.default_rng(3).standard_normal((n,) + shape[1:])
+    geo = np_im2col._BatchInnerGeometry(n, *shape[1:], *geom)
+    p = geo.to_padded(x)
+    whole = geo.cols(p, 0, geo.oh)
+    step = geo.ow * n
+    buf = np.full(whole.size, np.nan)
+    dp_whole, dp_parts = geo.new_padded(x.dtype), geo.new_padded(x.dtype)
+    geo.add_cols(whole, dp_whole, 0, geo.oh)
+    for y0, y1 in [(0, 2), (2, 3), (3, geo.oh)]:
+        part = geo.cols(p, y0, y1, out=buf)
+        np.testing.assert_array_equal(part, whole[:, y0 * step : y1 * step])
+        geo.add_cols(part.copy(), dp_parts, y0, y1)
+    np.testing.assert_allclose(dp_parts, dp_whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(geo.from_padded(p), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(37, 3, 5, 4), (1, 2, 1, 3), (130, 5, 9, 11), (0, 2, 3, 3)])
+def test_blocked_batch_transposes(shape, dtype, monkeypatch):
+    """(N, C, H, W) <-> (C, H, W, N) through blocks (batch not a multiple of the block, blocks
+    smaller than a channel) equals np.transpose; the fused add broadcasts per channel."""
+    monkeypatch.setattr(np_im2col, "_FROM_BLOCK_BYTES", 40 * np.dtype(dtype).itemsize)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(dtype)
+    t = np.full(shape[1:] + shape[:1], np.nan, dtype)
+    np_im2col._to_batch_inner(x, t)
+    np.testing.assert_array_equal(t, x.transpose(1, 2, 3, 0))
+    back = np.full(shape, np.nan, dtype)
+    add = rng.standard_normal((shape[1], 1, 1)).astype(dtype)
+    np_im2col._from_batch_inner(t, back, add=add)
+    np.testing.assert_array_equal(back, x + add)
+    np_im2col._from_batch_inner(t, back)
+    np.testing.assert_array_equal(back, x)
+
+
 def test_wide_helpers_are_private():
-    """NumPy-only helpers must not become backend primitives (the CUDA side lacks them)."""
+    """NumPy-only helpers (frame and batch-innermost layouts) must not become backend
+    primitives (the CUDA side lacks them)."""
     assert np_im2col.__all__ == ["im2col", "col2im"] == cuda_im2col.__all__
 
 

@@ -23,6 +23,16 @@ long contiguous runs, the batch folded into the GEMM's columns, garbage columns 
 dropped when ``y`` is written back as NCHW (and zero-filled in the wide ``dy``). It gives the
 same results as the generic route (a test compares them over the option grid); the CUDA
 backend keeps the generic route.
+
+Small images (8- to 16-wide outputs) waste 10-30% of those GEMMs on garbage columns, so the
+NumPy backend runs them in the batch-innermost layout of
+:class:`gpucnn.backend.numpy_ops.im2col._BatchInnerGeometry` instead: ``x`` transposed once to
+a padded ``(C, Hp, Wp, N)``, columns ``(C*kh*kw, oh*ow*N)`` with no garbage built per chunk of
+output rows by one strided copy of runs of ``ow*N`` elements, ``y = W @ cols`` as
+``(O, oh, ow, N)`` transposed back to NCHW with the bias fused; backward ``dW = dy @ cols^T``
+(columns rebuilt per chunk), ``dx`` by the flipped-kernel correlation of ``dy`` in the same
+layout or by ``W^T @ dy`` added back one kernel offset at a time. :func:`_numpy_route` picks the
+route by the measured rule of :func:`_use_batch_inner_path`.
 """
 
 from __future__ import annotations
@@ -163,7 +173,22 @@ class Conv2dFunction(Function):
         g = groups
         og, ckg, L = o // g, cg * kh * kw, oh * ow
         pointwise = kh == 1 and kw == 1 and stride == (1, 1) and pads == (0, 0, 0, 0)
-        if be.name == "numpy" and not pointwise and _use_wide_path(kw, sw, dw, ow):
+        route = _numpy_route(n, kw, sw, dw, ow, pointwise) if be.name == "numpy" else "generic"
+        ctx.route = route
+        if route == "batch_inner":
+            y, padded, geo = _batch_inner_forward(
+                x, weight, bias, stride, (pt, pl), dilation, g, oh, ow
+            )
+            ctx.geom = (n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise)
+            ctx.frames_geometry = geo
+            needs = ctx.needs_input_grad if is_grad_enabled() else ()
+            ctx.has_bias = bias is not None
+            ctx.save_for_backward(
+                padded if len(needs) > 1 and needs[1] else None,
+                weight if needs and needs[0] else None,
+            )
+            return y
+        if route == "wide":
             y, frames, geo = _wide_forward(x, weight, bias, stride, (pt, pl), dilation, g, oh, ow)
             ctx.geom = (n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise)
             ctx.frames_geometry = geo
@@ -207,9 +232,10 @@ class Conv2dFunction(Function):
         og, ckg, L = o // g, cg * kh * kw, oh * ow
         needs = ctx.needs_input_grad
         gx = gw = gb = None
-        if ctx.frames_geometry is not None:  # NumPy wide path: ``cols`` holds the frames
+        if ctx.frames_geometry is not None:  # NumPy fast paths: ``cols`` holds their input copy
             geo = ctx.frames_geometry
-            gx, gw = _wide_backward(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
+            fn = _batch_inner_backward if ctx.route == "batch_inner" else _wide_backward
+            gx, gw = fn(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
             if ctx.has_bias:
                 return gx, gw, be.bias_grad_nchw(gy) if needs[2] else None
             return gx, gw
@@ -232,6 +258,41 @@ class Conv2dFunction(Function):
             gb = be.bias_grad_nchw(gy) if needs[2] else None
             return gx, gw, gb
         return gx, gw
+
+
+def _numpy_route(n: int, kw: int, sw: int, dw: int, ow: int, pointwise: bool) -> str:
+    """Which NumPy algorithm runs a convolution: ``"batch_inner"``, ``"wide"`` or ``"generic"``.
+
+    A plain 1x1 convolution needs no im2col (generic route, ``x`` is its own columns). Small
+    images take the batch-innermost route (:func:`_use_batch_inner_path`), other ones the
+    frame route unless its garbage columns would dominate (:func:`_use_wide_path`).
+    """
+    if pointwise:
+        return "generic"
+    if _use_batch_inner_path(n, kw, sw, dw, ow):
+        return "batch_inner"
+    if _use_wide_path(kw, sw, dw, ow):
+        return "wide"
+    return "generic"
+
+
+def _use_batch_inner_path(n: int, kw: int, sw: int, dw: int, ow: int) -> bool:
+    """Whether the batch-innermost layout beats the frame layout (measured, see the module
+    docstring): the frame layout wastes ``(Wq - ow) / Wq`` of every GEMM on garbage columns,
+    the batch-innermost one pays four blocked transposes (x, y, dy, dx) instead."""
+    wq = ow + ((kw - 1) * dw) // sw
+    return n * ow >= _BATCH_INNER_MIN_RUN and (wq - ow) * _BATCH_INNER_JUNK_DEN >= wq
+
+
+# Rule constants of :func:`_use_batch_inner_path`, measured with one BLAS thread on float32
+# convs fwd+bwd (N=128 unless noted; ratio of the batch-innermost to the frame route's time):
+# LeNet 6->16 14x14 k5 (garbage 29%) 0.8; 64->64 8x8 (20%) 0.9; 128->128 4x4 (33%) 0.7;
+# 64->128 8x8 s2 (20%) 0.8; 32->32 16x16 and 32->64 16x16 s2 (11%) 0.9; LeNet 1->6 28x28 pad 2
+# (12.5%) 0.5-0.8; 64->64 8x8 with N=4 (runs of 32) 0.8; but 16->16 32x32 and 16->32 32x32 s2
+# (6%) 1.1. Hence: garbage of at least 1/_BATCH_INNER_JUNK_DEN of the frame row, and copy runs
+# (``N*ow`` elements) of at least _BATCH_INNER_MIN_RUN.
+_BATCH_INNER_MIN_RUN = 32
+_BATCH_INNER_JUNK_DEN = 10
 
 
 def _use_wide_path(kw: int, sw: int, dw: int, ow: int) -> bool:
@@ -353,6 +414,144 @@ def _wide_backward(
         back_pads = (dh * (kh - 1) - pt, dw * (kw - 1) - pl)
         gx = _wide_forward(gy, wf, None, (1, 1), back_pads, (dh, dw), g, h, w)[0]
     return gx, gw
+
+
+# Column bytes per chunk of output rows on the batch-innermost path (at least one row).
+_BATCH_INNER_CHUNK_BYTES = 2 << 20
+
+
+def _batch_inner_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: tuple[int, int],
+    pads: tuple[int, int],
+    dilation: tuple[int, int],
+    g: int,
+    oh: int,
+    ow: int,
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """NumPy forward in the batch-innermost layout: ``(y (N, O, oh, ow), P, geometry)``.
+
+    ``x`` is transposed once into the padded ``P (C, Hp, Wp, N)`` (kept for the weight
+    gradient). Per chunk of output rows, the columns ``(C*kh*kw, rows*ow*N)`` (no garbage) go
+    through one GEMM per group into ``yt (O, oh*ow*N)``; ``yt`` is transposed to NCHW with the
+    bias added in the same pass. ``pads`` are the top/left pads.
+    """
+    from gpucnn.backend.numpy_ops.im2col import _BatchInnerGeometry, _from_batch_inner
+
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    og, ckg, dt = o // g, cg * kh * kw, x.dtype
+    geo = _BatchInnerGeometry(n, c, h, w, kh, kw, *stride, *pads, *dilation, oh, ow)
+    padded = geo.to_padded(x)
+    rows = _rows_per_chunk(geo, dt)
+    colbuf = np.empty(rows * geo.row_size, dt)
+    w3 = weight.reshape(g, og, ckg)
+    yt = np.empty((g, og, oh * ow * n), dt)
+    step = ow * n
+    for y0 in range(0, oh, rows):
+        y1 = min(oh, y0 + rows)
+        cols = geo.cols(padded, y0, y1, out=colbuf).reshape(g, ckg, -1)
+        np.matmul(w3, cols, out=yt[:, :, y0 * step : y1 * step])
+    y = np.empty((n, o, oh, ow), dtype=dt)
+    add = None if bias is None else bias.astype(dt, copy=False).reshape(o, 1, 1)
+    _from_batch_inner(yt.reshape(o, oh, ow, n), y, add=add)
+    return y, padded, geo
+
+
+def _rows_per_chunk(geo: Any, dt: np.dtype) -> int:
+    """Output rows per chunk of batch-innermost columns (at least 1, at most all)."""
+    per_row = max(geo.row_size * np.dtype(dt).itemsize, 1)
+    return max(1, min(geo.oh, _BATCH_INNER_CHUNK_BYTES // per_row))
+
+
+def _batch_inner_backward(
+    gy: np.ndarray,
+    padded: np.ndarray | None,
+    geo: Any,
+    weight: np.ndarray | None,
+    geom: tuple,
+    need_x: bool,
+    need_w: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """NumPy ``(dx, dW)`` from :func:`_batch_inner_forward`'s saved ``P`` and geometry.
+
+    ``dy`` is transposed once to ``dyt (O, oh*ow*N)``. Per chunk of output rows the columns
+    are rebuilt from ``P`` for ``dW += dy_chunk @ cols^T`` (one GEMM, the batch in its inner
+    dimension). ``dx`` is either the stride-1 correlation of the padded ``dyt`` with the
+    flipped kernel (:func:`_use_transposed_path`; itself a batch-innermost forward, without
+    leaving the layout) or ``W^T @ dy_chunk`` added into a padded ``dP (C, Hp, Wp, N)`` one
+    kernel offset at a time; either ends with one transpose back to NCHW.
+    """
+    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
+
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    og, ckg, dt = o // g, cg * kh * kw, gy.dtype
+    if not (need_x or need_w):
+        return None, None
+    dyt = np.empty((o, oh, ow, n), dt)
+    _to_batch_inner(gy, dyt)
+    d3 = dyt.reshape(g, og, -1)
+    transposed = need_x and _use_transposed_path(geom)
+    scatter = need_x and not transposed
+    rows = _rows_per_chunk(geo, dt)
+    single = rows >= oh
+    step = ow * n
+    gw = gx = None
+    if need_w or scatter:
+        colbuf = np.empty(rows * geo.row_size, dt) if need_w else None
+        dcolbuf = np.empty(rows * geo.row_size, dt) if scatter else None
+        gw = (np.empty if single else np.zeros)((g, og, ckg), dt) if need_w else None
+        dp = geo.new_padded(dt) if scatter else None
+        wt = weight.reshape(g, og, ckg).transpose(0, 2, 1) if scatter else None
+        for y0 in range(0, oh, rows):
+            y1 = min(oh, y0 + rows)
+            gyc = d3[:, :, y0 * step : y1 * step]
+            if need_w:
+                cols = geo.cols(padded, y0, y1, out=colbuf).reshape(g, ckg, -1)
+                if single:
+                    np.matmul(gyc, cols.transpose(0, 2, 1), out=gw)
+                else:
+                    gw += np.matmul(gyc, cols.transpose(0, 2, 1))
+            if scatter:
+                dcols = dcolbuf[: (y1 - y0) * geo.row_size].reshape(g, ckg, -1)
+                np.matmul(wt, gyc, out=dcols)
+                geo.add_cols(dcols.reshape(g * ckg, -1), dp, y0, y1)
+        if scatter:
+            gx = geo.from_padded(dp)
+    if transposed:
+        gx = np.empty((n, c, h, w), dt)
+        _from_batch_inner(_batch_inner_transposed(dyt, weight, geom), gx)
+    return gx, (gw.reshape(o, cg, kh, kw) if need_w else None)
+
+
+def _batch_inner_transposed(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np.ndarray:
+    """``dx (C, H, W, N)`` of a stride-1 convolution from ``dyt (O, oh, ow, N)``.
+
+    ``dx[c, y, x] = sum_{o,i,j} W[o, c, i, j] dy[o, y + pt - i*dh, x + pl - j*dw]``: the
+    correlation of ``dy`` padded by ``dilation*(k-1) - pad`` (top/left) with the flipped kernel
+    ``W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]`` (per group), output ``H x W``.
+    """
+    from gpucnn.backend.numpy_ops.im2col import _BatchInnerGeometry
+
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    og, dt = o // g, dyt.dtype
+    back = _BatchInnerGeometry(
+        n, o, oh, ow, kh, kw, 1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw, h, w
+    )
+    padded = back.pad_batch_inner(dyt)
+    wf = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    wf = np.ascontiguousarray(wf).reshape(g, cg, og * kh * kw)
+    rows = _rows_per_chunk(back, dt)
+    colbuf = np.empty(rows * back.row_size, dt)
+    dxt = np.empty((g, cg, h * w * n), dt)
+    step = w * n
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        cols = back.cols(padded, y0, y1, out=colbuf).reshape(g, og * kh * kw, -1)
+        np.matmul(wf, cols, out=dxt[:, :, y0 * step : y1 * step])
+    return dxt.reshape(c, h, w, n)
 
 
 def _use_transposed_path(geom: tuple) -> bool:
