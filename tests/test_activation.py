@@ -370,3 +370,14 @@ def test_relu_fast_paths_match_where_bit_for_bit(kind: str, dtype, rng) -> None:
     gt = np.asfortranarray(g)
     np.testing.assert_array_equal(np_act.activation_backward(x, gt, kind, 0.07).view(bits),
                                   dx_ref.view(bits))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_dim_keeps_its_shape(kind: str) -> None:
+    x = np.array(-0.75, dtype=np.float32)
+    p = _param(kind)
+    y = np_act.activation_forward(x, kind, p)
+    saved = y if kind in USES_OUTPUT else x
+    dx = np_act.activation_backward(saved, np.array(2.0, dtype=np.float32), kind, p)
+    assert y.shape == () and dx.shape == () and y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(y, np_act.activation_forward(x.reshape(1), kind, p)[0])
