@@ -361,3 +361,44 @@ def test_fit_on_cuda_matches_numpy(digits) -> None:
     assert got[0] == pytest.approx(ref[0], rel=1e-4)
     for a, b in zip(ref[1:], got[1:]):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_lenet5_training_step_stays_float32(monkeypatch) -> None:
+    """No silent float64 upcast anywhere in a LeNet-5 SGD-momentum step: every forward
+    output, every gradient handed backwards, the parameter grads and the optimizer state."""
+    gpucnn.manual_seed(0)
+    net = gpucnn.models.lenet5()
+    opt = optim.SGD(list(net.parameters()), lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((4, 1, 28, 28), dtype=np.float32))
+    y = Tensor(rng.integers(0, 10, 4))
+    loss = F.cross_entropy(net(x), y)
+    graph, stack, seen = [], [loss], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        graph.append(t)
+        if t._node is not None:
+            stack.extend(t._node[2])
+    assert len(graph) > 20  # the walk reached the parameters
+    assert all(t.dtype == np.float32 for t in graph), {str(t.dtype) for t in graph}
+    grad_dtypes: list = []
+    for cls in {t._node[0] for t in graph if t._node is not None}:
+
+        def wrapped(ctx, g, _bw=cls.backward):  # noqa: ANN001, ANN202
+            grads = _bw(ctx, g)
+            for a in (g, *(grads if isinstance(grads, tuple) else (grads,))):
+                if a is not None:
+                    grad_dtypes.append(a.dtype)
+            return grads
+
+        monkeypatch.setattr(cls, "backward", staticmethod(wrapped))
+    loss.backward()
+    opt.step()
+    opt.step()  # second step: the momentum-buffer update path
+    assert grad_dtypes and set(grad_dtypes) == {np.dtype(np.float32)}
+    for p in net.parameters():
+        assert p.dtype == np.float32 and p.grad.dtype == np.float32
+        assert opt.state[p]["momentum_buffer"].dtype == np.float32

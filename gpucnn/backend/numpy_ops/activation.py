@@ -189,7 +189,7 @@ def prelu_forward(x: Any, w: Any) -> Any:
     n, c, s = _prelu_view("prelu_forward", x, w)
     x3 = x.reshape(n, c, s)
     y = np.where(x3 > 0, x3, w.reshape(1, c, 1) * x3)
-    return np.ascontiguousarray(y.reshape(x.shape), dtype=x.dtype)
+    return np.asarray(y.reshape(x.shape), dtype=x.dtype, order="C")
 
 
 def prelu_backward(x: Any, w: Any, g: Any) -> tuple[Any, Any]:
@@ -207,4 +207,5 @@ def prelu_backward(x: Any, w: Any, g: Any) -> tuple[Any, Any]:
     pos = x3 > 0
     dx = np.where(pos, g3, w.reshape(1, c, 1) * g3).reshape(x.shape)
     dw = np.where(pos, x.dtype.type(0), x3 * g3).sum(axis=(0, 2))
-    return np.ascontiguousarray(dx, dtype=x.dtype), dw.astype(x.dtype).reshape(w.shape)
+    dx = np.asarray(dx, dtype=x.dtype, order="C")
+    return dx, dw.astype(x.dtype, copy=False).reshape(w.shape)

@@ -49,7 +49,10 @@ def sgd_update(
             buf[...] = g
         else:
             buf *= t(momentum)
-            buf += (t(1) - t(dampening)) * g
+            if dampening == 0:
+                buf += g  # (1 - 0) * g is g: no temporary
+            else:
+                buf += (t(1) - t(dampening)) * g
         g = g + t(momentum) * buf if nesterov else buf
     param -= t(lr) * g
 
