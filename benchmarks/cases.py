@@ -450,7 +450,7 @@ def build_cases(ctx: Ctx, only: set[str] | None, repeats: int | None,
     cpu = ctx.device != "cuda"
     default = {"conv": 3 if cpu else 20, "pool": 5 if cpu else 50, "gemm": 3 if cpu else 20,
                "xent": 10 if cpu else 50, "optim": 3 if cpu else 20, "train": 5 if cpu else 20,
-               "loader": 5 if cpu else 5}
+               "loader": 7 if cpu else 5}
     makers = {"conv": _conv_cases, "pool": _pool_cases, "gemm": _gemm_cases,
               "xent": _xent_cases, "optim": _optim_cases}
     out: list[Case] = []

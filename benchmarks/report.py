@@ -143,19 +143,24 @@ def _merged_line(run: dict) -> str:
             f"1-min load average {la[0]:.1f} at start, {lb[0]:.1f} at end.\n")
 
 
+def _ratio(r: dict) -> str:
+    med, mn = r.get("ratio_vs_baseline"), r.get("ratio_vs_baseline_min")
+    return _num(med, ".3f") + (f" ({mn:.3f})" if mn is not None else "")
+
+
 def _loader_table(rows: list[dict]) -> list[str]:
     """DataLoader group (gpucnn only): per-epoch time, images/s, and for the training cases
     the pre-loaded baseline and the ratio loader-fed / pre-loaded."""
     out = ["DataLoader (`loader`, gpucnn only; one timed call = one epoch; baseline = the "
            "same steps over batches made beforehand and already on the backend):", "",
            "| case | setup | epoch ms | img/s | baseline epoch ms | ratio loader/baseline "
-           "| peak MiB |",
+           "(of minima) | peak MiB |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         g, b = r.get("gpucnn") or {}, r.get("baseline") or {}
         out.append(f"| {r['name']} | {_params(r)} | {_ms(g)} | "
                    f"{_num(g.get('images_per_s'), '.0f')} | {_ms(b) if b else '—'} | "
-                   f"{_num(r.get('ratio_vs_baseline'), '.3f')} | {_mib(g.get('peak_mem_bytes'))} |")
+                   f"{_ratio(r)} | {_mib(g.get('peak_mem_bytes'))} |")
     return out
 
 

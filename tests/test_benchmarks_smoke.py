@@ -115,6 +115,7 @@ def test_loader_group_images_per_second_and_baseline_ratio(loader_doc: tuple[dic
         assert "error" not in b, b.get("error")
         assert b["median_s"] > 0 and r["baseline_label"] == "pre-loaded batches"
         assert r["ratio_vs_baseline"] == pytest.approx(r["gpucnn"]["median_s"] / b["median_s"])
+        assert r["ratio_vs_baseline_min"] == pytest.approx(r["gpucnn"]["min_s"] / b["min_s"])
     tg = {t["target"]: t for t in doc["targets"]}[LOADER_TARGET]
     assert tg["status"] == "SKIP" and "informational" in tg["detail"]
     md = report.render_doc(doc)
