@@ -575,3 +575,170 @@ def test_batch_inner_torch_parity_and_empty_batch() -> None:
         theirs = _torch_conv(torch, x, w, b, g, **kw)
         for a, r in zip([ours[0], *ours[1]], [theirs[0], *theirs[1]]):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ NumPy Winograd F(2x2, 3x3)
+
+WINOGRAD_CASES = [
+    ((1, 1, 5, 5), (1, 1, 3, 3), dict(padding=1)),  # batch 1, one channel, odd size
+    ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1)),  # even size: whole tiles
+    ((3, 2, 7, 6), (5, 2, 3, 3), dict()),  # padding 0: odd x even output
+    ((2, 4, 6, 9), (3, 4, 3, 3), dict(padding=2)),  # padding 2: dx without padding
+    ((2, 5, 9, 7), (6, 5, 3, 3), dict(padding="same")),
+    ((1, 6, 3, 3), (2, 6, 3, 3), dict()),  # 1x1 output: one partial tile
+    ((2, 3, 4, 5), (2, 3, 3, 3), dict(padding=(2, 0))),  # asymmetric pair
+    ((2, 3, 5, 6), (4, 3, 3, 3), dict(padding=(0, 1, 2, 1))),  # (top, bottom, left, right)
+    ((1, 2, 6, 6), (3, 2, 3, 3), dict(padding=3)),  # pads > 2: dx by scatter-add
+    ((3, 70, 5, 4), (33, 70, 3, 3), dict(padding=1)),  # many channels
+    ((2, 17, 10, 11), (70, 17, 3, 3), dict(padding=1)),
+]
+
+
+def _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True)):  # noqa: ANN001, ANN202
+    """(Winograd results, generic results, Winograd calls): the output, then the grads asked for."""
+    import gpucnn.functional.conv as conv_mod
+
+    calls = []
+    for name in ("_winograd_forward", "_winograd_input_grad"):
+        orig = getattr(conv_mod, name)
+        monkeypatch.setattr(
+            conv_mod, name, lambda *a, _n=name, _f=orig: calls.append(_n) or _f(*a)
+        )
+    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+    with no_grad():
+        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
+    g = rng.standard_normal(shape).astype(dtype)
+    arrays = [x, w, b] if bias else [x, w]
+    out = {}
+    for route in ("winograd", "generic"):
+        monkeypatch.setattr(conv_mod, "_numpy_route", lambda *a, r=route: r)
+        ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
+        y = F.conv2d(*ts, **kw)
+        y.backward(g)
+        out[route] = [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
+    return out["winograd"], out["generic"], calls
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("chunk", [1, 1 << 30], ids=["row_chunks", "one_chunk"])
+@pytest.mark.parametrize("xs, ws, kw", WINOGRAD_CASES, ids=_ids(WINOGRAD_CASES))
+def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -> None:  # noqa: ANN001
+    """Winograd forward and dx (dW, db on the batch-innermost route) equal im2col + col2im,
+    one tile row per chunk or all at once."""
+    from gpucnn.functional import _winograd
+
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", chunk)
+    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
+    dx_by_winograd = kw.get("padding") != 3  # top/left pads <= 2: dy pads 2 - pad >= 0
+    assert calls == ["_winograd_forward"] + ["_winograd_input_grad"] * dx_by_winograd
+    for a, r in zip(fast, ref):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((4, 16, 8, 8), (16, 16, 3, 3), dict(padding=1)),
+        ((3, 5, 7, 9), (6, 5, 3, 3), dict()),
+        ((1, 32, 5, 5), (8, 32, 3, 3), dict(padding=2)),
+    ],
+)
+def test_winograd_path_float32(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
+    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float32)
+    assert calls == ["_winograd_forward", "_winograd_input_grad"]
+    for a, r in zip(fast, ref):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
+
+
+@pytest.mark.parametrize(
+    "bias, needs",
+    [(True, (False, True, True)), (True, (True, False, False)), (False, (True, False))],
+    ids=["no_dx", "only_dx", "no_bias_only_dx"],
+)
+def test_winograd_path_partial_grads(monkeypatch, bias, needs) -> None:  # noqa: ANN001
+    fast, ref, calls = _run_winograd(
+        monkeypatch, (3, 4, 6, 7), (5, 4, 3, 3), dict(padding=1), bias=bias, needs=needs
+    )
+    assert calls == ["_winograd_forward"] + ["_winograd_input_grad"] * needs[0]
+    assert len(fast) == 1 + sum(needs)
+    for a, r in zip(fast, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((2, 4, 8, 8), (4, 4, 3, 3), dict(padding=1, stride=2)),
+        ((2, 4, 8, 8), (4, 2, 3, 3), dict(padding=1, groups=2)),
+        ((2, 4, 9, 9), (4, 4, 3, 3), dict(padding=2, dilation=2)),
+        ((2, 4, 8, 8), (4, 4, 5, 5), dict(padding=2)),
+    ],
+)
+def test_winograd_forced_on_unsupported_conv_falls_back(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
+    """Strided, grouped, dilated or non-3x3 convs forced onto "winograd" run batch-innermost."""
+    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
+    assert calls == []
+    for a, r in zip(fast, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+def test_winograd_gradient_check(monkeypatch) -> None:  # noqa: ANN001
+    import gpucnn.functional.conv as conv_mod
+    from gpucnn.functional import _winograd
+
+    calls = []
+    orig = conv_mod._winograd_input_grad
+    monkeypatch.setattr(conv_mod, "_numpy_route", lambda *a: "winograd")
+    monkeypatch.setattr(conv_mod, "_winograd_input_grad", lambda *a: calls.append(1) or orig(*a))
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(21)
+    x, w, b = (rng.standard_normal(s) for s in ((2, 3, 5, 6), (2, 3, 3, 3), (2,)))
+    gradient_check(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
+    gradient_check(lambda x, w: F.conv2d(x, w, padding=(0, 2)), [x, w])
+    assert calls
+
+
+def test_winograd_route_selection() -> None:
+    """ResNet's 3x3 stride-1 convs with >= 32 channels take Winograd; others keep their routes."""
+    import gpucnn.functional.conv as conv_mod
+
+    route = conv_mod._numpy_route
+    assert route(128, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "winograd"  # r64
+    assert route(128, 3, 1, 1, 16, False, 3, 1, 1, 32, 32, 1) == "winograd"  # r32
+    assert route(128, 3, 1, 1, 32, False, 3, 1, 1, 16, 16, 1) == "wide"  # r16: transforms
+    assert route(128, 3, 2, 1, 8, False, 3, 2, 1, 32, 64, 1) == "batch_inner"  # stride 2
+    assert route(128, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 2) == "batch_inner"  # grouped
+    assert route(128, 3, 1, 2, 8, False, 3, 1, 2, 64, 64, 1) == "batch_inner"  # dilated
+    assert route(128, 5, 1, 1, 8, False, 5, 1, 1, 64, 64, 1) == "batch_inner"  # 5x5
+    assert route(2, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "wide"  # few tiles per run
+    assert route(128, 3, 1, 1, 8, False) == "batch_inner"  # no channel info: never Winograd
+
+
+@pytest.mark.parametrize(
+    "xs, ws",
+    [((8, 32, 16, 16), (32, 32, 3, 3)), ((16, 64, 8, 8), (64, 64, 3, 3))],
+    ids=["r32", "r64"],
+)
+def test_winograd_resnet_shapes_float32_and_torch(xs, ws) -> None:  # noqa: ANN001
+    """Default routing sends ResNet-20's 3x3 convs through Winograd: float32 stays within 1e-5
+    (relative to the largest value) of float64, and float64 matches PyTorch."""
+    import gpucnn.functional.conv as conv_mod
+
+    n, c, h, w = xs
+    assert conv_mod._numpy_route(n, 3, 1, 1, w, False, 3, 1, 1, c, ws[0], 1) == "winograd"
+    rng = np.random.default_rng(31)
+    x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws) * 0.1, rng.standard_normal(ws[0])
+    g = rng.standard_normal((n, ws[0], h, w))
+    y64, g64 = _ours(x, wt, b, g, padding=1)
+    y32, g32 = _ours(*(a.astype(np.float32) for a in (x, wt, b, g)), padding=1)
+    for ours, ref in zip([y32, *g32], [y64, *g64]):
+        assert ours.dtype == np.float32
+        err = np.abs(ours.astype(np.float64) - ref).max()
+        assert err <= 1e-5 * np.abs(ref).max(), err
+    torch = pytest.importorskip("torch")
+    ty, tgrads = _torch_conv(torch, x, wt, b, g, padding=1)
+    for a, r in zip([y64, *g64], [ty, *tgrads]):
+        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())

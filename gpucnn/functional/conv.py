@@ -173,12 +173,15 @@ class Conv2dFunction(Function):
         g = groups
         og, ckg, L = o // g, cg * kh * kw, oh * ow
         pointwise = kh == 1 and kw == 1 and stride == (1, 1) and pads == (0, 0, 0, 0)
-        route = _numpy_route(n, kw, sw, dw, ow, pointwise) if be.name == "numpy" else "generic"
+        route = "generic"
+        if be.name == "numpy":
+            route = _numpy_route(n, kw, sw, dw, ow, pointwise, kh, sh, dh, c, o, g)
+            if route == "winograd" and not _winograd_applies(kh, kw, stride, dilation, g):
+                route = "batch_inner"  # forced onto a conv Winograd F(2x2, 3x3) cannot run
         ctx.route = route
-        if route == "batch_inner":
-            y, padded, geo = _batch_inner_forward(
-                x, weight, bias, stride, (pt, pl), dilation, g, oh, ow
-            )
+        if route in ("batch_inner", "winograd"):
+            fwd = _winograd_forward if route == "winograd" else _batch_inner_forward
+            y, padded, geo = fwd(x, weight, bias, stride, (pt, pl), dilation, g, oh, ow)
             ctx.geom = (n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise)
             ctx.frames_geometry = geo
             needs = ctx.needs_input_grad if is_grad_enabled() else ()
@@ -234,8 +237,19 @@ class Conv2dFunction(Function):
         gx = gw = gb = None
         if ctx.frames_geometry is not None:  # NumPy fast paths: ``cols`` holds their input copy
             geo = ctx.frames_geometry
-            fn = _batch_inner_backward if ctx.route == "batch_inner" else _wide_backward
-            gx, gw = fn(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
+            if ctx.route == "wide":
+                gx, gw = _wide_backward(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
+            else:
+                gx, gw = _batch_inner_backward(
+                    gy,
+                    cols,
+                    geo,
+                    weight,
+                    ctx.geom,
+                    needs[0],
+                    needs[1],
+                    winograd=ctx.route == "winograd",
+                )
             if ctx.has_bias:
                 return gx, gw, be.bias_grad_nchw(gy) if needs[2] else None
             return gx, gw
@@ -260,20 +274,121 @@ class Conv2dFunction(Function):
         return gx, gw
 
 
-def _numpy_route(n: int, kw: int, sw: int, dw: int, ow: int, pointwise: bool) -> str:
-    """Which NumPy algorithm runs a convolution: ``"batch_inner"``, ``"wide"`` or ``"generic"``.
+def _numpy_route(
+    n: int,
+    kw: int,
+    sw: int,
+    dw: int,
+    ow: int,
+    pointwise: bool,
+    kh: int = 0,
+    sh: int = 0,
+    dh: int = 0,
+    c: int = 0,
+    o: int = 0,
+    groups: int = 0,
+) -> str:
+    """Which NumPy algorithm runs a convolution: ``"winograd"``, ``"batch_inner"``, ``"wide"``
+    or ``"generic"``.
 
-    A plain 1x1 convolution needs no im2col (generic route, ``x`` is its own columns). Small
+    A plain 1x1 convolution needs no im2col (generic route, ``x`` is its own columns). 3x3
+    stride-1 convolutions with enough channels and tiles take Winograd F(2x2, 3x3)
+    (:func:`_use_winograd`; needs the trailing arguments, left at 0 it never applies). Small
     images take the batch-innermost route (:func:`_use_batch_inner_path`), other ones the
     frame route unless its garbage columns would dominate (:func:`_use_wide_path`).
     """
     if pointwise:
         return "generic"
+    if _use_winograd(n, kh, kw, sh, sw, dh, dw, c, o, groups, ow):
+        return "winograd"
     if _use_batch_inner_path(n, kw, sw, dw, ow):
         return "batch_inner"
     if _use_wide_path(kw, sw, dw, ow):
         return "wide"
     return "generic"
+
+
+def _winograd_applies(
+    kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int], groups: int
+) -> bool:
+    """Whether Winograd F(2x2, 3x3) computes this convolution at all: a 3x3 kernel, stride 1,
+    dilation 1, one group (any padding)."""
+    return (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+
+
+def _use_winograd(
+    n: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    dh: int,
+    dw: int,
+    c: int,
+    o: int,
+    groups: int,
+    ow: int,
+) -> bool:
+    """Whether the NumPy backend runs this convolution (forward and ``dx``) as Winograd
+    F(2x2, 3x3): it applies (:func:`_winograd_applies`) and it measured faster (the rule
+    constants below)."""
+    if not _winograd_applies(kh, kw, (sh, sw), (dh, dw), groups):
+        return False
+    return min(c, o) >= _WINOGRAD_MIN_CHANNELS and n * ((ow + 1) // 2) >= _WINOGRAD_MIN_RUN
+
+
+# Rule constants of :func:`_use_winograd` (measured, see the benchmark notes there): the
+# transforms are a fixed number of NumPy passes per tile and channel, the GEMMs save 20 of 36
+# multiplies per tile and channel pair, so the channel count must be large enough for the GEMM
+# saving to outweigh the transforms, and the transform passes need runs of ``N * tiles`` elements.
+_WINOGRAD_MIN_CHANNELS = 24
+_WINOGRAD_MIN_RUN = 64
+
+
+def _winograd_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: tuple[int, int],
+    pads: tuple[int, int],
+    dilation: tuple[int, int],
+    g: int,
+    oh: int,
+    ow: int,
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), P, geometry)``.
+
+    ``x`` is transposed once into the batch-innermost padded ``P (C, Hp, Wp, N)`` of
+    :func:`_batch_inner_forward` (kept for the weight gradient, which runs as on that route),
+    split into its polyphase components and run through
+    :func:`gpucnn.functional._winograd.conv3x3`; the ``(O, oh, ow, N)`` part of the tiles is
+    transposed to NCHW with the bias added in the same pass. ``pads`` are the top/left pads.
+    """
+    from gpucnn.backend.numpy_ops.im2col import _BatchInnerGeometry, _from_batch_inner
+    from gpucnn.functional import _winograd as wg
+
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    dt = x.dtype
+    geo = _BatchInnerGeometry(n, c, h, w, 3, 3, *stride, *pads, *dilation, oh, ow)
+    padded = geo.to_padded(x)
+    p4 = wg.polyphase(padded, 0, 0, wg.tiles(oh), wg.tiles(ow))
+    yt = wg.conv3x3(p4, wg.filter_transform(weight))
+    y = np.empty((n, o, oh, ow), dtype=dt)
+    add = None if bias is None else bias.astype(dt, copy=False).reshape(o, 1, 1)
+    _from_batch_inner(yt[:, :oh, :ow], y, add=add)
+    return y, padded, geo
+
+
+def _winograd_input_grad(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np.ndarray:
+    """``dx (C, H, W, N)`` of a stride-1 3x3 convolution from ``dyt (O, oh, ow, N)`` by
+    Winograd: the correlation of ``dy`` padded by ``2 - pad`` (top/left; the pads must be
+    <= 2) with the flipped, transposed kernel (see :func:`_batch_inner_transposed`)."""
+    from gpucnn.functional import _winograd as wg
+
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    p4 = wg.polyphase(dyt, 2 - pt, 2 - pl, wg.tiles(h), wg.tiles(w))
+    return wg.conv3x3(p4, wg.flipped_filter_transform(weight))[:, :h, :w]
 
 
 def _use_batch_inner_path(n: int, kw: int, sw: int, dw: int, ow: int) -> bool:
@@ -474,6 +589,7 @@ def _batch_inner_backward(
     geom: tuple,
     need_x: bool,
     need_w: bool,
+    winograd: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """NumPy ``(dx, dW)`` from :func:`_batch_inner_forward`'s saved ``P`` and geometry.
 
@@ -482,7 +598,9 @@ def _batch_inner_backward(
     dimension). ``dx`` is either the stride-1 correlation of the padded ``dyt`` with the
     flipped kernel (:func:`_use_transposed_path`; itself a batch-innermost forward, without
     leaving the layout) or ``W^T @ dy_chunk`` added into a padded ``dP (C, Hp, Wp, N)`` one
-    kernel offset at a time; either ends with one transpose back to NCHW.
+    kernel offset at a time; either ends with one transpose back to NCHW. With ``winograd``
+    (3x3, stride 1, dilation 1, one group: :func:`_winograd_forward`'s backward) and top/left
+    pads <= 2 the correlation runs as Winograd F(2x2, 3x3) (:func:`_winograd_input_grad`).
     """
     from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
 
@@ -493,8 +611,9 @@ def _batch_inner_backward(
     dyt = np.empty((o, oh, ow, n), dt)
     _to_batch_inner(gy, dyt)
     d3 = dyt.reshape(g, og, -1)
-    transposed = need_x and _use_transposed_path(geom)
-    scatter = need_x and not transposed
+    wino_dx = need_x and winograd and pt <= 2 and pl <= 2
+    transposed = need_x and not wino_dx and _use_transposed_path(geom)
+    scatter = need_x and not (transposed or wino_dx)
     rows = _rows_per_chunk(geo, dt)
     single = rows >= oh
     step = ow * n
@@ -520,9 +639,10 @@ def _batch_inner_backward(
                 geo.add_cols(dcols.reshape(g * ckg, -1), dp, y0, y1)
         if scatter:
             gx = geo.from_padded(dp)
-    if transposed:
+    if transposed or wino_dx:
         gx = np.empty((n, c, h, w), dt)
-        _from_batch_inner(_batch_inner_transposed(dyt, weight, geom), gx)
+        fn = _winograd_input_grad if wino_dx else _batch_inner_transposed
+        _from_batch_inner(fn(dyt, weight, geom), gx)
     return gx, (gw.reshape(o, cg, kh, kw) if need_w else None)
 
 
