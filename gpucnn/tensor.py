@@ -82,6 +82,23 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
     return grad.reshape(shape)
 
 
+def _leaf_grad(t: Tensor, g: Any) -> Any:
+    """The array that becomes ``t.grad`` when ``t`` has none yet: ``g`` written into the
+    preallocated buffer ``t._grad_buffer`` (set by a flat optimizer: a view of its flat grad
+    buffer) when that buffer matches ``g`` in array type, shape and dtype; else a copy of ``g``.
+    """
+    buf = getattr(t, "_grad_buffer", None)
+    if (
+        buf is not None
+        and type(buf) is type(g)
+        and buf.shape == g.shape
+        and buf.dtype == g.dtype
+    ):
+        buf[...] = g
+        return buf
+    return g.copy()
+
+
 class Context:
     """Per-call scratch space of a :class:`Function`: saved arrays and input-grad flags."""
 
@@ -323,7 +340,7 @@ class Tensor:
             if t._node is None:
                 if t.requires_grad:
                     if t.grad is None:
-                        t.grad = Tensor(gt.copy())
+                        t.grad = Tensor(_leaf_grad(t, gt))
                     else:
                         t.grad.data += gt
                 continue
