@@ -108,6 +108,51 @@ def rows_per_chunk(c: int, tw: int, n: int, itemsize: int, th: int) -> int:
     return max(1, min(th, CHUNK_BYTES // per_row))
 
 
+def polyphase_nchw(x: np.ndarray, top: int, left: int, th: int, tw: int) -> np.ndarray:
+    """As :func:`polyphase` for ``x (N, C, H, W)`` (blocked transposes straight into the phase
+    components); returns a new array (not scratch)."""
+    from gpucnn.backend.numpy_ops.im2col import _to_batch_inner
+
+    n, c, h, w = x.shape
+    hq, wq = th + 1, tw + 1
+    p4 = np.zeros((c, 2, hq, 2, wq, n), x.dtype)
+    for p in range(2):
+        y0 = (p - top) % 2
+        a0 = (y0 + top) // 2
+        rows = min(hq - a0, (h - y0 + 1) // 2)
+        for q in range(2):
+            x0 = (q - left) % 2
+            b0 = (x0 + left) // 2
+            cols = min(wq - b0, (w - x0 + 1) // 2)
+            if rows > 0 and cols > 0:
+                src = x[:, :, y0 : y0 + 2 * rows - 1 : 2, x0 : x0 + 2 * cols - 1 : 2]
+                _to_batch_inner(src, p4[:, p, a0 : a0 + rows, q, b0 : b0 + cols])
+    return p4
+
+
+def _input_transform(p4: np.ndarray, t0: int, t1: int) -> np.ndarray:
+    """``V (4, 4, C, t1-t0, tw, N)`` = ``B^T d B`` of the tiles in tile rows ``t0:t1`` (scratch)."""
+    c, _, hq, _, wq, n = p4.shape
+    tw, dt, r = wq - 1, p4.dtype, t1 - t0
+    # rows of B^T d: padded rows 2ty+0..3 are phase rows (0, ty), (1, ty), (0, ty+1), (1, ty+1)
+    d0, d1 = p4[:, 0, t0:t1], p4[:, 1, t0:t1]
+    d2, d3 = p4[:, 0, t0 + 1 : t1 + 1], p4[:, 1, t0 + 1 : t1 + 1]
+    t = _buffer("t", 4 * c * r * 2 * wq * n, dt).reshape(4, c, r, 2, wq, n)
+    np.subtract(d0, d2, out=t[0])
+    np.add(d1, d2, out=t[1])
+    np.subtract(d2, d1, out=t[2])
+    np.subtract(d1, d3, out=t[3])
+    # columns: padded columns 2tx+0..3 are phase columns (0, tx), (1, tx), (0, tx+1), (1, tx+1)
+    v = _buffer("v", 16 * c * r * tw * n, dt).reshape(4, 4, c, r, tw, n)
+    s0, s1 = t[:, :, :, 0, :tw], t[:, :, :, 1, :tw]
+    s2, s3 = t[:, :, :, 0, 1:], t[:, :, :, 1, 1:]
+    np.subtract(s0, s2, out=v[:, 0])
+    np.add(s1, s2, out=v[:, 1])
+    np.subtract(s2, s1, out=v[:, 2])
+    np.subtract(s1, s3, out=v[:, 3])
+    return v
+
+
 def conv3x3(p4: np.ndarray, u: np.ndarray) -> np.ndarray:
     """``Y (O, 2*th, 2*tw, N)``: the 3x3 correlation of the image behind ``p4`` (see
     :func:`polyphase`) with the kernel behind ``u (16, O, C)`` (see :func:`filter_transform`);
@@ -117,30 +162,13 @@ def conv3x3(p4: np.ndarray, u: np.ndarray) -> np.ndarray:
     o = u.shape[1]
     th, tw, dt = hq - 1, wq - 1, p4.dtype
     rows = rows_per_chunk(c, tw, n, dt.itemsize, th)
-    tbuf = _buffer("t", 4 * c * rows * 2 * wq * n, dt)
-    vbuf = _buffer("v", 16 * c * rows * tw * n, dt)
     mbuf = _buffer("m", 16 * o * rows * tw * n, dt)
     zbuf = _buffer("z", 8 * o * rows * tw * n, dt)
     y = _buffer("y", o * 4 * th * tw * n, dt).reshape(o, th, 2, tw, 2, n)
     for t0 in range(0, th, rows):
         t1 = min(th, t0 + rows)
         r = t1 - t0
-        # rows of B^T d: padded rows 2ty+0..3 are phase rows (0, ty), (1, ty), (0, ty+1), (1, ty+1)
-        d0, d1 = p4[:, 0, t0:t1], p4[:, 1, t0:t1]
-        d2, d3 = p4[:, 0, t0 + 1 : t1 + 1], p4[:, 1, t0 + 1 : t1 + 1]
-        t = tbuf[: 4 * c * r * 2 * wq * n].reshape(4, c, r, 2, wq, n)
-        np.subtract(d0, d2, out=t[0])
-        np.add(d1, d2, out=t[1])
-        np.subtract(d2, d1, out=t[2])
-        np.subtract(d1, d3, out=t[3])
-        # columns: padded columns 2tx+0..3 are phase columns (0, tx), (1, tx), (0, tx+1), ...
-        v = vbuf[: 16 * c * r * tw * n].reshape(4, 4, c, r, tw, n)
-        s0, s1 = t[:, :, :, 0, :tw], t[:, :, :, 1, :tw]
-        s2, s3 = t[:, :, :, 0, 1:], t[:, :, :, 1, 1:]
-        np.subtract(s0, s2, out=v[:, 0])
-        np.add(s1, s2, out=v[:, 1])
-        np.subtract(s2, s1, out=v[:, 2])
-        np.subtract(s1, s3, out=v[:, 3])
+        v = _input_transform(p4, t0, t1)
         m = mbuf[: 16 * o * r * tw * n].reshape(16, o, r * tw * n)
         np.matmul(u, v.reshape(16, c, r * tw * n), out=m)
         # A^T M A: rows first (Z[a, s]), then columns straight into the output tiles
@@ -156,3 +184,47 @@ def conv3x3(p4: np.ndarray, u: np.ndarray) -> np.ndarray:
         np.subtract(z[:, 1], z[:, 2], out=yc[:, 1])
         yc[:, 1] -= z[:, 3]
     return y.reshape(o, 2 * th, 2 * tw, n)
+
+
+def weight_grad(p4: np.ndarray, dyt: np.ndarray) -> np.ndarray:
+    """``dW (O, C, 3, 3)`` of :func:`conv3x3` from ``p4`` and ``dyt (O, oh, ow, N)`` (the
+    output gradient, batch innermost; ``oh <= 2*th``, ``ow <= 2*tw``).
+
+    The transpose of the forward: ``y_t = A^T [U * V_t] A`` per tile gives
+    ``dW = G^T [sum_t (A dy_t A^T) * V_t] G``, i.e. per position ``k`` one GEMM
+    ``S[k] (O, C) = (A dy A^T)[k] (O, T) @ V[k]^T (T, C)`` over the same tiles as the forward.
+    """
+    c, _, hq, _, wq, n = p4.shape
+    o, oh, ow = dyt.shape[:3]
+    th, tw, dt = hq - 1, wq - 1, p4.dtype
+    if (oh, ow) != (2 * th, 2 * tw):  # partial last tiles: zero rows/columns past the output
+        dyp = _buffer("dyp", o * 4 * th * tw * n, dt).reshape(o, 2 * th, 2 * tw, n)
+        dyp[:, oh:] = 0
+        dyp[:, :oh, ow:] = 0
+        dyp[:, :oh, :ow] = dyt
+        dyt = dyp
+    e = dyt.reshape(o, th, 2, tw, 2, n)
+    rows = rows_per_chunk(max(c, o), tw, n, dt.itemsize, th)
+    s = np.zeros((16, o, c), dt)
+    for t0 in range(0, th, rows):
+        t1 = min(th, t0 + rows)
+        r = t1 - t0
+        v = _input_transform(p4, t0, t1)
+        # A dy A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]]: rows, then columns
+        e0, e1 = e[:, t0:t1, 0], e[:, t0:t1, 1]  # (O, r, tw, 2, N)
+        q = _buffer("q", 4 * o * r * tw * 2 * n, dt).reshape(4, o, r, tw, 2, n)
+        q[0] = e0
+        np.add(e0, e1, out=q[1])
+        np.subtract(e0, e1, out=q[2])
+        np.negative(e1, out=q[3])
+        mdy = _buffer("m", 16 * o * r * tw * n, dt).reshape(4, 4, o, r, tw, n)
+        q0, q1 = q[..., 0, :], q[..., 1, :]
+        mdy[:, 0] = q0
+        np.add(q0, q1, out=mdy[:, 1])
+        np.subtract(q0, q1, out=mdy[:, 2])
+        np.negative(q1, out=mdy[:, 3])
+        k = r * tw * n
+        s += np.matmul(mdy.reshape(16, o, k), v.reshape(16, c, k).transpose(0, 2, 1))
+    sg = np.tensordot(s.reshape(4, 4, o, c).astype(np.float64), _G, axes=([1], [0]))  # S G
+    dw = np.tensordot(_G, sg, axes=([0], [0])).transpose(1, 2, 0, 3)  # G^T S G: (O, C, 3, 3)
+    return np.ascontiguousarray(dw, dtype=dt)

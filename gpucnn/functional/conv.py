@@ -176,12 +176,19 @@ class Conv2dFunction(Function):
         route = "generic"
         if be.name == "numpy":
             route = _numpy_route(n, kw, sw, dw, ow, pointwise, kh, sh, dh, c, o, g)
-            if route == "winograd" and not _winograd_applies(kh, kw, stride, dilation, g):
-                route = "batch_inner"  # forced onto a conv Winograd F(2x2, 3x3) cannot run
+            wino_ok = _winograd_applies(kh, kw, stride, dilation, g) and max(pt, pl) <= 2
+            if route == "winograd" and not wino_ok:
+                # a conv Winograd F(2x2, 3x3) cannot run (or top/left pads > 2, where dx, the
+                # correlation of dy padded by 2 - pad, would need negative pads)
+                route = "batch_inner"
         ctx.route = route
         if route in ("batch_inner", "winograd"):
-            fwd = _winograd_forward if route == "winograd" else _batch_inner_forward
-            y, padded, geo = fwd(x, weight, bias, stride, (pt, pl), dilation, g, oh, ow)
+            if route == "winograd":  # ``padded`` is the polyphase input, ``geo`` a marker
+                (y, padded), geo = _winograd_forward(x, weight, bias, (pt, pl), oh, ow), "winograd"
+            else:
+                y, padded, geo = _batch_inner_forward(
+                    x, weight, bias, stride, (pt, pl), dilation, g, oh, ow
+                )
             ctx.geom = (n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise)
             ctx.frames_geometry = geo
             needs = ctx.needs_input_grad if is_grad_enabled() else ()
@@ -239,17 +246,10 @@ class Conv2dFunction(Function):
             geo = ctx.frames_geometry
             if ctx.route == "wide":
                 gx, gw = _wide_backward(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
+            elif ctx.route == "winograd":
+                gx, gw = _winograd_backward(gy, cols, weight, ctx.geom, needs[0], needs[1])
             else:
-                gx, gw = _batch_inner_backward(
-                    gy,
-                    cols,
-                    geo,
-                    weight,
-                    ctx.geom,
-                    needs[0],
-                    needs[1],
-                    winograd=ctx.route == "winograd",
-                )
+                gx, gw = _batch_inner_backward(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
             if ctx.has_bias:
                 return gx, gw, be.bias_grad_nchw(gy) if needs[2] else None
             return gx, gw
@@ -349,35 +349,56 @@ def _winograd_forward(
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
-    stride: tuple[int, int],
     pads: tuple[int, int],
-    dilation: tuple[int, int],
-    g: int,
     oh: int,
     ow: int,
-) -> tuple[np.ndarray, np.ndarray, Any]:
-    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), P, geometry)``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), P4)``.
 
-    ``x`` is transposed once into the batch-innermost padded ``P (C, Hp, Wp, N)`` of
-    :func:`_batch_inner_forward` (kept for the weight gradient, which runs as on that route),
-    split into its polyphase components and run through
+    ``x`` is transposed once into the zero-padded, batch-innermost polyphase ``P4`` of
+    :mod:`gpucnn.functional._winograd` (kept for the weight gradient) and run through
     :func:`gpucnn.functional._winograd.conv3x3`; the ``(O, oh, ow, N)`` part of the tiles is
     transposed to NCHW with the bias added in the same pass. ``pads`` are the top/left pads.
     """
-    from gpucnn.backend.numpy_ops.im2col import _BatchInnerGeometry, _from_batch_inner
+    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner
     from gpucnn.functional import _winograd as wg
 
-    n, c, h, w = x.shape
-    o = weight.shape[0]
-    dt = x.dtype
-    geo = _BatchInnerGeometry(n, c, h, w, 3, 3, *stride, *pads, *dilation, oh, ow)
-    padded = geo.to_padded(x)
-    p4 = wg.polyphase(padded, 0, 0, wg.tiles(oh), wg.tiles(ow))
+    n, o, dt = x.shape[0], weight.shape[0], x.dtype
+    p4 = wg.polyphase_nchw(x, pads[0], pads[1], wg.tiles(oh), wg.tiles(ow))
     yt = wg.conv3x3(p4, wg.filter_transform(weight))
     y = np.empty((n, o, oh, ow), dtype=dt)
     add = None if bias is None else bias.astype(dt, copy=False).reshape(o, 1, 1)
     _from_batch_inner(yt[:, :oh, :ow], y, add=add)
-    return y, padded, geo
+    return y, p4
+
+
+def _winograd_backward(
+    gy: np.ndarray,
+    p4: np.ndarray | None,
+    weight: np.ndarray | None,
+    geom: tuple,
+    need_x: bool,
+    need_w: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """NumPy ``(dx, dW)`` of :func:`_winograd_forward`: ``dy`` transposed once to
+    ``dyt (O, oh, ow, N)``; ``dW`` by the transposed Winograd transform over the saved ``P4``
+    (:func:`gpucnn.functional._winograd.weight_grad`), ``dx`` by Winograd on the padded ``dy``
+    with the flipped kernel (:func:`_winograd_input_grad`)."""
+    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
+    from gpucnn.functional import _winograd as wg
+
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    if not (need_x or need_w):
+        return None, None
+    # scratch (reused across calls: no page faults on fresh pages); it does not escape
+    dyt = wg._buffer("dyt", o * oh * ow * n, gy.dtype).reshape(o, oh, ow, n)
+    _to_batch_inner(gy, dyt)
+    gw = wg.weight_grad(p4, dyt) if need_w else None
+    gx = None
+    if need_x:
+        gx = np.empty((n, c, h, w), gy.dtype)
+        _from_batch_inner(_winograd_input_grad(dyt, weight, geom), gx)
+    return gx, gw
 
 
 def _winograd_input_grad(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np.ndarray:
@@ -589,7 +610,6 @@ def _batch_inner_backward(
     geom: tuple,
     need_x: bool,
     need_w: bool,
-    winograd: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """NumPy ``(dx, dW)`` from :func:`_batch_inner_forward`'s saved ``P`` and geometry.
 
@@ -598,9 +618,7 @@ def _batch_inner_backward(
     dimension). ``dx`` is either the stride-1 correlation of the padded ``dyt`` with the
     flipped kernel (:func:`_use_transposed_path`; itself a batch-innermost forward, without
     leaving the layout) or ``W^T @ dy_chunk`` added into a padded ``dP (C, Hp, Wp, N)`` one
-    kernel offset at a time; either ends with one transpose back to NCHW. With ``winograd``
-    (3x3, stride 1, dilation 1, one group: :func:`_winograd_forward`'s backward) and top/left
-    pads <= 2 the correlation runs as Winograd F(2x2, 3x3) (:func:`_winograd_input_grad`).
+    kernel offset at a time; either ends with one transpose back to NCHW.
     """
     from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
 
@@ -608,18 +626,20 @@ def _batch_inner_backward(
     og, ckg, dt = o // g, cg * kh * kw, gy.dtype
     if not (need_x or need_w):
         return None, None
-    dyt = np.empty((o, oh, ow, n), dt)
+    from gpucnn.functional._winograd import _buffer
+
+    # scratch (reused across calls: no page faults on fresh pages); neither escapes
+    dyt = _buffer("dyt", o * oh * ow * n, dt).reshape(o, oh, ow, n)
     _to_batch_inner(gy, dyt)
     d3 = dyt.reshape(g, og, -1)
-    wino_dx = need_x and winograd and pt <= 2 and pl <= 2
-    transposed = need_x and not wino_dx and _use_transposed_path(geom)
-    scatter = need_x and not (transposed or wino_dx)
+    transposed = need_x and _use_transposed_path(geom)
+    scatter = need_x and not transposed
     rows = _rows_per_chunk(geo, dt)
     single = rows >= oh
     step = ow * n
     gw = gx = None
     if need_w or scatter:
-        colbuf = np.empty(rows * geo.row_size, dt) if need_w else None
+        colbuf = _buffer("cols", rows * geo.row_size, dt) if need_w else None
         dcolbuf = np.empty(rows * geo.row_size, dt) if scatter else None
         gw = (np.empty if single else np.zeros)((g, og, ckg), dt) if need_w else None
         dp = geo.new_padded(dt) if scatter else None
@@ -639,10 +659,9 @@ def _batch_inner_backward(
                 geo.add_cols(dcols.reshape(g * ckg, -1), dp, y0, y1)
         if scatter:
             gx = geo.from_padded(dp)
-    if transposed or wino_dx:
+    if transposed:
         gx = np.empty((n, c, h, w), dt)
-        fn = _winograd_input_grad if wino_dx else _batch_inner_transposed
-        _from_batch_inner(fn(dyt, weight, geom), gx)
+        _from_batch_inner(_batch_inner_transposed(dyt, weight, geom), gx)
     return gx, (gw.reshape(o, cg, kh, kw) if need_w else None)
 
 
