@@ -90,11 +90,11 @@ def _leaf_grad(t: Tensor, g: Any) -> Any:
     buf = getattr(t, "_grad_buffer", None)
     if (
         buf is not None
-        and type(buf) is type(g)
+        and (type(buf) is type(g) or (isinstance(g, np.generic) and isinstance(buf, np.ndarray)))
         and buf.shape == g.shape
         and buf.dtype == g.dtype
     ):
-        buf[...] = g
+        buf[...] = g  # 0-d NumPy results may arrive as scalars (np.float32): same treatment
         return buf
     return g.copy()
 

@@ -370,3 +370,381 @@ def test_gpu_matches_numpy(name, kw):
         assert p.data is ref
         result[be] = p.numpy()
     np.testing.assert_allclose(result["cuda"], result["numpy"], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- flat buffers
+
+from gpucnn import backend as _backend  # noqa: E402
+from gpucnn.optim import optimizers as _opt_mod  # noqa: E402
+
+FLAT_CASES = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02)),
+    ("Adam", dict(lr=1e-2, weight_decay=0.1)),
+    ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.3, amsgrad=True)),
+    ("RMSprop", dict(lr=1e-2, alpha=0.9, momentum=0.8, weight_decay=0.01)),
+    ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.5, eps=1e-6)),
+    ("RMSprop", dict(lr=1e-3, centered=True)),
+]
+FLAT_SHAPES = [(3, 4), (5,), (), (2, 3, 2), (0,), (7, 1)]
+PRIMS = ("sgd_update", "adam_update", "rmsprop_update")
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the optimizer primitive calls of the NumPy backend (``spy.calls``)."""
+    be = _backend.get_backend("numpy")
+
+    class Spy:
+        calls = 0
+
+        def wrap(self, name, fn):
+            def counted(*a, **k):
+                self.calls += 1
+                return fn(*a, **k)
+
+            monkeypatch.setattr(be, name, counted)
+
+    s = Spy()
+    for name in PRIMS:
+        s.wrap(name, getattr(be, name))
+    return s
+
+
+def _make_params(dtype, seed=0, shapes=FLAT_SHAPES):
+    rng = np.random.default_rng(seed)
+    return [Parameter(rng.standard_normal(s).astype(dtype)) for s in shapes]
+
+
+def _loss_backward(params, step):
+    """A loss whose gradient depends on the parameters and on the step; real backward."""
+    total = None
+    for i, p in enumerate(params):
+        c = Tensor(np.full(p.shape, 0.3 * (i + 1) - 0.1 * step, dtype=p.dtype))
+        term = (p * p * c).sum() + (p * (step + 1.0)).sum()
+        total = term if total is None else total + term
+    total.backward()
+
+
+def _groups(params, name, kw):
+    """Two groups with different learning rates (the second gets twice the lr)."""
+    half = len(params) // 2
+    return [{"params": params[:half]}, {"params": params[half:], "lr": kw["lr"] * 2}]
+
+
+def _run(name, kw, dtype, flat, steps=5, groups=True, seed=0):
+    params = _make_params(dtype, seed)
+    spec = _groups(params, name, kw) if groups else params
+    opt = getattr(optim, name)(spec, flat=flat, **kw)
+    for s in range(steps):
+        opt.zero_grad()
+        _loss_backward(params, s)
+        opt.step()
+    return params, opt
+
+
+def _assert_same(pa, oa, pb, ob):
+    for a, b in zip(pa, pb):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    sa, sb = oa.state_dict(), ob.state_dict()
+    assert sa["state"].keys() == sb["state"].keys()
+    for i in sa["state"]:
+        assert sa["state"][i].keys() == sb["state"][i].keys()
+        for k, v in sa["state"][i].items():
+            if hasattr(v, "shape"):
+                assert v.shape == pa[i].shape
+                np.testing.assert_array_equal(v, sb["state"][i][k])
+            else:
+                assert v == sb["state"][i][k]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(FLAT_CASES)))
+def test_flat_bit_identical_to_per_tensor(case, dtype, spy):
+    name, kw = FLAT_CASES[case]
+    spy.calls = 0
+    pf, of = _run(name, kw, dtype, flat=True)
+    flat_calls = spy.calls
+    spy.calls = 0
+    pt, ot = _run(name, kw, dtype, flat=False)
+    assert flat_calls == 5 * 2  # one call per group per step
+    assert spy.calls == 5 * len(FLAT_SHAPES)
+    _assert_same(pf, of, pt, ot)
+    init = _make_params(dtype)
+    assert not np.array_equal(pf[0].numpy(), init[0].numpy())  # it did train
+
+
+@pytest.mark.parametrize("case", [1, 4, 7])
+def test_flat_chunked_numpy_pieces(case, spy, monkeypatch):
+    """NumPy runs the flat update over cache-sized pieces: same bits, ceil(n/piece) calls."""
+    name, kw = FLAT_CASES[case]
+    monkeypatch.setitem(_opt_mod._CHUNK_BYTES, "numpy", 40)  # 5 float64 elements per piece
+    spy.calls = 0
+    pf, of = _run(name, kw, np.float64, flat=True, groups=False, steps=3)
+    n = sum(p.size for p in pf)
+    assert spy.calls == 3 * -(-n // 5)
+    pt, ot = _run(name, kw, np.float64, flat=False, groups=False, steps=3)
+    _assert_same(pf, of, pt, ot)
+
+
+def test_flat_buffers_views_and_no_grad_allocation():
+    params = _make_params(np.float32)
+    opt = optim.SGD(params, lr=0.1, momentum=0.9)
+    (bucket,) = opt._flat_groups[0].buckets
+    # p.data is a view of the flat buffer (values kept), the grad buffer is preallocated
+    init = _make_params(np.float32)
+    for p, q in zip(params, init):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+        assert np.shares_memory(p.data, bucket.flat) or p.size == 0
+        assert np.shares_memory(p._grad_buffer, bucket.grad_flat) or p.size == 0
+    data_ids = [p.data for p in params]
+    grad_arrays = None
+    for s in range(4):
+        opt.zero_grad()
+        assert all(p.grad is None for p in params)
+        _loss_backward(params, s)
+        arrays = [p.grad.data for p in params]
+        assert all(a is p._grad_buffer for a, p in zip(arrays, params))  # written in place
+        if grad_arrays is not None:
+            assert all(a is b for a, b in zip(arrays, grad_arrays))  # same arrays every step
+        grad_arrays = arrays
+        opt.step()
+        assert all(p.data is d for p, d in zip(params, data_ids))  # updated in place
+        buf = opt.state[params[0]]["momentum_buffer"]
+        assert np.shares_memory(buf, bucket.state_flat["momentum_buffer"])
+
+
+def test_backward_accumulates_into_grad_buffer():
+    params = _make_params(np.float64, shapes=[(3,), (2, 2)])
+    opt = optim.SGD(params, lr=0.1, flat=True)
+    _loss_backward(params, 0)
+    first = [p.grad.numpy().copy() for p in params]
+    _loss_backward(params, 0)  # no zero_grad: accumulates in place into the buffer
+    for p, f in zip(params, first):
+        assert p.grad.data is p._grad_buffer
+        np.testing.assert_array_equal(p.grad.numpy(), 2 * f)
+    opt.zero_grad(set_to_none=False)
+    for p in params:
+        assert p.grad.data is p._grad_buffer
+        np.testing.assert_array_equal(p.grad.numpy(), 0.0)
+
+
+def test_flat_single_param_uses_its_own_array():
+    p = Parameter(np.arange(6.0).reshape(2, 3))
+    ref = p.data
+    opt = optim.Adam([p], lr=0.1)
+    (bucket,) = opt._flat_groups[0].buckets
+    assert p.data is ref and np.shares_memory(bucket.flat, ref)
+    _loss_backward([p], 0)
+    opt.step()
+    assert p.data is ref
+
+
+def test_flat_grad_none_falls_back_like_torch(spy):
+    """A parameter without a gradient is not updated (torch.optim semantics); steps where
+    every parameter has one but Adam's step counts differ also go per tensor."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    init = [rng.standard_normal(s) for s in [(3, 2), (4,), (2,)]]
+    ours = [Parameter(a.copy()) for a in init]
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+    opt = optim.Adam(ours, lr=0.05, weight_decay=0.1)
+    topt = torch.optim.Adam(theirs, lr=0.05, weight_decay=0.1)
+    plan = [(0, 1, 2), (0, 2), (0, 1, 2), (1,), (0, 1, 2)]
+    counts = []
+    for with_grad in plan:
+        opt.zero_grad()
+        topt.zero_grad()
+        for i in with_grad:
+            g = rng.standard_normal(init[i].shape)
+            ours[i].grad = Tensor(g.copy())
+            theirs[i].grad = torch.tensor(g)
+        spy.calls = 0
+        opt.step()
+        topt.step()
+        counts.append(spy.calls)
+    # flat when every param has a grad and the step counts agree (1,1,1 and 3,3,3 -> 4,4,4);
+    # per tensor when a grad is None, or at step 3 where the counts are 2,1,2
+    assert counts == [1, 2, 3, 1, 1]
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.numpy(), t.detach().numpy(), rtol=1e-12, atol=1e-12)
+    assert [opt.state[p]["step"] for p in ours] == [4, 4, 4]
+
+
+def test_flat_grad_none_param_not_updated_sgd(spy):
+    params = _make_params(np.float64, shapes=[(3,), (2,), (4,)])
+    before = [p.numpy().copy() for p in params]
+    opt = optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1)
+    for p in params[:2]:
+        p.grad = Tensor(np.ones(p.shape))
+    spy.calls = 0
+    opt.step()
+    assert spy.calls == 2
+    np.testing.assert_array_equal(params[2].numpy(), before[2])
+    assert params[2] not in opt.state or not opt.state[params[2]]
+    assert not np.array_equal(params[0].numpy(), before[0])
+
+
+def test_flat_manual_grads_copied_in(spy):
+    """Gradients assigned by hand (other arrays, other dtype) give the same bits as per
+    tensor, with one call per step; a wrong shape still raises the primitive's error."""
+    rng = np.random.default_rng(3)
+    grads = [[rng.standard_normal(s) for s in FLAT_SHAPES] for _ in range(4)]
+    result = {}
+    for flat in (True, False):
+        params = _make_params(np.float32, seed=1)
+        opt = optim.RMSprop(params, lr=0.01, momentum=0.5, centered=True, flat=flat)
+        spy.calls = 0
+        for gs in grads:
+            for p, g in zip(params, gs):
+                p.grad = Tensor(g)  # float64 grads for float32 params: cast like per tensor
+            opt.step()
+        result[flat] = (params, opt, spy.calls)
+    assert result[True][2] == 4 and result[False][2] == 4 * len(FLAT_SHAPES)
+    _assert_same(result[True][0], result[True][1], result[False][0], result[False][1])
+    params, opt = result[True][0], result[True][1]
+    params[0].grad = Tensor(np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"rmsprop_update: grad shape \(4, 3\)"):
+        opt.step()
+
+
+def test_flat_rebound_data_is_reflattened(spy):
+    """``p.data = new`` (as Module.to or user code does): the values are copied into the flat
+    buffer and p.data becomes its view again; a new dtype rebuilds the buckets."""
+    params = _make_params(np.float64, shapes=[(3,), (2, 2)])
+    ref = _make_params(np.float64, shapes=[(3,), (2, 2)])
+    opt = optim.SGD(params, lr=0.1, momentum=0.9)
+    ref_opt = optim.SGD(ref, lr=0.1, momentum=0.9, flat=False)
+    (bucket,) = opt._flat_groups[0].buckets
+    for s in range(3):
+        for ps in (params, ref):
+            if s == 1:
+                ps[1].data = np.full((2, 2), 0.5)  # a fresh array, same shape and dtype
+            ps[0].grad = Tensor(np.full(3, s + 1.0))
+            ps[1].grad = Tensor(np.full((2, 2), -s - 0.5))
+        spy.calls = 0
+        opt.step()
+        ref_opt.step()
+        assert spy.calls == 1 + 2
+    assert opt._flat_groups[0].buckets[0] is bucket
+    assert np.shares_memory(params[1].data, bucket.flat)
+    for p, r in zip(params, ref):
+        np.testing.assert_array_equal(p.numpy(), r.numpy())
+    # another dtype: the group is laid out again, values and momentum kept (state cast to
+    # the new dtype: the update runs in the parameter's dtype)
+    params[0].data = params[0].data.astype(np.float32)
+    p0 = params[0].numpy().copy()
+    buf0 = opt.state[params[0]]["momentum_buffer"].astype(np.float32)
+    for p in params:
+        p.grad = Tensor(np.ones(p.shape, dtype=p.dtype))
+    opt.step()
+    assert len(opt._flat_groups[0].buckets) == 2  # float32 and float64 buckets
+    np_optim.sgd_update(p0, np.ones(3, np.float32), buf0, 0.1, 0.9, 0.0, 0.0, False, False)
+    assert params[0].dtype == np.float32
+    np.testing.assert_array_equal(params[0].numpy(), p0)
+    np.testing.assert_array_equal(opt.state[params[0]]["momentum_buffer"], buf0)
+
+
+def test_flat_frozen_params_and_mixed_dtypes(spy):
+    a, b, c = _make_params(np.float32, shapes=[(3,), (4,), (2,)])
+    d = Parameter(np.ones(2))  # float64: its own bucket
+    b.requires_grad = False
+    opt = optim.SGD([a, b, c, d], lr=0.1, momentum=0.5)
+    fg = opt._flat_groups[0]
+    assert [len(bk.params) for bk in fg.buckets] == [2, 1] and fg.loose == [b]
+    frozen = b.numpy().copy()
+    for _ in range(2):
+        for p in (a, c, d):
+            p.grad = Tensor(np.ones(p.shape, dtype=p.dtype))
+        spy.calls = 0
+        opt.step()
+        assert spy.calls == 2
+    np.testing.assert_array_equal(b.numpy(), frozen)
+    np.testing.assert_allclose(d.numpy(), 1.0 - 0.1 - 0.1 * 1.5)
+    b.requires_grad = True  # unfrozen: laid out again
+    b.grad = Tensor(np.ones(4, dtype=np.float32))
+    for p in (a, c, d):
+        p.grad = Tensor(np.ones(p.shape, dtype=p.dtype))
+    spy.calls = 0
+    opt.step()  # b joins a and c; b has no momentum buffer yet: per tensor this time
+    assert spy.calls == 3 + 1
+    np.testing.assert_allclose(b.numpy(), frozen - 0.1)
+
+
+@pytest.mark.parametrize("name,kw", [FLAT_CASES[2], FLAT_CASES[5], FLAT_CASES[7]])
+def test_flat_state_dict_resume_exact(name, kw):
+    """state_dict keeps the per-parameter format (copies, not views); a resumed optimizer
+    copies the loaded state into its flat buffers and continues bit for bit."""
+    ref, ref_opt = _run(name, kw, np.float64, flat=True, steps=6)
+    params = _make_params(np.float64)
+    opt = getattr(optim, name)(_groups(params, name, kw), **kw)
+    for s in range(3):
+        opt.zero_grad()
+        _loss_backward(params, s)
+        opt.step()
+    sd = opt.state_dict()
+    for st in sd["state"].values():
+        for v in st.values():
+            if hasattr(v, "shape"):
+                assert all(not np.shares_memory(v, b.flat) for b in _all_buckets(opt))
+    values = [p.numpy().copy() for p in params]
+    fresh = [Parameter(v.copy()) for v in values]
+    opt2 = getattr(optim, name)(_groups(fresh, name, kw), **kw)
+    opt2.load_state_dict(sd)
+    for s in range(3, 6):
+        opt2.zero_grad()
+        _loss_backward(fresh, s)
+        opt2.step()
+    for p, r in zip(fresh, ref):
+        np.testing.assert_array_equal(p.numpy(), r.numpy())
+    arrays = [v for st in opt2.state.values() for v in st.values() if hasattr(v, "shape")]
+    assert arrays and all(
+        any(np.shares_memory(v, f) for b in _all_buckets(opt2) for f in b.state_flat.values())
+        for v in arrays if v.size
+    )
+
+
+def _all_buckets(opt):
+    return [b for fg in opt._flat_groups for b in fg.buckets]
+
+
+@pytest.mark.parametrize("grid_cap,block", [(1, 32), (None, 64)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [2, 5, 7])
+def test_flat_emulated_cuda_launchers(case, dtype, grid_cap, block, monkeypatch):
+    """The GPU path: the cuda_ops launchers (run by the emulator on NumPy arrays) once per
+    bucket over the flat buffers, with GPU slice alignment (zero gaps between params), give the
+    same bits as one launch per tensor."""
+    name, kw = FLAT_CASES[case]
+    be = _backend.get_backend("numpy")
+    launches = []
+    for prim in PRIMS:
+        launcher = getattr(cuda_optim, prim)
+
+        def counted(*a, _f=launcher, **k):
+            launches.append(a[0].size)
+            return _f(*a, **k)
+
+        monkeypatch.setattr(be, prim, counted)
+    monkeypatch.setitem(_opt_mod._CHUNK_BYTES, "numpy", None)
+    monkeypatch.setitem(_opt_mod._ALIGN_BYTES, "numpy", 64)
+    shapes = [(3, 5), (7,), (2, 2, 2), ()]
+    out = {}
+    with _emulated(grid_cap, block):
+        for flat in (True, False):
+            launches.clear()
+            params = _make_params(dtype, seed=2, shapes=shapes)
+            opt = getattr(optim, name)(params, flat=flat, **kw)
+            for s in range(3):
+                opt.zero_grad()
+                _loss_backward(params, s)
+                opt.step()
+            out[flat] = (params, opt, list(launches))
+    step = 64 // np.dtype(dtype).itemsize
+    padded = sum(-(-math.prod(s) // step) * step for s in shapes)
+    assert out[True][2] == [padded] * 3  # one launch per step over the padded flat buffer
+    assert len(out[False][2]) == 3 * len(shapes)
+    _assert_same(out[True][0], out[True][1], out[False][0], out[False][1])

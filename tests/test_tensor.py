@@ -159,3 +159,34 @@ def test_tensor_ops_on_backend(backend) -> None:  # noqa: ANN001
     y.backward()
     xn = x.numpy()
     np.testing.assert_allclose(x.grad.numpy(), np.ones((2, 2)) @ xn.T + xn.T @ np.ones((2, 2)))
+
+
+def test_leaf_grad_written_into_preallocated_buffer() -> None:
+    """A leaf with ``_grad_buffer`` (set by a flat optimizer) gets its gradient written into
+    that array, accumulates there, and falls back to a copy when the buffer does not match."""
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    buf = np.full(3, 99.0)
+    x._grad_buffer = buf
+    (x * x).sum().backward()
+    assert x.grad.data is buf
+    np.testing.assert_array_equal(buf, [2.0, 4.0, 6.0])  # overwritten, not added to
+    (x * 3.0).sum().backward()
+    assert x.grad.data is buf
+    np.testing.assert_array_equal(buf, [5.0, 7.0, 9.0])  # accumulated in place
+    x.grad = None
+    (x * 1.0).sum().backward()
+    assert x.grad.data is buf
+    np.testing.assert_array_equal(buf, [1.0, 1.0, 1.0])
+    # 0-d leaf: NumPy returns scalars for 0-d products; still written into the buffer
+    s = Tensor(np.array(2.0), requires_grad=True)
+    s._grad_buffer = np.zeros(())
+    (s * s).backward()
+    assert s.grad.data is s._grad_buffer and s.grad.item() == 4.0
+    # buffers of another dtype or shape are not used
+    for bad in (np.zeros(3, dtype=np.float32), np.zeros(4)):
+        y = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+        y._grad_buffer = bad
+        (y * 2.0).sum().backward()
+        assert y.grad.data is not bad and y.grad.dtype == np.float64
+        np.testing.assert_array_equal(y.grad.numpy(), 2.0)
+        np.testing.assert_array_equal(bad, 0.0)
