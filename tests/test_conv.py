@@ -704,7 +704,8 @@ def test_winograd_gradient_check(monkeypatch) -> None:  # noqa: ANN001
 
 
 def test_winograd_route_selection() -> None:
-    """ResNet's 3x3 stride-1 convs with >= 32 channels take Winograd; others keep their routes."""
+    """ResNet's 3x3 stride-1 convs with >= 32 channels and >= 8-wide images (batch 128) take
+    Winograd; others keep their routes."""
     import gpucnn.functional.conv as conv_mod
 
     route = conv_mod._numpy_route
@@ -716,12 +717,14 @@ def test_winograd_route_selection() -> None:
     assert route(128, 3, 1, 2, 8, False, 3, 1, 2, 64, 64, 1) == "batch_inner"  # dilated
     assert route(128, 5, 1, 1, 8, False, 5, 1, 1, 64, 64, 1) == "batch_inner"  # 5x5
     assert route(2, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "wide"  # few tiles per run
+    assert route(16, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "batch_inner"  # runs of 64
+    assert route(128, 3, 1, 1, 4, False, 3, 1, 1, 128, 128, 1) == "batch_inner"  # 4x4 images
     assert route(128, 3, 1, 1, 8, False) == "batch_inner"  # no channel info: never Winograd
 
 
 @pytest.mark.parametrize(
     "xs, ws",
-    [((8, 32, 16, 16), (32, 32, 3, 3)), ((16, 64, 8, 8), (64, 64, 3, 3))],
+    [((16, 32, 16, 16), (32, 32, 3, 3)), ((32, 64, 8, 8), (64, 64, 3, 3))],
     ids=["r32", "r64"],
 )
 def test_winograd_resnet_shapes_float32_and_torch(xs, ws) -> None:  # noqa: ANN001
