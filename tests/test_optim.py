@@ -748,3 +748,57 @@ def test_flat_emulated_cuda_launchers(case, dtype, grid_cap, block, monkeypatch)
     assert out[True][2] == [padded] * 3  # one launch per step over the padded flat buffer
     assert len(out[False][2]) == 3 * len(shapes)
     _assert_same(out[True][0], out[True][1], out[False][0], out[False][1])
+
+
+def test_flat_model_training_matches_per_tensor():
+    """A small CNN (conv, batch norm, dense) trained by train_on_batch: the flat optimizer
+    gives the same weights as per-tensor updates, and backward fills the grad buffers."""
+    import gpucnn
+    from gpucnn import Sequential
+    from gpucnn import layers as L
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    weights = {}
+    for flat in (True, False):
+        gpucnn.manual_seed(0)
+        m = Sequential([L.Conv2D(4, 3, input_shape=(1, 8, 8)), L.BatchNormalization(),
+                        L.Flatten(), L.Dense(3)])
+        m.build((1, 8, 8))
+        opt = optim.SGD(m.trainable_parameters(), lr=0.05, momentum=0.9, flat=flat)
+        m.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+        for _ in range(3):
+            m.train_on_batch(x, y)
+        if flat:
+            ps = m.trainable_parameters()
+            assert len(_all_buckets(opt)) == 1
+            assert all(p.grad.data is p._grad_buffer for p in ps)
+        weights[flat] = [w.copy() for w in m.get_weights()]
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flat_state_replaced_from_outside_is_copied_in(spy):
+    """State arrays replaced by other code (as move_optimizer_state does after Module.to)
+    are copied into the flat state buffers at the next step: same bits, one call."""
+    res, calls = {}, []
+    for flat in (True, False):
+        params = _make_params(np.float64, shapes=[(3,), (2, 2)])
+        opt = optim.Adam(params, lr=0.1, amsgrad=True, flat=flat)
+        for s in range(4):
+            opt.zero_grad()
+            _loss_backward(params, s)
+            if s == 2:
+                for st in opt.state.values():
+                    st["exp_avg"] = st["exp_avg"] * 0.5  # new arrays
+            spy.calls = 0
+            opt.step()
+            calls.append(spy.calls)
+        res[flat] = (params, opt)
+    assert calls == [1] * 4 + [2] * 4
+    params, opt = res[True]
+    (bucket,) = _all_buckets(opt)
+    for p in params:
+        assert np.shares_memory(opt.state[p]["exp_avg"], bucket.state_flat["exp_avg"])
+    _assert_same(*res[True], *res[False])

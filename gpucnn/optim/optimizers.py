@@ -202,16 +202,17 @@ class Optimizer:
         info = self._prepare(be, b.flat, merged, group)
         chunk = _CHUNK_BYTES.get(be.name)
         n = b.total
-        step = max(1, chunk // b.flat.dtype.itemsize) if chunk else n
-        if step >= n:
+        piece = max(1, chunk // b.flat.dtype.itemsize) if chunk else n
+        if piece >= n:
             self._apply(be, b.flat, b.grad_flat, merged, group, info)
         else:  # NumPy: cache-sized pieces (see _CHUNK_BYTES)
             arrays = [k for k, v in merged.items() if _is_array(v)]
-            for s in range(0, n, step):
+            for lo in range(0, n, piece):
+                hi = lo + piece
                 part = dict(merged)
                 for k in arrays:
-                    part[k] = merged[k][s : s + step]
-                self._apply(be, b.flat[s : s + step], b.grad_flat[s : s + step], part, group, info)
+                    part[k] = merged[k][lo:hi]
+                self._apply(be, b.flat[lo:hi], b.grad_flat[lo:hi], part, group, info)
         for k, v in merged.items():
             if _is_array(v):
                 views = b.adopt_state(k, v)
