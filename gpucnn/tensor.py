@@ -292,6 +292,9 @@ class Tensor:
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into the ``.grad`` of every leaf that requires grad.
 
+        A leaf whose ``.grad`` is None gets a new array, or, when a flat optimizer gave it a
+        ``_grad_buffer`` (a view of its flat gradient buffer), the gradient written into it.
+
         Args:
             grad: gradient of the final objective w.r.t. ``self``; default 1 for one-element
                 tensors.
