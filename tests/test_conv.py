@@ -639,6 +639,35 @@ def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -> N
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("run", [1, 2])
+@pytest.mark.parametrize("xs, ws, kw", WINOGRAD_CASES[:6], ids=_ids(WINOGRAD_CASES[:6]))
+def test_winograd_batch_chunks_match_generic_path(monkeypatch, xs, ws, kw, run) -> None:  # noqa: ANN001
+    """Tile rows split over batch chunks of ``run`` samples (uneven last chunk included): the
+    output and every gradient still equal im2col + col2im."""
+    from gpucnn.functional import _winograd
+
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(_winograd, "MIN_BATCH_RUN", run)
+    assert _winograd.batch_per_chunk(4, 3, 5, 8) == run
+    xs = (5,) + tuple(xs[1:])
+    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
+    if kw.get("padding") != 3:
+        assert calls == ["_winograd_forward", "_winograd_input_grad"]
+    for a, r in zip(fast, ref):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+def test_winograd_batch_per_chunk_rule() -> None:
+    """No split while one tile row fits CHUNK_BYTES; otherwise chunks of >= MIN_BATCH_RUN."""
+    from gpucnn.functional import _winograd as wg
+
+    assert wg.batch_per_chunk(32, 8, 128, 4) == wg.CHUNK_BYTES // (16 * 32 * 8 * 4)
+    assert wg.batch_per_chunk(1, 1, 128, 4) == 128
+    assert wg.batch_per_chunk(4096, 64, 128, 4) == wg.MIN_BATCH_RUN
+
+
 @pytest.mark.parametrize(
     "xs, ws, kw",
     [
