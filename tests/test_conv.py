@@ -776,3 +776,24 @@ def test_winograd_resnet_shapes_float32_and_torch(xs, ws) -> None:  # noqa: ANN0
     ty, tgrads = _torch_conv(torch, x, wt, b, g, padding=1)
     for a, r in zip([y64, *g64], [ty, *tgrads]):
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("tile", [2, 4, 64])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("crop", [False, True])
+def test_from_batch_inner_tiled_transpose(monkeypatch, tile, bias, crop) -> None:  # noqa: ANN001
+    """The square-tiled (R, N) -> (N, R) transpose of _from_batch_inner (and its fallbacks on
+    cropped views, per-channel rows not divisible by the tile) equals a plain transpose."""
+    from gpucnn.backend.numpy_ops import im2col as im
+
+    monkeypatch.setattr(im, "_FROM_TILE", tile)
+    rng = np.random.default_rng(tile)
+    full = rng.standard_normal((3, 4, 6, 8 if tile < 64 else 128)).astype(np.float32)
+    a = full[:, :3, :5] if crop else full
+    add = rng.standard_normal((3, 1, 1)).astype(np.float32) if bias else None
+    out = np.empty((a.shape[-1],) + a.shape[:-1], np.float32)
+    used = im._from_batch_inner_tiled(a, np.empty_like(out), add)
+    assert used == (not crop and tile < 64)
+    im._from_batch_inner(a, out, add=add)
+    ref = np.moveaxis(a, -1, 0) + (0 if add is None else add)
+    np.testing.assert_array_equal(out, ref)

@@ -410,6 +410,8 @@ def _from_batch_inner(a: np.ndarray, out: np.ndarray, add: np.ndarray | None = N
     c, n = a.shape[0], a.shape[-1]
     if a.size == 0:
         return
+    if _from_batch_inner_tiled(a, out, add):
+        return
     per_channel = max(1, a[0, ..., 0].size) * a.itemsize  # bytes of one channel of one sample
     budget = max(1, _FROM_BLOCK_BYTES // per_channel)  # channel-samples per block
     if budget >= n:
@@ -425,6 +427,43 @@ def _from_batch_inner(a: np.ndarray, out: np.ndarray, add: np.ndarray | None = N
                 dst[...] = src
             else:
                 np.add(src, add[c0 : c0 + cb], out=dst)
+
+
+# Square tile edge of :func:`_from_batch_inner_tiled` (measured float32, N=128: 16x32x32 2.3 ->
+# 1.7 ms, 32x16x16 1.0 -> 0.5 ms against the channel x sample blocks).
+_FROM_TILE = 64
+
+
+def _from_batch_inner_tiled(a: np.ndarray, out: np.ndarray, add: np.ndarray | None) -> bool:
+    """:func:`_from_batch_inner` as 2-D ``_FROM_TILE``-square tiles of ``a`` viewed as
+    ``(R, N)`` and ``out`` as ``(N, R)``; applies (returns True) only when both views exist,
+    ``add`` is None or per channel and the tile divides each channel's ``R / C`` rows."""
+    c, n, t = a.shape[0], a.shape[-1], _FROM_TILE
+    if not out.flags.c_contiguous or n < t:
+        return False
+    per = a.size // (c * n)
+    if per % t:
+        return False
+    try:
+        a2 = a.reshape(c * per, n, copy=False)
+    except ValueError:
+        return False
+    bias = None
+    if add is not None:
+        if add.size != c or add.shape[0] != c:
+            return False
+        bias = add.reshape(c)
+    o2 = out.reshape(n, c * per)
+    for r0 in range(0, c * per, t):
+        b = None if bias is None else bias[r0 // per]
+        for n0 in range(0, n, t):
+            src = a2[r0 : r0 + t, n0 : n0 + t].T
+            dst = o2[n0 : n0 + t, r0 : r0 + t]
+            if b is None:
+                dst[...] = src
+            else:
+                np.add(src, b, out=dst)
+    return True
 
 
 class _BatchInnerGeometry:
