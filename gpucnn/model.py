@@ -140,7 +140,10 @@ def _check_targets(loss: _Loss, y: Any, out_shape: tuple, where: str) -> None:
                 f"got {out_shape}"
             )
         c = out_shape[1]
-        if y.size:
+        # Host labels are checked here for free. Device labels are left to the loss op, which
+        # checks the range itself: checking them here as well would add a second host-device
+        # sync to every training step.
+        if y.size and isinstance(y, np.ndarray):
             lo, hi = int(y.min()), int(y.max())
             if lo < 0 or hi >= c:
                 raise ValueError(
