@@ -30,6 +30,29 @@ __device__ __forceinline__ int pool_first_inside(int start, int step) {
     return start + ((-start + step - 1) / step) * step;
 }
 
+// Max of plane xp (width w) over rows h0, h0+dh, ... < he and columns w0, w0+dw, ... < we,
+// with its flat index ih*w + iw: the first maximum in row-major order wins ties, and a NaN wins
+// over everything (the last NaN seen), as PyTorch. An empty window gives -inf and index
+// h0*w + w0. Shared by max and adaptive max pooling so both follow one rule.
+template <typename T>
+__device__ __forceinline__ void pool_window_max(const T* xp, int w, int h0, int he, int dh,
+                                                int w0, int we, int dw, T* best_out,
+                                                index_t* arg_out) {
+    T best = pool_neg_inf<T>();
+    index_t arg = (index_t)h0 * w + w0;
+    for (int ih = h0; ih < he; ih += dh) {
+        for (int iw = w0; iw < we; iw += dw) {
+            const T v = xp[(index_t)ih * w + iw];
+            if (v > best || pool_isnan(v)) {
+                best = v;
+                arg = (index_t)ih * w + iw;
+            }
+        }
+    }
+    *best_out = best;
+    *arg_out = arg;
+}
+
 // --------------------------------------------------------------------------------------------
 // maxpool2d_fwd: y[p, oy, ox] = max over the dilated window of x[p]; argmax = h*W + w of the
 // winner. Window rows oy*sh - ph + i*dh (i < kh), columns ox*sw - pw + j*dw (j < kw); padded
@@ -53,18 +76,9 @@ __device__ void maxpool2d_fwd_impl(const T* __restrict__ x, T* __restrict__ y,
         const int we = min(ws + (kw - 1) * dw + 1, w);
         const int h0 = pool_first_inside(hs, dh);
         const int w0 = pool_first_inside(ws, dw);
-        const T* xp = x + p * h * w;
-        T best = pool_neg_inf<T>();
-        index_t arg = (index_t)h0 * w + w0;
-        for (int ih = h0; ih < he; ih += dh) {
-            for (int iw = w0; iw < we; iw += dw) {
-                const T v = xp[(index_t)ih * w + iw];
-                if (v > best || pool_isnan(v)) {
-                    best = v;
-                    arg = (index_t)ih * w + iw;
-                }
-            }
-        }
+        T best;
+        index_t arg;
+        pool_window_max(x + p * h * w, w, h0, he, dh, w0, we, dw, &best, &arg);
         y[idx] = best;
         argmax[idx] = arg;
     }
@@ -258,18 +272,9 @@ __device__ void adaptive_maxpool2d_fwd_impl(const T* __restrict__ x, T* __restri
         const index_t p = idx / ((index_t)ow * oh);
         const int h0 = adaptive_start(oy, h, oh), h1 = adaptive_end(oy, h, oh);
         const int w0 = adaptive_start(ox, w, ow), w1 = adaptive_end(ox, w, ow);
-        const T* xp = x + p * h * w;
-        T best = pool_neg_inf<T>();
-        index_t arg = (index_t)h0 * w + w0;
-        for (int ih = h0; ih < h1; ++ih) {
-            for (int iw = w0; iw < w1; ++iw) {
-                const T v = xp[(index_t)ih * w + iw];
-                if (v > best || pool_isnan(v)) {
-                    best = v;
-                    arg = (index_t)ih * w + iw;
-                }
-            }
-        }
+        T best;
+        index_t arg;
+        pool_window_max(x + p * h * w, w, h0, h1, 1, w0, w1, 1, &best, &arg);
         y[idx] = best;
         argmax[idx] = arg;
     }
