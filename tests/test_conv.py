@@ -621,14 +621,16 @@ def _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(T
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("keep", [True, False], ids=["kept_v", "recomputed_v"])
 @pytest.mark.parametrize("chunk", [1, 1 << 30], ids=["row_chunks", "one_chunk"])
 @pytest.mark.parametrize("xs, ws, kw", WINOGRAD_CASES, ids=_ids(WINOGRAD_CASES))
-def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -> None:  # noqa: ANN001
+def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk, keep) -> None:  # noqa: ANN001
     """Winograd forward, dx and dW (db as elsewhere) equal im2col + col2im, one tile row per
-    chunk or all at once."""
+    chunk or all at once, with the transformed input kept by the forward or recomputed."""
     from gpucnn.functional import _winograd
 
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(_winograd, "KEEP_MAX_BYTES", (1 << 40) if keep else 0)
     fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
     if kw.get("padding") == 3:  # top/left pads > 2 (dx would need negative pads): fallback
         assert calls == []
@@ -657,6 +659,72 @@ def test_winograd_batch_chunks_match_generic_path(monkeypatch, xs, ws, kw, run) 
     for a, r in zip(fast, ref):
         assert a.shape == r.shape and a.dtype == r.dtype
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("hw, pads", [((6, 7), (1, 1)), ((5, 5), (0, 2)), ((8, 8), (2, 0))])
+@pytest.mark.parametrize("run", [2, 64])
+def test_winograd_weight_grad_kept_equals_recomputed(monkeypatch, hw, pads, run) -> None:  # noqa: ANN001
+    """weight_grad from the V the forward kept equals weight_grad from P4 (odd sizes, batch
+    chunks included) and the kept V is exactly the input transform of each chunk."""
+    from gpucnn.functional import _winograd as wg
+
+    monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(wg, "MIN_BATCH_RUN", run)
+    rng = np.random.default_rng(run + hw[0])
+    n, c, o = 5, 3, 4
+    h, w = hw
+    x = rng.standard_normal((n, c, h, w))
+    oh, ow = h + 2 * pads[0] - 2, w + 2 * pads[1] - 2
+    th, tw = wg.tiles(oh), wg.tiles(ow)
+    p4 = wg.polyphase_nchw(x, pads[0], pads[1], th, tw)
+    u = wg.filter_transform(rng.standard_normal((o, c, 3, 3)))
+    _, kept = wg.conv3x3(p4, u, keep=True)
+    assert kept is not None and len(kept.chunks) == (th if run >= n else th * -(-n // run))
+    for i, (t0, t1, n0, n1) in enumerate(kept.chunks):
+        np.testing.assert_array_equal(kept.chunk(i), wg._input_transform(p4[..., n0:n1], t0, t1))
+    dyt = rng.standard_normal((o, oh, ow, n))
+    np.testing.assert_allclose(wg.weight_grad(kept, dyt), wg.weight_grad(p4, dyt), rtol=1e-12)
+
+
+def test_winograd_kept_buffers_pooled(monkeypatch) -> None:  # noqa: ANN001
+    """A kept V's buffer goes back to the pool when the KeptInput dies and the next one of that
+    size reuses it; the pool holds at most POOL_MAX_BYTES; clear_buffers empties it."""
+    from gpucnn.functional import _winograd as wg
+
+    monkeypatch.setattr(wg, "_pool", {})
+    shape, chunks = (2, 2, 3, 2, 3, 4), [(0, 1, 0, 4), (1, 2, 0, 4)]
+    a = wg.KeptInput(shape, chunks, np.dtype(np.float32))
+    assert a.chunk(1).shape == (4, 4, 2, 1, 2, 4)
+    assert wg.KeptInput.nbytes(shape, 4) == a._buf.nbytes
+    buf = a._buf
+    del a
+    b = wg.KeptInput(shape, chunks, np.dtype(np.float32))
+    assert b._buf is buf
+    monkeypatch.setattr(wg, "POOL_MAX_BYTES", buf.nbytes - 1)
+    del b
+    assert wg._pool.get((buf.size, buf.dtype), []) == []  # over the cap: dropped
+    monkeypatch.setattr(wg, "POOL_MAX_BYTES", 1 << 30)
+    wg._pool_give(np.empty(8, np.float32))
+    wg.clear_buffers()
+    assert wg._pool == {}
+
+
+def test_winograd_kept_v_survives_retain_graph() -> None:
+    """backward twice on a retained graph: the kept V is still there the second time."""
+    import gpucnn.functional.conv as conv_mod
+
+    rng = np.random.default_rng(5)
+    n, c, h = 128, 32, 8
+    assert conv_mod._numpy_route(n, 3, 1, 1, h, False, 3, 1, 1, c, c, 1) == "winograd"
+    x = Tensor(rng.standard_normal((n, c, h, h)))
+    w = Tensor(rng.standard_normal((c, c, 3, 3)) * 0.1, requires_grad=True)
+    y = (F.conv2d(x, w, padding=1) ** 2).sum()
+    y.backward(retain_graph=True)
+    first = w.grad.numpy().copy()
+    w.grad = None
+    F.conv2d(Tensor(rng.standard_normal((n, c, h, h))), w, padding=1)  # another forward between
+    y.backward()
+    np.testing.assert_allclose(w.grad.numpy(), first, rtol=1e-12)
 
 
 def test_winograd_batch_per_chunk_rule() -> None:

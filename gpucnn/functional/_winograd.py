@@ -34,8 +34,10 @@ import numpy as np
 # Filter transform G (4, 3); see the module docstring.
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
-# Bytes of V per chunk of tile rows (at least one tile row per chunk).
-CHUNK_BYTES = 1 << 20
+# Bytes of V per chunk of tile rows (at least one tile row per chunk). Measured fwd+bwd,
+# float32, one thread, N=128, V kept: 32->32 16x16 1 MiB 28.7 ms, 2 MiB 27.0 ms (median of 15,
+# alternating with PyTorch); 64->64 8x8 about equal (19.8 / 20.4 ms, noise).
+CHUNK_BYTES = 2 << 20
 
 # Per-thread scratch buffers (name, dtype) -> 1-D array, grown on demand and kept: fresh
 # multi-megabyte temporaries come from mmap and cost a page fault per 4 KiB on first touch, which
@@ -54,6 +56,88 @@ def _buffer(name: str, size: int, dtype: np.dtype) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = bufs[key] = np.empty(max(size, 1), dtype)
     return buf[:size]
+
+
+# Free buffers of kept transformed inputs (:class:`KeptInput`), by (size, dtype): a training
+# step takes them back in the next forward instead of faulting in fresh pages. At most
+# :data:`POOL_MAX_BYTES` are held.
+_pool: dict[tuple[int, np.dtype], list[np.ndarray]] = {}
+_pool_lock = threading.Lock()
+POOL_MAX_BYTES = 256 << 20
+
+# Largest transformed input (bytes) the forward keeps for the weight gradient; a larger one is
+# recomputed from the polyphase input in the backward (which is 4x smaller).
+KEEP_MAX_BYTES = 64 << 20
+
+
+def clear_buffers() -> None:
+    """Free the calling thread's scratch buffers and the pool of kept-input buffers (they are
+    otherwise held for reuse by the next convolution)."""
+    _scratch.__dict__.pop("bufs", None)
+    with _pool_lock:
+        _pool.clear()
+
+
+def _pool_take(size: int, dtype: np.dtype) -> np.ndarray:
+    """A pooled (or new) 1-D array of ``size`` elements; contents undefined."""
+    key = (size, np.dtype(dtype))
+    with _pool_lock:
+        free = _pool.get(key)
+        if free:
+            return free.pop()
+    return np.empty(size, dtype)
+
+
+def _pool_give(buf: np.ndarray) -> None:
+    """Return a :func:`_pool_take` array to the pool (dropped when the pool is full)."""
+    key = (buf.size, buf.dtype)
+    with _pool_lock:
+        held = sum(b.nbytes for free in _pool.values() for b in free)
+        if held + buf.nbytes <= POOL_MAX_BYTES:
+            _pool.setdefault(key, []).append(buf)
+
+
+class KeptInput:
+    """The forward's transformed input ``V`` of every chunk (see :func:`conv3x3`), kept for
+    :func:`weight_grad` so the backward does not transform the input again.
+
+    ``shape`` is the polyphase input's ``(C, 2, th+1, 2, tw+1, N)``, ``chunks`` the
+    ``(t0, t1, n0, n1)`` chunks; chunk ``i``'s ``V (4, 4, C, t1-t0, tw, n1-n0)`` is one
+    contiguous block of a pooled buffer, handed back to the pool when this object dies (not
+    earlier: a retained graph may run its backward twice).
+    """
+
+    def __init__(
+        self, shape: tuple[int, ...], chunks: list[tuple[int, int, int, int]], dtype: np.dtype
+    ) -> None:
+        c, tw = shape[0], shape[4] - 1
+        self.shape, self.chunks = tuple(shape), chunks
+        sizes = [16 * c * (t1 - t0) * tw * (n1 - n0) for t0, t1, n0, n1 in chunks]
+        self.offsets = [0]
+        for size in sizes:
+            self.offsets.append(self.offsets[-1] + size)
+        self._buf: np.ndarray | None = _pool_take(self.offsets[-1], dtype)
+
+    @staticmethod
+    def nbytes(shape: tuple[int, ...], itemsize: int) -> int:
+        """Bytes of all chunks' ``V`` for a polyphase input of ``shape``."""
+        c, th, tw, n = shape[0], shape[2] - 1, shape[4] - 1, shape[5]
+        return 16 * c * th * tw * n * itemsize
+
+    def chunk(self, i: int) -> np.ndarray:
+        """``V`` of chunk ``i``: ``(4, 4, C, t1-t0, tw, n1-n0)`` (a view of the buffer)."""
+        assert self._buf is not None
+        t0, t1, n0, n1 = self.chunks[i]
+        block = self._buf[self.offsets[i] : self.offsets[i + 1]]
+        return block.reshape(4, 4, self.shape[0], t1 - t0, self.shape[4] - 1, n1 - n0)
+
+    def __del__(self) -> None:
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            try:
+                _pool_give(buf)
+            except Exception:  # noqa: BLE001 - interpreter shutdown: let the array go
+                pass
 
 
 def filter_transform(weight: np.ndarray) -> np.ndarray:
@@ -81,25 +165,53 @@ def polyphase(src: np.ndarray, top: int, left: int, th: int, tw: int) -> np.ndar
     (>= 0) rows/columns; source pixels beyond the ``2*th+2`` x ``2*tw+2`` padded extent (read by
     no output tile) are dropped. The result is a scratch buffer (see :func:`_buffer`)."""
     c, h, w, n = src.shape
+    p4 = _buffer("p4", c * 4 * (th + 1) * (tw + 1) * n, src.dtype).reshape(
+        c, 2, th + 1, 2, tw + 1, n
+    )
+    for p, q, rs, cs, src_rows, src_cols in _phases(h, w, top, left, th, tw):
+        _fill_phase(p4[:, p, :, q], rs, cs)
+        if rs.stop > rs.start and cs.stop > cs.start:
+            p4[:, p, rs, q, cs] = src[:, src_rows, src_cols]
+    return p4
+
+
+def _phases(h: int, w: int, top: int, left: int, th: int, tw: int) -> list[tuple]:
+    """``(p, q, rows, cols, src_rows, src_cols)`` per phase component of an ``h x w`` image
+    padded by ``top``/``left``: the slices of phase rows/columns it fills and of the source
+    rows/columns that fill them (empty slices when none lands there)."""
     hq, wq = th + 1, tw + 1
-    p4 = _buffer("p4", c * 4 * hq * wq * n, src.dtype).reshape(c, 2, hq, 2, wq, n)
-    p4.fill(0)
+    out = []
     for p in range(2):
         y0 = (p - top) % 2  # first source row landing on row phase p
         a0 = (y0 + top) // 2
-        rows = min(hq - a0, (h - y0 + 1) // 2)
-        if rows <= 0:
-            continue
+        rows = max(0, min(hq - a0, (h - y0 + 1) // 2))
         for q in range(2):
             x0 = (q - left) % 2
             b0 = (x0 + left) // 2
-            cols = min(wq - b0, (w - x0 + 1) // 2)
-            if cols <= 0:
-                continue
-            p4[:, p, a0 : a0 + rows, q, b0 : b0 + cols] = src[
-                :, y0 : y0 + 2 * rows - 1 : 2, x0 : x0 + 2 * cols - 1 : 2
-            ]
-    return p4
+            cols = max(0, min(wq - b0, (w - x0 + 1) // 2))
+            out.append(
+                (
+                    p,
+                    q,
+                    slice(a0, a0 + rows),
+                    slice(b0, b0 + cols),
+                    slice(y0, y0 + 2 * rows - 1, 2),
+                    slice(x0, x0 + 2 * cols - 1, 2),
+                )
+            )
+    return out
+
+
+def _fill_phase(block: np.ndarray, rs: slice, cs: slice) -> None:
+    """Zero the part of a phase component ``block (C, hq, wq, N)`` outside ``[rs, cs]`` (the
+    padding; the inside is about to be overwritten)."""
+    if rs.stop <= rs.start or cs.stop <= cs.start:
+        block.fill(0)
+        return
+    block[:, : rs.start] = 0
+    block[:, rs.stop :] = 0
+    block[:, rs, : cs.start] = 0
+    block[:, rs, cs.stop :] = 0
 
 
 def rows_per_chunk(c: int, tw: int, n: int, itemsize: int, th: int) -> int:
@@ -122,31 +234,32 @@ def batch_per_chunk(c: int, tw: int, n: int, itemsize: int) -> int:
 MIN_BATCH_RUN = 64
 
 
-def polyphase_nchw(x: np.ndarray, top: int, left: int, th: int, tw: int) -> np.ndarray:
+def polyphase_nchw(
+    x: np.ndarray, top: int, left: int, th: int, tw: int, scratch: bool = False
+) -> np.ndarray:
     """As :func:`polyphase` for ``x (N, C, H, W)`` (blocked transposes straight into the phase
-    components); returns a new array (not scratch)."""
+    components); a new array, or with ``scratch`` the :func:`polyphase` scratch buffer."""
     from gpucnn.backend.numpy_ops.im2col import _to_batch_inner
 
     n, c, h, w = x.shape
-    hq, wq = th + 1, tw + 1
-    p4 = np.zeros((c, 2, hq, 2, wq, n), x.dtype)
-    for p in range(2):
-        y0 = (p - top) % 2
-        a0 = (y0 + top) // 2
-        rows = min(hq - a0, (h - y0 + 1) // 2)
-        for q in range(2):
-            x0 = (q - left) % 2
-            b0 = (x0 + left) // 2
-            cols = min(wq - b0, (w - x0 + 1) // 2)
-            if rows > 0 and cols > 0:
-                src = x[:, :, y0 : y0 + 2 * rows - 1 : 2, x0 : x0 + 2 * cols - 1 : 2]
-                _to_batch_inner(src, p4[:, p, a0 : a0 + rows, q, b0 : b0 + cols])
+    shape = (c, 2, th + 1, 2, tw + 1, n)
+    if scratch:
+        p4 = _buffer("p4", int(np.prod(shape)), x.dtype).reshape(shape)
+    else:
+        p4 = np.empty(shape, x.dtype)
+    for p, q, rs, cs, src_rows, src_cols in _phases(h, w, top, left, th, tw):
+        _fill_phase(p4[:, p, :, q], rs, cs)
+        if rs.stop > rs.start and cs.stop > cs.start:
+            _to_batch_inner(x[:, :, src_rows, src_cols], p4[:, p, rs, q, cs])
     return p4
 
 
-def _input_transform(p4: np.ndarray, t0: int, t1: int) -> np.ndarray:
-    """``V (4, 4, C, t1-t0, tw, N)`` = ``B^T d B`` of the tiles in tile rows ``t0:t1`` (scratch;
-    ``p4`` may be a view of a slice of the batch)."""
+def _input_transform(
+    p4: np.ndarray, t0: int, t1: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``V (4, 4, C, t1-t0, tw, N)`` = ``B^T d B`` of the tiles in tile rows ``t0:t1``, written
+    into ``out`` (contiguous, that shape) or a scratch buffer; ``p4`` may be a view of a slice
+    of the batch."""
     c, _, hq, _, wq, n = p4.shape
     tw, dt, r = wq - 1, p4.dtype, t1 - t0
     # rows of B^T d: padded rows 2ty+0..3 are phase rows (0, ty), (1, ty), (0, ty+1), (1, ty+1)
@@ -158,7 +271,7 @@ def _input_transform(p4: np.ndarray, t0: int, t1: int) -> np.ndarray:
     np.subtract(d2, d1, out=t[2])
     np.subtract(d1, d3, out=t[3])
     # columns: padded columns 2tx+0..3 are phase columns (0, tx), (1, tx), (0, tx+1), (1, tx+1)
-    v = _buffer("v", 16 * c * r * tw * n, dt).reshape(4, 4, c, r, tw, n)
+    v = _buffer("v", 16 * c * r * tw * n, dt).reshape(4, 4, c, r, tw, n) if out is None else out
     s0, s1 = t[:, :, :, 0, :tw], t[:, :, :, 1, :tw]
     s2, s3 = t[:, :, :, 0, 1:], t[:, :, :, 1, 1:]
     np.subtract(s0, s2, out=v[:, 0])
@@ -168,22 +281,26 @@ def _input_transform(p4: np.ndarray, t0: int, t1: int) -> np.ndarray:
     return v
 
 
-def conv3x3(p4: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """``Y (O, 2*th, 2*tw, N)``: the 3x3 correlation of the image behind ``p4`` (see
-    :func:`polyphase`) with the kernel behind ``u (16, O, C)`` (see :func:`filter_transform`);
-    ``Y[o, y, x, n] = sum_{c,i,j} W[o, c, i, j] padded[c, y + i, x + j, n]``. ``Y`` is a
-    scratch buffer (see :func:`_buffer`): use it before the next call."""
+def conv3x3(
+    p4: np.ndarray, u: np.ndarray, keep: bool = False
+) -> tuple[np.ndarray, KeptInput | None]:
+    """``(Y (O, 2*th, 2*tw, N), kept)``: ``Y`` is the 3x3 correlation of the image behind ``p4``
+    (see :func:`polyphase`) with the kernel behind ``u (16, O, C)`` (see
+    :func:`filter_transform`), ``Y[o, y, x, n] = sum_{c,i,j} W[o, c, i, j] padded[c, y + i,
+    x + j, n]``, a scratch buffer (see :func:`_buffer`): use it before the next call. With
+    ``keep``, ``kept`` holds the transformed input for :func:`weight_grad` (else None)."""
     c, _, hq, _, wq, n = p4.shape
     o = u.shape[1]
     th, tw, dt = hq - 1, wq - 1, p4.dtype
-    rows = rows_per_chunk(c, tw, n, dt.itemsize, th)
-    nb = batch_per_chunk(c, tw, n, dt.itemsize) if rows == 1 else n
-    mbuf = _buffer("m", 16 * o * rows * tw * nb, dt)
-    zbuf = _buffer("z", 8 * o * rows * tw * nb, dt)
+    chunks = plan_chunks(c, th, tw, n, dt.itemsize)
+    kept = KeptInput(p4.shape, chunks, dt) if keep else None
+    most = max((t1 - t0) * tw * (n1 - n0) for t0, t1, n0, n1 in chunks)
+    mbuf = _buffer("m", 16 * o * most, dt)
+    zbuf = _buffer("z", 8 * o * most, dt)
     y = _buffer("y", o * 4 * th * tw * n, dt).reshape(o, th, 2, tw, 2, n)
-    for t0, t1, n0, n1 in _chunks(th, rows, n, nb):
+    for i, (t0, t1, n0, n1) in enumerate(chunks):
         r, b = t1 - t0, n1 - n0
-        v = _input_transform(p4[..., n0:n1], t0, t1)
+        v = _input_transform(p4[..., n0:n1], t0, t1, None if kept is None else kept.chunk(i))
         m = mbuf[: 16 * o * r * tw * b].reshape(16, o, r * tw * b)
         np.matmul(u, v.reshape(16, c, r * tw * b), out=m)
         # A^T M A: rows first (Z[a, s]), then columns straight into the output tiles
@@ -198,7 +315,16 @@ def conv3x3(p4: np.ndarray, u: np.ndarray) -> np.ndarray:
         yc[:, 0] += z[:, 2]
         np.subtract(z[:, 1], z[:, 2], out=yc[:, 1])
         yc[:, 1] -= z[:, 3]
-    return y.reshape(o, 2 * th, 2 * tw, n)
+    return y.reshape(o, 2 * th, 2 * tw, n), kept
+
+
+def plan_chunks(c: int, th: int, tw: int, n: int, itemsize: int) -> list[tuple[int, int, int, int]]:
+    """The ``(t0, t1, n0, n1)`` chunks of tile rows x samples for ``c`` input channels: whole
+    batches of :func:`rows_per_chunk` tile rows, or one tile row and :func:`batch_per_chunk`
+    samples when a tile row alone exceeds :data:`CHUNK_BYTES`."""
+    rows = rows_per_chunk(c, tw, n, itemsize, th)
+    nb = batch_per_chunk(c, tw, n, itemsize) if rows == 1 else n
+    return _chunks(th, rows, n, nb)
 
 
 def _chunks(th: int, rows: int, n: int, nb: int) -> list[tuple[int, int, int, int]]:
@@ -210,17 +336,20 @@ def _chunks(th: int, rows: int, n: int, nb: int) -> list[tuple[int, int, int, in
     ]
 
 
-def weight_grad(p4: np.ndarray, dyt: np.ndarray) -> np.ndarray:
-    """``dW (O, C, 3, 3)`` of :func:`conv3x3` from ``p4`` and ``dyt (O, oh, ow, N)`` (the
-    output gradient, batch innermost; ``oh <= 2*th``, ``ow <= 2*tw``).
+def weight_grad(src: np.ndarray | KeptInput, dyt: np.ndarray) -> np.ndarray:
+    """``dW (O, C, 3, 3)`` of :func:`conv3x3` from its input (the polyphase ``P4``, or what
+    the forward kept of it) and ``dyt (O, oh, ow, N)`` (the output gradient, batch innermost;
+    ``oh <= 2*th``, ``ow <= 2*tw``).
 
     The transpose of the forward: ``y_t = A^T [U * V_t] A`` per tile gives
     ``dW = G^T [sum_t (A dy_t A^T) * V_t] G``, i.e. per position ``k`` one GEMM
     ``S[k] (O, C) = (A dy A^T)[k] (O, T) @ V[k]^T (T, C)`` over the same tiles as the forward.
     """
-    c, _, hq, _, wq, n = p4.shape
+    kept = src if isinstance(src, KeptInput) else None
+    shape = src.shape
+    c, hq, wq, n = shape[0], shape[2], shape[4], shape[5]
     o, oh, ow = dyt.shape[:3]
-    th, tw, dt = hq - 1, wq - 1, p4.dtype
+    th, tw, dt = hq - 1, wq - 1, dyt.dtype
     if (oh, ow) != (2 * th, 2 * tw):  # partial last tiles: zero rows/columns past the output
         dyp = _buffer("dyp", o * 4 * th * tw * n, dt).reshape(o, 2 * th, 2 * tw, n)
         dyp[:, oh:] = 0
@@ -228,27 +357,35 @@ def weight_grad(p4: np.ndarray, dyt: np.ndarray) -> np.ndarray:
         dyp[:, :oh, :ow] = dyt
         dyt = dyp
     e = dyt.reshape(o, th, 2, tw, 2, n)
-    rows = rows_per_chunk(max(c, o), tw, n, dt.itemsize, th)
-    nb = batch_per_chunk(max(c, o), tw, n, dt.itemsize) if rows == 1 else n
+    chunks = kept.chunks if kept is not None else plan_chunks(max(c, o), th, tw, n, dt.itemsize)
     s = np.zeros((16, o, c), dt)
-    for t0, t1, n0, n1 in _chunks(th, rows, n, nb):
+    for i, (t0, t1, n0, n1) in enumerate(chunks):
         r, b = t1 - t0, n1 - n0
-        v = _input_transform(p4[..., n0:n1], t0, t1)
-        # A dy A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]]: rows, then columns
-        e0, e1 = e[:, t0:t1, 0, :, :, n0:n1], e[:, t0:t1, 1, :, :, n0:n1]  # (O, r, tw, 2, b)
-        q = _buffer("q", 4 * o * r * tw * 2 * b, dt).reshape(4, o, r, tw, 2, b)
-        q[0] = e0
-        np.add(e0, e1, out=q[1])
-        np.subtract(e0, e1, out=q[2])
-        np.negative(e1, out=q[3])
+        if kept is not None:
+            v = kept.chunk(i)
+        else:
+            assert isinstance(src, np.ndarray)
+            v = _input_transform(src[..., n0:n1], t0, t1)
+        # A dy A^T with A = [[1, 0], [1, 1], [1, -1], [0, -1]], rows then columns. The -1 of
+        # the last row and column of A is left out here and put back on S (the GEMM is linear).
+        ee = e[:, t0:t1, :, :, :, n0:n1].transpose(2, 0, 1, 3, 4, 5)  # (2, O, r, tw, 2, b)
+        q = _buffer("q", 2 * o * r * tw * 2 * b, dt).reshape(2, o, r, tw, 2, b)
+        np.add(ee[0], ee[1], out=q[0])
+        np.subtract(ee[0], ee[1], out=q[1])
         mdy = _buffer("m", 16 * o * r * tw * b, dt).reshape(4, 4, o, r, tw, b)
-        q0, q1 = q[..., 0, :], q[..., 1, :]
-        mdy[:, 0] = q0
-        np.add(q0, q1, out=mdy[:, 1])
-        np.subtract(q0, q1, out=mdy[:, 2])
-        np.negative(q1, out=mdy[:, 3])
+        for rows_out, rows_in in ((mdy[::3], ee), (mdy[1:3], q)):  # rows 0, 3 and 1, 2
+            p0, p1 = rows_in[..., 0, :], rows_in[..., 1, :]
+            rows_out[:, 0] = p0
+            np.add(p0, p1, out=rows_out[:, 1])
+            np.subtract(p0, p1, out=rows_out[:, 2])
+            rows_out[:, 3] = p1
         k = r * tw * b
         s += np.matmul(mdy.reshape(16, o, k), v.reshape(16, c, k).transpose(0, 2, 1))
-    sg = np.tensordot(s.reshape(4, 4, o, c).astype(np.float64), _G, axes=([1], [0]))  # S G
+    s64 = s.reshape(4, 4, o, c).astype(np.float64) * _SIGNS
+    sg = np.tensordot(s64, _G, axes=([1], [0]))  # S G
     dw = np.tensordot(_G, sg, axes=([0], [0])).transpose(1, 2, 0, 3)  # G^T S G: (O, C, 3, 3)
     return np.ascontiguousarray(dw, dtype=dt)
+
+
+# Signs of the last row and column of A put back on S (see :func:`weight_grad`).
+_SIGNS = np.outer([1.0, 1.0, 1.0, -1.0], [1.0, 1.0, 1.0, -1.0]).reshape(4, 4, 1, 1)

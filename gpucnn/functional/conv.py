@@ -189,8 +189,11 @@ class Conv2dFunction(Function):
                 route = "batch_inner"
         ctx.route = route
         if route in ("batch_inner", "winograd"):
-            if route == "winograd":  # ``padded`` is the polyphase input, ``geo`` a marker
-                (y, padded), geo = _winograd_forward(x, weight, bias, (pt, pl), oh, ow), "winograd"
+            if route == "winograd":  # ``padded``: what dW needs of the input; ``geo`` a marker
+                keep_w = is_grad_enabled() and len(ctx.needs_input_grad) > 1
+                keep_w = keep_w and bool(ctx.needs_input_grad[1])
+                y, padded = _winograd_forward(x, weight, bias, (pt, pl), oh, ow, keep_w)
+                geo = "winograd"
             else:
                 y, padded, geo = _batch_inner_forward(
                     x, weight, bias, stride, (pt, pl), dilation, g, oh, ow
@@ -366,38 +369,46 @@ def _winograd_forward(
     pads: tuple[int, int],
     oh: int,
     ow: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), P4)``.
+    keep: bool = False,
+) -> tuple[np.ndarray, Any]:
+    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), saved)``.
 
     ``x`` is transposed once into the zero-padded, batch-innermost polyphase ``P4`` of
-    :mod:`gpucnn.functional._winograd` (kept for the weight gradient) and run through
+    :mod:`gpucnn.functional._winograd` and run through
     :func:`gpucnn.functional._winograd.conv3x3`; the ``(O, oh, ow, N)`` part of the tiles is
     transposed to NCHW with the bias added in the same pass. ``pads`` are the top/left pads.
+    ``saved`` is what the weight gradient needs when ``keep`` (else None): the transformed
+    input itself (a :class:`~gpucnn.functional._winograd.KeptInput`, the backward skips the
+    input transform) up to :data:`~gpucnn.functional._winograd.KEEP_MAX_BYTES`, else ``P4``.
     """
     from gpucnn.backend.numpy_ops.im2col import _from_batch_inner
     from gpucnn.functional import _winograd as wg
 
     n, o, dt = x.shape[0], weight.shape[0], x.dtype
-    p4 = wg.polyphase_nchw(x, pads[0], pads[1], wg.tiles(oh), wg.tiles(ow))
-    yt = wg.conv3x3(p4, wg.filter_transform(weight))
+    th, tw = wg.tiles(oh), wg.tiles(ow)
+    shape = (x.shape[1], 2, th + 1, 2, tw + 1, n)
+    keep_v = keep and wg.KeptInput.nbytes(shape, dt.itemsize) <= wg.KEEP_MAX_BYTES
+    p4 = wg.polyphase_nchw(x, pads[0], pads[1], th, tw, scratch=not (keep and not keep_v))
+    yt, kept = wg.conv3x3(p4, wg.filter_transform(weight), keep=keep_v)
     y = np.empty((n, o, oh, ow), dtype=dt)
     add = None if bias is None else bias.astype(dt, copy=False).reshape(o, 1, 1)
     _from_batch_inner(yt[:, :oh, :ow], y, add=add)
-    return y, p4
+    return y, (kept if keep_v else p4 if keep else None)
 
 
 def _winograd_backward(
     gy: np.ndarray,
-    p4: np.ndarray | None,
+    p4: Any,
     weight: np.ndarray | None,
     geom: tuple,
     need_x: bool,
     need_w: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """NumPy ``(dx, dW)`` of :func:`_winograd_forward`: ``dy`` transposed once to
-    ``dyt (O, oh, ow, N)``; ``dW`` by the transposed Winograd transform over the saved ``P4``
-    (:func:`gpucnn.functional._winograd.weight_grad`), ``dx`` by Winograd on the padded ``dy``
-    with the flipped kernel (:func:`_winograd_input_grad`)."""
+    ``dyt (O, oh, ow, N)``; ``dW`` by the transposed Winograd transform over what the forward
+    saved (its transformed input, or ``P4``: :func:`gpucnn.functional._winograd.weight_grad`),
+    ``dx`` by Winograd on the padded ``dy`` with the flipped kernel
+    (:func:`_winograd_input_grad`)."""
     from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
     from gpucnn.functional import _winograd as wg
 
@@ -423,7 +434,7 @@ def _winograd_input_grad(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np
 
     n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
     p4 = wg.polyphase(dyt, 2 - pt, 2 - pl, wg.tiles(h), wg.tiles(w))
-    return wg.conv3x3(p4, wg.flipped_filter_transform(weight))[:, :h, :w]
+    return wg.conv3x3(p4, wg.flipped_filter_transform(weight))[0][:, :h, :w]
 
 
 def _use_batch_inner_path(n: int, kw: int, sw: int, dw: int, ow: int) -> bool:
