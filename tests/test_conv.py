@@ -688,10 +688,11 @@ def test_winograd_weight_grad_kept_equals_recomputed(monkeypatch, hw, pads, run)
 
 def test_winograd_kept_buffers_pooled(monkeypatch) -> None:  # noqa: ANN001
     """A kept V's buffer goes back to the pool when the KeptInput dies and the next one of that
-    size reuses it; the pool holds at most POOL_MAX_BYTES; clear_buffers empties it."""
+    size reuses it; over POOL_MAX_BYTES the oldest buffers are dropped (a size no longer used
+    cannot block the pool); clear_buffers empties it."""
     from gpucnn.functional import _winograd as wg
 
-    monkeypatch.setattr(wg, "_pool", {})
+    monkeypatch.setattr(wg, "_pool", [])
     shape, chunks = (2, 2, 3, 2, 3, 4), [(0, 1, 0, 4), (1, 2, 0, 4)]
     a = wg.KeptInput(shape, chunks, np.dtype(np.float32))
     assert a.chunk(1).shape == (4, 4, 2, 1, 2, 4)
@@ -700,13 +701,18 @@ def test_winograd_kept_buffers_pooled(monkeypatch) -> None:  # noqa: ANN001
     del a
     b = wg.KeptInput(shape, chunks, np.dtype(np.float32))
     assert b._buf is buf
-    monkeypatch.setattr(wg, "POOL_MAX_BYTES", buf.nbytes - 1)
+    assert wg._pool_take(buf.size, np.float64).dtype == np.float64  # other dtype: a new one
+    stale = np.empty(buf.size // 2 + 1, np.float32)  # a size no longer used
+    wg._pool_give(stale)
+    monkeypatch.setattr(wg, "POOL_MAX_BYTES", buf.nbytes)
     del b
-    assert wg._pool.get((buf.size, buf.dtype), []) == []  # over the cap: dropped
-    monkeypatch.setattr(wg, "POOL_MAX_BYTES", 1 << 30)
+    assert len(wg._pool) == 1 and wg._pool[0] is buf  # the stale one aged out
+    monkeypatch.setattr(wg, "POOL_MAX_BYTES", buf.nbytes - 1)
+    wg._pool_give(np.empty(buf.size, np.float32))
+    assert wg._pool == []  # alone over the cap: dropped
     wg._pool_give(np.empty(8, np.float32))
     wg.clear_buffers()
-    assert wg._pool == {}
+    assert wg._pool == []
 
 
 def test_winograd_kept_v_survives_retain_graph() -> None:

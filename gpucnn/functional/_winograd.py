@@ -58,10 +58,10 @@ def _buffer(name: str, size: int, dtype: np.dtype) -> np.ndarray:
     return buf[:size]
 
 
-# Free buffers of kept transformed inputs (:class:`KeptInput`), by (size, dtype): a training
-# step takes them back in the next forward instead of faulting in fresh pages. At most
-# :data:`POOL_MAX_BYTES` are held.
-_pool: dict[tuple[int, np.dtype], list[np.ndarray]] = {}
+# Free buffers of kept transformed inputs (:class:`KeptInput`), oldest first: a training step
+# takes them back in the next forward instead of faulting in fresh pages. At most
+# :data:`POOL_MAX_BYTES` are held; the oldest go first (sizes no longer used age out).
+_pool: list[np.ndarray] = []
 _pool_lock = threading.Lock()
 POOL_MAX_BYTES = 256 << 20
 
@@ -79,22 +79,24 @@ def clear_buffers() -> None:
 
 
 def _pool_take(size: int, dtype: np.dtype) -> np.ndarray:
-    """A pooled (or new) 1-D array of ``size`` elements; contents undefined."""
-    key = (size, np.dtype(dtype))
+    """A pooled (the newest of that size and dtype) or new 1-D array of ``size`` elements;
+    contents undefined."""
+    dtype = np.dtype(dtype)
     with _pool_lock:
-        free = _pool.get(key)
-        if free:
-            return free.pop()
+        for i in range(len(_pool) - 1, -1, -1):
+            if _pool[i].size == size and _pool[i].dtype == dtype:
+                return _pool.pop(i)
     return np.empty(size, dtype)
 
 
 def _pool_give(buf: np.ndarray) -> None:
-    """Return a :func:`_pool_take` array to the pool (dropped when the pool is full)."""
-    key = (buf.size, buf.dtype)
+    """Return a :func:`_pool_take` array to the pool, dropping the oldest buffers while more
+    than :data:`POOL_MAX_BYTES` are held (``buf`` itself too if it alone exceeds that)."""
     with _pool_lock:
-        held = sum(b.nbytes for free in _pool.values() for b in free)
-        if held + buf.nbytes <= POOL_MAX_BYTES:
-            _pool.setdefault(key, []).append(buf)
+        _pool.append(buf)
+        held = sum(b.nbytes for b in _pool)
+        while _pool and held > POOL_MAX_BYTES:
+            held -= _pool.pop(0).nbytes
 
 
 class KeptInput:
