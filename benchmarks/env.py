@@ -128,13 +128,23 @@ def set_blas_threads(n: int) -> bool:
 
 
 def blas_info() -> str:
-    """NumPy's BLAS as its build configuration names it."""
+    """NumPy's BLAS as its build configuration names it, plus the kernel set OpenBLAS runs
+    (``OPENBLAS_CORETYPE`` forces it: an AVX2 set on an AVX-512 CPU halves the GEMM rate)."""
     try:
         cfg = np.show_config(mode="dicts")
         b = cfg["Build Dependencies"]["blas"]
-        return f"{b.get('name')} {b.get('version')} ({b.get('openblas configuration', '')})".strip()
+        text = f"{b.get('name')} {b.get('version')} ({b.get('openblas configuration', '')})"
     except Exception:
         return "unknown"
+    try:
+        from gpucnn.backend.threads import blas_core
+
+        forced = os.environ.get("OPENBLAS_CORETYPE")
+        how = f"forced by OPENBLAS_CORETYPE={forced}" if forced else "detected"
+        text += f"; runtime kernels {blas_core()} ({how})"
+    except Exception:
+        pass
+    return text.strip()
 
 
 def git_commit() -> str | None:

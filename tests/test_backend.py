@@ -199,6 +199,21 @@ def test_blas_thread_control_round_trips() -> None:
         gpucnn.set_num_threads(0)
 
 
+def test_blas_core_names_the_kernel_set() -> None:
+    """blas_core reads the kernel set OpenBLAS runs; OPENBLAS_CORETYPE, when set, forces it."""
+    import os
+
+    from gpucnn.backend.threads import blas_core
+
+    if gpucnn.get_num_threads() is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS gpucnn can reach")
+    core = blas_core()
+    assert isinstance(core, str) and core
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        assert core.lower() == forced.lower()
+
+
 def test_tf32_switch_sets_cupy_compute_type(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     linalg = types.SimpleNamespace(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["set_num_threads", "get_num_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "blas_core"]
 
 _SETTERS = (
     "scipy_openblas_set_num_threads64_",
@@ -60,4 +60,25 @@ def get_num_threads() -> int | None:
             if fn is not None:
                 fn.restype = ctypes.c_int
                 return int(fn())
+    return None
+
+
+_CORENAMES = (
+    "scipy_openblas_get_corename64_",
+    "scipy_openblas_get_corename",
+    "openblas_get_corename64_",
+    "openblas_get_corename",
+)
+
+
+def blas_core() -> str | None:
+    """The kernel set NumPy's OpenBLAS chose at load (e.g. ``"Haswell"``, ``"SkylakeX"``), or
+    None when it cannot be read (see :mod:`gpucnn._blas_core`)."""
+    for lib in _blas_libraries():
+        for name in _CORENAMES:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                value = fn()
+                return value.decode() if value else None
     return None
