@@ -72,8 +72,8 @@ _CORENAMES = (
 
 
 def blas_core() -> str | None:
-    """The kernel set NumPy's OpenBLAS chose at load (e.g. ``"Haswell"``, ``"SkylakeX"``), or
-    None when it cannot be read (see :mod:`gpucnn._blas_core`)."""
+    """The kernel set NumPy's OpenBLAS runs (e.g. ``"Haswell"``: AVX2, ``"SkylakeX"``: AVX-512),
+    chosen when it loaded, or forced by ``OPENBLAS_CORETYPE``; None when it cannot be read."""
     for lib in _blas_libraries():
         for name in _CORENAMES:
             fn = getattr(lib, name, None)

@@ -22,7 +22,9 @@ Layouts (batch innermost, as the batch-innermost route of conv.py):
 * output ``Y (O, 2*th, 2*tw, N)``; odd output sizes use a partial last tile (the caller crops).
 
 The transforms are additions and subtractions only (the 1/2 factors of ``G`` are exact), a few
-whole-chunk NumPy passes each; chunks of tile rows keep ``V`` and ``M`` near cache size.
+whole-chunk NumPy passes each; chunks of tile rows keep ``V`` and ``M`` near cache size. When
+the weight gradient will be needed, the forward keeps every chunk's ``V`` (:class:`KeptInput`,
+pooled buffers) so the backward does not transform the input again.
 """
 
 from __future__ import annotations
