@@ -137,11 +137,9 @@ def blas_info() -> str:
     except Exception:
         return "unknown"
     try:
-        from gpucnn.backend.threads import blas_core
+        from gpucnn.backend.threads import blas_core_text
 
-        forced = os.environ.get("OPENBLAS_CORETYPE")
-        how = f"forced by OPENBLAS_CORETYPE={forced}" if forced else "detected"
-        text += f"; runtime kernels {blas_core()} ({how})"
+        text += f"; runtime kernels {blas_core_text()}"
     except Exception:
         pass
     return text.strip()

@@ -140,11 +140,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     print(f"gpucnn {gpucnn.__version__} | Python {platform.python_version()} | NumPy "
           f"{np.__version__} | {platform.system()} {platform.machine()}")
-    from gpucnn.backend.threads import blas_core
+    from gpucnn.backend.threads import blas_core_text
 
-    forced = os.environ.get("OPENBLAS_CORETYPE")
-    how = f"forced by OPENBLAS_CORETYPE={forced}" if forced else "detected by OpenBLAS"
-    print(f"NumPy BLAS kernels: {blas_core() or 'unknown'} ({how})")
+    print(f"NumPy BLAS kernels: {blas_core_text()}")
     env = os.environ.get("GPUCNN_BACKEND")
     requested = args.backend or env or "auto"
     try:

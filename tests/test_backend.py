@@ -212,6 +212,7 @@ def test_blas_core_names_the_kernel_set() -> None:
     forced = os.environ.get("OPENBLAS_CORETYPE")
     if forced:
         assert core.lower() == forced.lower()
+    assert gpucnn.backend.threads.blas_core_text().startswith(core + " (")
 
 
 def test_tf32_switch_sets_cupy_compute_type(monkeypatch: pytest.MonkeyPatch) -> None:

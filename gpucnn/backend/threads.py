@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["set_num_threads", "get_num_threads", "blas_core"]
+__all__ = ["set_num_threads", "get_num_threads", "blas_core", "blas_core_text"]
 
 _SETTERS = (
     "scipy_openblas_set_num_threads64_",
@@ -82,3 +83,11 @@ def blas_core() -> str | None:
                 value = fn()
                 return value.decode() if value else None
     return None
+
+
+def blas_core_text() -> str:
+    """``blas_core()`` and how it was chosen, e.g. ``"Haswell (forced by
+    OPENBLAS_CORETYPE=Haswell)"``, for reports."""
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    how = f"forced by OPENBLAS_CORETYPE={forced}" if forced else "detected by OpenBLAS"
+    return f"{blas_core() or 'unknown'} ({how})"
