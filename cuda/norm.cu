@@ -6,7 +6,7 @@
 // reduction runs in a fixed order for a given block size, so results are deterministic
 // (no atomics). NumPy twins: gpucnn/backend/numpy_ops/norm.py.
 
-#include <math.h>
+// No <math.h>: NVRTC has no libc headers; sqrt/rsqrt/fabs are CUDA built-in device functions.
 
 #define BN_MAX_BLOCK 1024  // shared scratch size: launches use at most 1024 threads per block
 

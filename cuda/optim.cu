@@ -8,7 +8,7 @@
 // as T. NumPy twins: gpucnn/backend/numpy_ops/optim.py (sgd_update, adam_update,
 // rmsprop_update).
 
-#include <math.h>
+// No <math.h>: NVRTC has no libc headers; sqrt/rsqrt/fabs are CUDA built-in device functions.
 
 #define GRID_STRIDE(i, n)                                                   \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \

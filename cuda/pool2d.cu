@@ -14,12 +14,15 @@
 
 #include "common.cuh"
 
+// -inf from its bit pattern: NVRTC has neither <math.h> (INFINITY) nor GCC's __builtin_inf.
 template <typename T>
 __device__ __forceinline__ T pool_neg_inf();
 template <>
-__device__ __forceinline__ float pool_neg_inf<float>() { return -__builtin_inff(); }
+__device__ __forceinline__ float pool_neg_inf<float>() { return __int_as_float(0xff800000); }
 template <>
-__device__ __forceinline__ double pool_neg_inf<double>() { return -__builtin_inf(); }
+__device__ __forceinline__ double pool_neg_inf<double>() {
+    return __longlong_as_double(0xfff0000000000000LL);
+}
 
 template <typename T>
 __device__ __forceinline__ bool pool_isnan(T v) { return v != v; }

@@ -3,11 +3,17 @@
 Sources are searched, in order, in ``$GPUCNN_KERNEL_DIR``, the installed package data
 (``gpucnn/_cuda``, where the wheel puts the top-level ``cuda/`` folder) and the source
 checkout's ``cuda/``. A module is compiled once per (file, defines, device) and cached.
+
+CuPy's on-disk kernel cache keys on the source text and the options, not on the headers a
+source includes, so :func:`module_source` appends a digest of every included header: an edit
+to ``common.cuh`` changes the text CuPy sees and cannot load a stale binary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -75,6 +81,41 @@ def define_flags(defines: tuple) -> list[str]:
     return [f"-D{k}={v}" for k, v in defines]
 
 
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def included_headers(path: Path) -> list[Path]:
+    """Every ``#include "..."`` header reachable from ``path`` (depth first, each once)."""
+    seen: list[Path] = []
+
+    def walk(p: Path) -> None:
+        for name in _INCLUDE_RE.findall(p.read_text()):
+            h = (p.parent / name).resolve()
+            if h.is_file() and h not in seen:
+                seen.append(h)
+                walk(h)
+
+    walk(path)
+    return seen
+
+
+def module_source(path: Path) -> str:
+    """The text handed to NVRTC for ``path``: the file, plus a digest line of its headers."""
+    source = path.read_text()
+    headers = included_headers(path)
+    if not headers:
+        return source
+    digest = hashlib.sha256()
+    for h in headers:
+        digest.update(h.name.encode() + b"\0" + h.read_bytes() + b"\0")
+    return f"{source}\n// gpucnn: included headers sha256 {digest.hexdigest()[:32]}\n"
+
+
+def module_options(path: Path, defines: tuple = ()) -> tuple[str, ...]:
+    """The options gpucnn gives ``cupy.RawModule`` for ``path`` (CuPy adds its own after)."""
+    return ("--std=c++14", f"-I{path.parent}", *define_flags(defines))
+
+
 _modules: dict[tuple, Any] = {}
 _lock = threading.Lock()
 
@@ -94,8 +135,8 @@ def get_module(family: str, defines: Any = None) -> Any:
         if mod is not None:
             return mod
         path = kernel_source_path(family)
-        source = path.read_text()
-        options = ("--std=c++14", f"-I{path.parent}", *define_flags(defs))
+        source = module_source(path)
+        options = module_options(path, defs)
         try:
             mod = cupy.RawModule(code=source, options=options)
             mod.compile()

@@ -110,8 +110,13 @@ def use_runtime(rt: KernelRuntime) -> Iterator[KernelRuntime]:
         _override.reset(token)
 
 
-def dtype_suffix(dtype: Any) -> str:
-    """Kernel-name suffix for a floating dtype: ``f32`` or ``f64``; raises for anything else."""
+def dtype_suffix(dtype: Any, op: str = "this op") -> str:
+    """Kernel-name suffix for a floating dtype: ``f32`` or ``f64``.
+
+    Raises:
+        TypeError: any other dtype (float16 included: no kernel of ours takes it yet), naming
+            ``op`` and the dtype given.
+    """
     import numpy as np
 
     dt = np.dtype(dtype)
@@ -119,6 +124,7 @@ def dtype_suffix(dtype: Any) -> str:
         return "f32"
     if dt == np.float64:
         return "f64"
-    if dt == np.float16:
-        return "f16"
-    raise TypeError(f"no CUDA kernel for dtype {dt}; expected float32 or float64")
+    raise TypeError(
+        f"{op}: the CUDA backend has no kernel for dtype {dt}; expected float32 or float64 "
+        f"(cast with .astype('float32'))"
+    )

@@ -44,7 +44,7 @@ def activation_forward(x: Any, kind: str, param: float = 0.0) -> Any:
     n = int(xc.size)
     rt.launch(
         _FAMILY,
-        f"{kind}_fwd_{dtype_suffix(xc.dtype)}",
+        f"{kind}_fwd_{dtype_suffix(xc.dtype, kind)}",
         n,
         (xc, y, _scalar(xc.dtype, param), np.int64(n)),
     )
@@ -67,7 +67,7 @@ def activation_backward(saved: Any, g: Any, kind: str, param: float = 0.0) -> An
     n = int(sc.size)
     rt.launch(
         _FAMILY,
-        f"{kind}_bwd_{dtype_suffix(sc.dtype)}",
+        f"{kind}_bwd_{dtype_suffix(sc.dtype, kind)}",
         n,
         (sc, gc, dx, _scalar(sc.dtype, param), np.int64(n)),
     )
@@ -102,7 +102,7 @@ def prelu_forward(x: Any, w: Any) -> Any:
     n = int(xc.size)
     rt.launch(
         _FAMILY,
-        f"prelu_fwd_{dtype_suffix(xc.dtype)}",
+        f"prelu_fwd_{dtype_suffix(xc.dtype, 'prelu_fwd')}",
         n,
         (xc, wc, y, np.int64(n), np.int64(c), np.int64(s)),
     )
@@ -118,7 +118,7 @@ def prelu_backward(x: Any, w: Any, g: Any) -> tuple[Any, Any]:
     wc = xp.ascontiguousarray(w, dtype=xc.dtype)
     gc = xp.ascontiguousarray(g, dtype=xc.dtype)
     nb, c, s = _prelu_view("prelu_backward", xc, wc)
-    sfx = dtype_suffix(xc.dtype)
+    sfx = dtype_suffix(xc.dtype, "prelu_bwd")
     n = int(xc.size)
     dx = xp.empty_like(xc)
     rt.launch(

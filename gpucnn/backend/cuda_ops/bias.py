@@ -38,7 +38,7 @@ def bias_add_nchw(y: Any, b: Any) -> Any:
     total = n * c * h * w
     rt.launch(
         _FAMILY,
-        f"bias_add_nchw_{dtype_suffix(y.dtype)}",
+        f"bias_add_nchw_{dtype_suffix(y.dtype, 'bias_add_nchw')}",
         total,
         (bb, target, np.int64(total), np.int64(c), np.int64(h * w)),
     )
@@ -66,6 +66,6 @@ def bias_grad_nchw(dy: Any) -> Any:
         raise ValueError(f"bias_grad_nchw: block size must be <= 1024, got {block}")
     cap = MAX_GRID if rt.grid_cap is None else int(rt.grid_cap)
     grid = max(1, min(c, cap))
-    k = rt.kernel(_FAMILY, f"bias_grad_nchw_{dtype_suffix(dy.dtype)}")
+    k = rt.kernel(_FAMILY, f"bias_grad_nchw_{dtype_suffix(dy.dtype, 'bias_grad_nchw')}")
     k((grid,), (block,), (dyc, db, np.int64(n), np.int64(c), np.int64(h * w)))
     return db

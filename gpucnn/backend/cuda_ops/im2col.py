@@ -61,7 +61,7 @@ def im2col(
     total = N * C * g["oh"] * g["ow"]
     rt.launch(
         "im2col",
-        f"im2col_{dtype_suffix(x.dtype)}",
+        f"im2col_{dtype_suffix(x.dtype, 'im2col')}",
         total,
         (x, cols, np.int64(total), *_geometry_args(g, C, H, W)),
     )
@@ -95,7 +95,7 @@ def col2im(
     total = N * C * H * W
     rt.launch(
         "im2col",
-        f"col2im_{dtype_suffix(cols.dtype)}",
+        f"col2im_{dtype_suffix(cols.dtype, 'col2im')}",
         total,
         (cols, x, np.int64(total), *_geometry_args(g, C, H, W)),
     )

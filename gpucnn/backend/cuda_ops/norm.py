@@ -58,7 +58,7 @@ def batchnorm_stats(x: Any) -> tuple[Any, Any]:
     if c == 0 or n * s == 0:
         return mean, var
     grid, block = _channel_grid(rt, "batchnorm_stats", c)
-    k = rt.kernel(_FAMILY, f"bn_stats_{dtype_suffix(x.dtype)}")
+    k = rt.kernel(_FAMILY, f"bn_stats_{dtype_suffix(x.dtype, 'bn_stats')}")
     k((grid,), (block,), (xc, mean, var, np.int64(n), np.int64(c), np.int64(s)))
     return mean, var
 
@@ -79,7 +79,7 @@ def batchnorm_forward(
     total = n * c * s
     rt.launch(
         _FAMILY,
-        f"bn_fwd_{dtype_suffix(dt)}",
+        f"bn_fwd_{dtype_suffix(dt, 'bn_fwd')}",
         total,
         (
             xc,
@@ -109,7 +109,7 @@ def batchnorm_backward(
     rt = current_runtime()
     xp = rt.xp
     dt = x.dtype
-    suf = dtype_suffix(dt)
+    suf = dtype_suffix(dt, "bn_bwd")
     xc = xp.ascontiguousarray(x)
     dyc = xp.ascontiguousarray(dy, dtype=dt)
     m = _vec(xp, mean, c, dt, 0.0)

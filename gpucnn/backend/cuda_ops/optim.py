@@ -52,7 +52,7 @@ def sgd_update(
     n = int(param.size)
     current_runtime().launch(
         _FAMILY,
-        f"sgd_{dtype_suffix(param.dtype)}",
+        f"sgd_{dtype_suffix(param.dtype, 'sgd')}",
         n,
         (
             param,
@@ -92,7 +92,7 @@ def adam_update(
     n = int(param.size)
     current_runtime().launch(
         _FAMILY,
-        f"adam_{dtype_suffix(param.dtype)}",
+        f"adam_{dtype_suffix(param.dtype, 'adam')}",
         n,
         (
             param,
@@ -133,7 +133,7 @@ def rmsprop_update(
     n = int(param.size)
     current_runtime().launch(
         _FAMILY,
-        f"rmsprop_{dtype_suffix(param.dtype)}",
+        f"rmsprop_{dtype_suffix(param.dtype, 'rmsprop')}",
         n,
         (
             param,

@@ -56,7 +56,7 @@ def maxpool2d_forward(
     arg = xp.empty((n, c, oh, ow), dtype=xp.int64)
     rt.launch(
         _FAMILY,
-        f"maxpool2d_fwd_{dtype_suffix(x.dtype)}",
+        f"maxpool2d_fwd_{dtype_suffix(x.dtype, 'maxpool2d_fwd')}",
         y.size,
         (x, y, arg, np.int64(n * c), *_ints(h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)),
     )
@@ -86,7 +86,7 @@ def maxpool2d_backward(
     dx = xp.empty((n, c, h, w), dtype=dy.dtype)
     rt.launch(
         _FAMILY,
-        f"maxpool2d_bwd_{dtype_suffix(dy.dtype)}",
+        f"maxpool2d_bwd_{dtype_suffix(dy.dtype, 'maxpool2d_bwd')}",
         dx.size,
         (dy, argmax, dx, np.int64(n * c), *_ints(h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw)),
     )
@@ -114,7 +114,7 @@ def avgpool2d_forward(
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     rt.launch(
         _FAMILY,
-        f"avgpool2d_fwd_{dtype_suffix(x.dtype)}",
+        f"avgpool2d_fwd_{dtype_suffix(x.dtype, 'avgpool2d_fwd')}",
         y.size,
         (
             x,
@@ -160,7 +160,7 @@ def avgpool2d_backward(
     dx = xp.empty((n, c, h, w), dtype=dy.dtype)
     rt.launch(
         _FAMILY,
-        f"avgpool2d_bwd_{dtype_suffix(dy.dtype)}",
+        f"avgpool2d_bwd_{dtype_suffix(dy.dtype, 'avgpool2d_bwd')}",
         dx.size,
         (
             dy,
@@ -194,7 +194,7 @@ def adaptive_avgpool2d_forward(x: Any, oh: int, ow: int) -> Any:
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     rt.launch(
         _FAMILY,
-        f"adaptive_avgpool2d_fwd_{dtype_suffix(x.dtype)}",
+        f"adaptive_avgpool2d_fwd_{dtype_suffix(x.dtype, 'adaptive_avgpool2d_fwd')}",
         y.size,
         (x, y, np.int64(n * c), *_ints(h, w, oh, ow)),
     )
@@ -210,7 +210,7 @@ def adaptive_avgpool2d_backward(dy: Any, h: int, w: int) -> Any:
     dx = xp.empty((n, c, h, w), dtype=dy.dtype)
     rt.launch(
         _FAMILY,
-        f"adaptive_avgpool2d_bwd_{dtype_suffix(dy.dtype)}",
+        f"adaptive_avgpool2d_bwd_{dtype_suffix(dy.dtype, 'adaptive_avgpool2d_bwd')}",
         dx.size,
         (dy, dx, np.int64(n * c), *_ints(h, w, oh, ow)),
     )
@@ -227,7 +227,7 @@ def adaptive_maxpool2d_forward(x: Any, oh: int, ow: int) -> tuple[Any, Any]:
     arg = xp.empty((n, c, oh, ow), dtype=xp.int64)
     rt.launch(
         _FAMILY,
-        f"adaptive_maxpool2d_fwd_{dtype_suffix(x.dtype)}",
+        f"adaptive_maxpool2d_fwd_{dtype_suffix(x.dtype, 'adaptive_maxpool2d_fwd')}",
         y.size,
         (x, y, arg, np.int64(n * c), *_ints(h, w, oh, ow)),
     )
@@ -244,7 +244,7 @@ def adaptive_maxpool2d_backward(dy: Any, argmax: Any, h: int, w: int) -> Any:
     dx = xp.empty((n, c, h, w), dtype=dy.dtype)
     rt.launch(
         _FAMILY,
-        f"adaptive_maxpool2d_bwd_{dtype_suffix(dy.dtype)}",
+        f"adaptive_maxpool2d_bwd_{dtype_suffix(dy.dtype, 'adaptive_maxpool2d_bwd')}",
         dx.size,
         (dy, argmax, dx, np.int64(n * c), *_ints(h, w, oh, ow)),
     )

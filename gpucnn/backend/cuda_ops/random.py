@@ -19,7 +19,7 @@ def random_uniform(n: int, dtype: Any, seed: int, offset: int) -> Any:
     out = rt.xp.empty(n, dtype=dt)
     rt.launch(
         "random",
-        f"philox_uniform_{dtype_suffix(dt)}",
+        f"philox_uniform_{dtype_suffix(dt, 'philox_uniform')}",
         n,
         (
             out,

@@ -55,7 +55,7 @@ def _rows_launch(name: str, x: Any, outs: tuple, axis: int, *extra_in: Any) -> N
         return
     block = _row_block(rt, length)
     grid = rt.grid_for(rows, 1)  # one block per row, capped by grid_cap
-    rt.kernel(_FAMILY, f"{name}_{dtype_suffix(x.dtype)}")(
+    rt.kernel(_FAMILY, f"{name}_{dtype_suffix(x.dtype, name)}")(
         (grid,),
         (block,),
         (x, *extra_in, *outs, np.int64(rows), np.int64(length), np.int64(inner)),
@@ -130,7 +130,7 @@ def softmax_xent_forward(
     wrow = xp.empty(tshape, dtype=x.dtype)
     logp = xp.empty_like(x)
     if rows and c:
-        rt.kernel(_FAMILY, f"softmax_xent_fwd_{dtype_suffix(x.dtype)}")(
+        rt.kernel(_FAMILY, f"softmax_xent_fwd_{dtype_suffix(x.dtype, 'softmax_xent_fwd')}")(
             (rt.grid_for(rows, 1),),
             (_row_block(rt, c),),
             (
@@ -162,7 +162,7 @@ def softmax_xent_backward(
     dx = xp.empty_like(lp)
     rt.launch(
         _FAMILY,
-        f"softmax_xent_bwd_{dtype_suffix(lp.dtype)}",
+        f"softmax_xent_bwd_{dtype_suffix(lp.dtype, 'softmax_xent_bwd')}",
         n,
         (
             lp, t, w, gr, dx,
