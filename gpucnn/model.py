@@ -33,6 +33,7 @@ import numpy as np
 
 from gpucnn import backend as _backend
 from gpucnn import metrics as _metrics
+from gpucnn.backend.device import is_device_array as _is_device_array
 from gpucnn.callbacks import Callback, CallbackList, History
 from gpucnn.tensor import Tensor, no_grad
 
@@ -170,7 +171,7 @@ def _check_targets(loss: _Loss, y: Any, out_shape: tuple, where: str) -> None:
 
 
 def _is_arraylike(a: Any) -> bool:
-    return isinstance(a, (np.ndarray, Tensor)) or type(a).__module__.startswith("cupy")
+    return isinstance(a, (np.ndarray, Tensor)) or _is_device_array(a)
 
 
 def _host(a: Any) -> np.ndarray:

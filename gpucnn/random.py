@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.device import cupy_module
+
 _seed: int | None = None
 _generators: dict[str, Any] = {}
 _offset = 0  # words of the Philox stream consumed so far (a multiple of 4)
@@ -69,9 +71,7 @@ def generator(backend: str = "numpy") -> Any:
         if backend == "numpy":
             gen = np.random.default_rng(_seed)
         elif backend == "cuda":
-            import cupy
-
-            gen = cupy.random.default_rng(_seed)
+            gen = cupy_module().random.default_rng(_seed)
         else:
             raise ValueError(f"unknown backend {backend!r}")
         _generators[backend] = gen

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
+from gpucnn.backend.device import is_array as _is_array
 
 __all__ = [
     "CheckpointError",
@@ -64,9 +65,6 @@ class CheckpointError(ValueError):
 
 # ----------------------------------------------------------------------------- encoding
 
-
-def _is_array(v: Any) -> bool:
-    return isinstance(v, np.ndarray) or type(v).__module__.startswith("cupy")
 
 
 def _encode(v: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:

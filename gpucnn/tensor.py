@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
+from gpucnn.backend.device import is_array as _is_array
+from gpucnn.backend.device import scatter_add as _scatter_add
 
 __all__ = [
     "Tensor",
@@ -60,9 +62,6 @@ def enable_grad() -> contextlib.AbstractContextManager:
     """Context manager: re-enable graph recording inside a :func:`no_grad` block."""
     return _grad_mode(True)
 
-
-def _is_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
 
 
 def _array_backend_name(a: Any) -> str:
@@ -627,12 +626,8 @@ class _GetItem(Function):
         out = xp.zeros(ctx.shape, dtype=g.dtype)
         if _is_basic_index(ctx.index):
             out[ctx.index] = g
-        elif xp is np:
-            np.add.at(out, ctx.index, g)
         else:
-            import cupyx
-
-            cupyx.scatter_add(out, ctx.index, g)
+            _scatter_add(out, ctx.index, g)
         return out
 
 

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.device import array_module as _array_module
+from gpucnn.backend.device import is_array as _is_array
+
 __all__ = [
     "ColorJitter",
     "Compose",
@@ -47,7 +50,7 @@ _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2
 
 
 def _xp(a: Any) -> Any:
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
+    return _array_module(a)
 
 
 def _backend_name(a: Any) -> str:
@@ -59,7 +62,7 @@ def _unwrap(x: Any, who: str) -> tuple[Any, bool]:
 
     is_tensor = isinstance(x, Tensor)
     arr = x.data if is_tensor else x
-    if not (isinstance(arr, np.ndarray) or type(arr).__module__.startswith("cupy")):
+    if not _is_array(arr):
         raise TypeError(f"{who}: expected a NumPy/CuPy array or a Tensor, got {type(x).__name__}")
     if arr.ndim != 4:
         raise ValueError(f"{who}: expected a batch (N, C, H, W), got shape {tuple(arr.shape)}")

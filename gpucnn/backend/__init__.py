@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.device import cupy_module, is_device_array, simulated
+
 __all__ = [
     "Backend",
     "BackendUnavailable",
@@ -74,7 +76,7 @@ class Backend:
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """``a`` as an array of this backend (copies across devices)."""
-        if self.name == "numpy" and not isinstance(a, np.ndarray) and hasattr(a, "get"):
+        if self.name == "numpy" and is_device_array(a):
             a = a.get()
         return self.xp.asarray(a, dtype=dtype)
 
@@ -104,7 +106,7 @@ extern "C" __global__ void gpucnn_probe(float* y, int n) {
 def _probe_cuda() -> tuple[bool, str]:
     """Try CuPy, a device, and a probe kernel; return (usable, reason)."""
     try:
-        import cupy
+        cupy = cupy_module()
     except Exception as exc:  # ImportError, or a broken install raising anything
         return False, f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc})"
     try:
@@ -195,10 +197,8 @@ def get_backend(name: str) -> Backend:
     else:
         if not cuda_available():
             raise BackendUnavailable(f"the cuda backend is not usable: {_cuda_reason}")
-        import cupy
-
         _apply_tf32()  # before any float32 GEMM runs
-        be = Backend("cuda", cupy, "gpucnn.backend.cuda_ops")
+        be = Backend("cuda", cupy_module(), "gpucnn.backend.cuda_ops")
     _backends[name] = be
     return be
 
@@ -247,8 +247,7 @@ def backend_of(array: Any) -> Backend:
     """The backend that owns ``array`` (NumPy arrays and scalars → numpy, CuPy arrays → cuda)."""
     if isinstance(array, (np.ndarray, np.generic, float, int, bool)):
         return get_backend("numpy")
-    mod = type(array).__module__
-    if mod.startswith("cupy"):
+    if is_device_array(array):
         return get_backend("cuda")
     raise TypeError(f"not an array of a gpucnn backend: {type(array).__name__}")
 
@@ -257,7 +256,7 @@ def to_numpy(array: Any) -> np.ndarray:
     """A NumPy copy/view of ``array`` from either backend."""
     if isinstance(array, np.ndarray):
         return array
-    if hasattr(array, "get") and type(array).__module__.startswith("cupy"):
+    if is_device_array(array):
         return array.get()
     return np.asarray(array)
 

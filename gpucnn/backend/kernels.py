@@ -122,8 +122,9 @@ _lock = threading.Lock()
 
 def get_module(family: str, defines: Any = None) -> Any:
     """The compiled ``cupy.RawModule`` for ``cuda/<family>.cu`` on the current device (cached)."""
-    import cupy
+    from gpucnn.backend.device import cupy_module
 
+    cupy = cupy_module()
     defs = normalize_defines(defines)
     device = cupy.cuda.runtime.getDevice()
     key = (family, defs, device)

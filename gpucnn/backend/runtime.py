@@ -76,11 +76,11 @@ class KernelRuntime:
 
 
 def _cupy_runtime() -> KernelRuntime:
-    import cupy
-
+    from gpucnn.backend.device import cupy_module, simulated
     from gpucnn.backend.kernels import get_kernel
 
-    return KernelRuntime(cupy, get_kernel, name="cuda")
+    name = "cuda (simulated device)" if simulated() else "cuda"
+    return KernelRuntime(cupy_module(), get_kernel, name=name)
 
 
 _default: KernelRuntime | None = None

@@ -32,15 +32,16 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.device import cupy_module, empty_pinned
+from gpucnn.backend.device import is_array as _is_array
+from gpucnn.backend.device import is_device_array as _is_device_array
+
 __all__ = ["DataLoader", "TensorDataset"]
 
 
-def _is_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
-
 
 def _is_cupy(a: Any) -> bool:
-    return type(a).__module__.startswith("cupy")
+    return _is_device_array(a)
 
 
 def _raw(a: Any) -> Any:
@@ -123,9 +124,7 @@ class _CudaState:
     and the latest event recorded on the consumer's stream."""
 
     def __init__(self, device_id: int) -> None:
-        import cupy
-
-        self.cupy = cupy
+        self.cupy = cupy_module()
         self.device_id = device_id
         self.consumer_event: Any = None  # set by the consumer thread at each __next__
         self.stream: Any = None
@@ -139,8 +138,6 @@ class _CudaState:
 
     def upload(self, a: Any) -> Any:
         """Async host->device copy of ``a`` on the side stream, through a pinned buffer."""
-        import cupyx
-
         cp = self.cupy
         if _is_cupy(a):
             return a  # already on the device (indexed on the side stream by the caller)
@@ -148,7 +145,7 @@ class _CudaState:
         key = (a.shape, a.dtype.str)
         buf = self.pinned.get(key)
         if buf is None:
-            buf = cupyx.empty_pinned(a.shape, dtype=a.dtype)
+            buf = empty_pinned(a.shape, dtype=a.dtype)
             self.pinned[key] = buf
         buf[...] = a
         out = cp.empty(a.shape, dtype=a.dtype)
@@ -397,7 +394,5 @@ def _host(a: Any) -> np.ndarray:
 
 def _device_index(a: Any, idx: np.ndarray) -> Any:
     """Index a CuPy array with host indices (moved to the array's device)."""
-    import cupy
-
-    return a[cupy.asarray(idx)]
+    return a[cupy_module().asarray(idx)]
 

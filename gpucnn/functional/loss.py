@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import backend_of
+from gpucnn.backend.device import is_device_array as _is_device_array
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -49,7 +50,7 @@ def _raw(be: Any, a: Any, dtype: Any = None) -> Any:
     """``a`` (Tensor, array, list or number) as an array of backend ``be``."""
     if isinstance(a, Tensor):
         a = a.data
-    on_gpu = type(a).__module__.startswith("cupy")
+    on_gpu = _is_device_array(a)
     if on_gpu != (be.name == "cuda"):
         a = be.asarray(a)
     return be.xp.asarray(a, dtype=dtype)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
+from gpucnn.backend.device import is_array as _is_array
 from gpucnn.tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
@@ -312,9 +313,6 @@ class Optimizer:
             lines.append(f"  group {i}: {len(g['params'])} params, {opts}")
         return "\n".join(lines) + "\n)"
 
-
-def _is_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
 
 
 def _same_scalar(a: Any, b: Any) -> bool:
