@@ -157,11 +157,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     if chosen is not None:
         why = ("CUDA is usable" if chosen == "cuda" else
                (f"CUDA is not usable: {reason}" if not ok else "NumPy was asked for"))
-        print(f"backend: {chosen} (requested {requested!r} via {src}; {why})")
+        shown = B.get().description if chosen == "cuda" else chosen
+        print(f"backend: {shown} (requested {requested!r} via {src}; {why})")
     print(f"cuda available: {ok}" + ("" if ok else f" ({reason})"))
+    if B.simulated():
+        print("cuda device: SIMULATED (GPUCNN_SIMULATE_CUDA=1): a CuPy stand-in whose kernels "
+              "run through the host emulator on the CPU; no GPU is used")
     cupy = None
     try:
-        import cupy  # noqa: F811
+        from gpucnn.backend.device import cupy_module
+
+        cupy = cupy_module()
     except Exception as exc:
         print(f"cupy: not importable ({type(exc).__name__}: {exc}); install 'gpucnn[cuda12]' or "
               "'gpucnn[cuda13]' on a machine with an NVIDIA GPU")

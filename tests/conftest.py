@@ -1,4 +1,11 @@
-"""Shared fixtures: one parametrised ``backend`` fixture over every usable backend."""
+"""Shared fixtures: one parametrised ``backend`` fixture over every usable backend.
+
+``python -m pytest --simulate-cuda`` (or ``GPUCNN_SIMULATE_CUDA=1``) runs the suite with the
+cuda backend on the simulated device of :mod:`gpucnn.testing.simcuda`: ``auto`` resolves to
+it, ``gpu``-marked tests run on it, and backend-parametrised tests run their ``cuda`` case
+(their ``numpy`` case ran in the plain pass). Tests about NumPy internals carry the
+``numpy_internal`` marker and run on the NumPy backend in either pass.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,39 @@ import os
 import numpy as np
 import pytest
 
-import gpucnn
-from gpucnn import backend as B
-
 os.environ.setdefault("GPUCNN_BACKEND", "auto")
 # GPU parity tests compare CUDA float32 with NumPy float32 at tight tolerances: plain FP32
 # GEMMs, no TF32 (tests/test_backend.py checks the TF32 switch itself).
 os.environ.setdefault("GPUCNN_TF32", "0")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--simulate-cuda",
+        action="store_true",
+        default=False,
+        help="run the suite with the cuda backend on the simulated CUDA device "
+        "(GPUCNN_SIMULATE_CUDA=1: a CuPy stand-in, kernels through the host emulator)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--simulate-cuda"):
+        os.environ["GPUCNN_SIMULATE_CUDA"] = "1"
+
+
+def _simulating() -> bool:
+    from gpucnn.backend.device import simulated
+
+    return simulated()
+
+
 def _usable_backends() -> list:
-    names = ["numpy"]
+    from gpucnn import backend as B
+
+    if _simulating():
+        return [pytest.param("cuda", marks=pytest.mark.gpu)]  # numpy ran in the plain pass
+    names: list = ["numpy"]
     names.append(
         pytest.param("cuda", marks=pytest.mark.gpu)
         if B.cuda_available()
@@ -32,14 +61,29 @@ def _usable_backends() -> list:
     return names
 
 
-@pytest.fixture(params=_usable_backends())
-def backend(request: pytest.FixtureRequest) -> B.Backend:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _usable_backends(), indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest):
     """Each usable backend in turn (cuda is skipped, with the reason, where there is no GPU)."""
-    prev = B._active
-    be = B.use(request.param)
-    yield be
-    if prev is not None:
-        B.use(prev)
+    from gpucnn.testing import backend_scope
+
+    with backend_scope(request.param) as be:
+        yield be
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend(request: pytest.FixtureRequest):
+    """Every test starts on the backend the session chose and leaves it so (or NumPy when the
+    test is marked ``numpy_internal``)."""
+    from gpucnn.testing import backend_scope
+
+    name = "numpy" if request.node.get_closest_marker("numpy_internal") else None
+    with backend_scope(name):
+        yield
 
 
 @pytest.fixture
@@ -49,10 +93,14 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
+    import gpucnn
+
     gpucnn.manual_seed(0)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    from gpucnn import backend as B
+
     if B.cuda_available():
         return
     skip = pytest.mark.skip(reason=f"needs a GPU: {B.cuda_unavailable_reason()}")

@@ -39,6 +39,8 @@ __all__ = [
     "cuda_unavailable_reason",
     "set_tf32",
     "tf32_enabled",
+    "CudaFallbackWarning",
+    "simulated",
 ]
 
 VALID_BACKENDS = ("auto", "numpy", "cuda")
@@ -61,6 +63,7 @@ class Backend:
     def __init__(self, name: str, xp: ModuleType, ops_package: str) -> None:
         self.name = name
         self.xp = xp
+        self.simulated = name == "cuda" and simulated()
         names: list[str] = []
         pkg = importlib.import_module(ops_package)
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
@@ -85,7 +88,16 @@ class Backend:
         if self.name == "cuda":
             self.xp.cuda.get_current_stream().synchronize()
 
+    @property
+    def description(self) -> str:
+        """``"numpy"``, ``"cuda"``, or ``"cuda (simulated device: ...)"`` where simulated."""
+        if self.simulated:
+            return "cuda (simulated device: CuPy stand-in, kernels run by the host emulator)"
+        return self.name
+
     def __repr__(self) -> str:
+        if self.simulated:
+            return f"Backend({self.name!r}, simulated device)"
         return f"Backend({self.name!r})"
 
 
@@ -127,7 +139,30 @@ def _probe_cuda() -> tuple[bool, str]:
             return False, "the probe kernel ran but computed a wrong value"
     except Exception as exc:
         return False, f"the probe kernel failed to compile or launch ({type(exc).__name__}: {exc})"
-    return True, "CuPy imported, a device answered and the probe kernel ran"
+    # Compile every real kernel family now, so a source the device's compiler rejects stops
+    # the backend from being chosen here, not in the middle of the first fit step.
+    from gpucnn.backend.kernels import all_kernel_sources, get_module
+
+    for path in all_kernel_sources():
+        try:
+            get_module(path.stem)
+        except Exception as exc:
+            return False, f"the kernel family {path.name} failed to compile ({exc})"
+    where = "the simulated device (GPUCNN_SIMULATE_CUDA=1)" if simulated() else "a device"
+    return True, f"CuPy imported, {where} answered and every kernel family compiled"
+
+
+class CudaFallbackWarning(RuntimeWarning):
+    """CuPy is installed (the GPU extra) but the cuda backend is unusable: NumPy runs instead."""
+
+
+def _cupy_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("cupy") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def cuda_available() -> bool:
@@ -212,8 +247,18 @@ def _resolve(name: str) -> str:
     if cuda_available():
         return "cuda"
     if not _logged:
-        log.info("gpucnn: using the numpy backend because %s", _cuda_reason)
         _logged = True
+        if _cupy_installed():  # the GPU extra is installed: landing on the CPU is news
+            msg = (
+                f"gpucnn: CuPy is installed but the cuda backend is not usable, so 'auto' "
+                f"runs on the NumPy backend (CPU): {_cuda_reason}"
+            )
+            log.warning(msg)
+            import warnings
+
+            warnings.warn(msg, CudaFallbackWarning, stacklevel=3)
+        else:
+            log.info("gpucnn: using the numpy backend because %s", _cuda_reason)
     return "numpy"
 
 

@@ -240,6 +240,7 @@ class EmulatedModule:
         defines: preprocessor defines, as for :func:`gpucnn.backend.kernels.get_module`.
         fibers: force (``True``) or forbid (``False``) fiber scheduling; ``None`` uses fibers
             only when the source (or a header it includes) mentions a barrier or warp operation.
+        include_dirs: more directories searched for quoted ``#include`` files (``-I``).
 
     Attributes:
         path: the source file. kernel_names: its ``extern "C" __global__`` kernels.
@@ -252,13 +253,16 @@ class EmulatedModule:
         defines: Any = None,
         *,
         fibers: bool | None = None,
+        include_dirs: Sequence[str | Path] = (),
     ) -> None:
+        extra_dirs = tuple(include_dirs)
         if isinstance(path_or_family, Path) or "/" in str(path_or_family):
             self.path = Path(path_or_family).resolve()
             if not self.path.is_file():
                 raise FileNotFoundError(f"kernel source {self.path} does not exist")
             include_dirs = [self.path.parent]
             fam = str(self.path.with_suffix("").name)
+            include_dirs.extend(Path(d) for d in extra_dirs)
             try:
                 include_dirs.append(kernel_include_dir("common.cuh"))
             except FileNotFoundError:
@@ -266,6 +270,7 @@ class EmulatedModule:
         else:
             self.path = kernel_source_path(str(path_or_family)).resolve()
             include_dirs = [self.path.parent, kernel_include_dir(str(path_or_family))]
+            include_dirs.extend(Path(d) for d in extra_dirs)
             fam = str(path_or_family).removesuffix(".cu")
         self.defines = normalize_defines(defines)
         self._lock = threading.Lock()
