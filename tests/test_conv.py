@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -871,3 +873,274 @@ def test_from_batch_inner_tiled_transpose(monkeypatch, tile, bias, crop) -> None
     im._from_batch_inner(a, out, add=add)
     ref = np.moveaxis(a, -1, 0) + (0 if add is None else add)
     np.testing.assert_array_equal(out, ref)
+
+
+# ------------------------------------------------------------------ CUDA route (host emulator)
+#
+# The CUDA branch of Conv2dFunction (im2col_cn, 2-D GEMMs, col2im_cn) run on the CPU: a Backend
+# named "cuda" over the cuda_ops launchers, their kernels built by the host emulator from the
+# same .cu files, NumPy (or a recording proxy of it) as ``xp``.
+
+
+@contextlib.contextmanager
+def _cuda_route(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
+    """conv2d through its CUDA branch on the emulator; yields the kernel names launched."""
+    emulator = pytest.importorskip("gpucnn.testing.emulator")
+    if not emulator.compiler_available():
+        pytest.skip("no host C++ compiler: the kernel emulator cannot run")
+    import gpucnn.functional.conv as conv_mod
+    from gpucnn.backend import Backend
+    from gpucnn.backend.runtime import KernelRuntime, use_runtime
+
+    launched: list[str] = []
+
+    def get_kernel(family, name, defines=None):  # noqa: ANN001, ANN202
+        launched.append(name)
+        return emulator.get_emulated_kernel(family, name, defines)
+
+    be = Backend("cuda", xp, "gpucnn.backend.cuda_ops")
+    rt = KernelRuntime(xp, get_kernel, grid_cap=grid_cap, block=block, name="emulated cuda")
+    orig = conv_mod._backend
+    conv_mod._backend = lambda a: be
+    try:
+        with use_runtime(rt):
+            yield launched
+    finally:
+        conv_mod._backend = orig
+
+
+def _geom(xs: tuple, ws: tuple, kw: dict) -> tuple:
+    """Conv2dFunction's ``ctx.geom`` for a case (what the route rules look at)."""
+    import gpucnn.functional.conv as conv_mod
+
+    n, c, h, w = xs
+    o, cg, kh, kwd = ws
+    s = conv_mod._pair(kw.get("stride", 1), "stride")
+    d = conv_mod._pair(kw.get("dilation", 1), "dilation")
+    pads = conv_mod._resolve_padding(kw.get("padding", 0), (kh, kwd), s, d)
+    oh, ow = conv2d_output_size(h, w, (kh, kwd), s, pads, d)
+    pointwise = (kh, kwd) == (1, 1) and s == (1, 1) and pads == (0, 0, 0, 0)
+    g = kw.get("groups", 1)
+    return (n, c, h, w, o, cg, kh, kwd, *s, pads[0], pads[2], *d, oh, ow, g, pointwise)
+
+
+def _transposed_dx_applies(geom: tuple) -> bool:
+    """Whether dx can run as the flipped-kernel correlation (stride 1, pads inside the kernel)."""
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    return not pointwise and (sh, sw) == (1, 1) and pt <= dh * (kh - 1) and pl <= dw * (kw - 1)
+
+
+CUDA_CASES = (
+    GRAD_CASES
+    + [
+        ((3, 4, 6, 6), (6, 4, 3, 3), dict(padding=1)),
+        ((2, 6, 7, 7), (6, 1, 3, 3), dict(padding=1, groups=6)),  # depthwise
+        ((2, 6, 7, 7), (12, 2, 3, 3), dict(padding=1, groups=3, stride=2)),
+        (
+            (2, 4, 9, 8),
+            (6, 2, 3, 2),
+            dict(stride=(2, 1), dilation=(1, 2), padding=(1, 0), groups=2),
+        ),
+        ((3, 2, 9, 8), (4, 2, 4, 3), dict(padding="same", dilation=(2, 1))),  # asymmetric same
+        ((2, 3, 6, 5), (4, 3, 2, 2), dict(padding=(0, 2, 1, 0))),  # explicit 4-tuple pads
+        ((1, 4, 5, 6), (6, 4, 1, 1), dict()),  # 1x1, one sample: x is its own columns
+        ((3, 4, 5, 6), (6, 2, 1, 1), dict(groups=2)),  # grouped 1x1
+        ((2, 3, 7, 7), (5, 3, 1, 1), dict(stride=2, padding=1)),  # 1x1 through im2col_cn
+    ]
+    + [_random_config(np.random.default_rng(300 + s)) for s in range(12)]
+)
+
+
+def _cuda_vs_numpy(xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True), **route):  # noqa: ANN001, ANN202
+    """(CUDA-route results, NumPy-backend results, kernels launched): y then requested grads."""
+    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+    with no_grad():
+        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
+    g = rng.standard_normal(shape).astype(dtype)
+    arrays = [x, w, b] if bias else [x, w]
+
+    def run() -> list:
+        ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
+        y = F.conv2d(*ts, **kw)
+        y.backward(g)
+        return [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
+
+    ref = run()
+    with _cuda_route(**route) as launched:
+        got = run()
+    return got, ref, launched
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("dx", ["rule", "col2im", "transposed"])
+@pytest.mark.parametrize("xs, ws, kw", CUDA_CASES, ids=_ids(CUDA_CASES))
+def test_cuda_route_matches_numpy_emulated(monkeypatch, xs, ws, kw, dx) -> None:  # noqa: ANN001
+    """The CUDA route (forward, dx by col2im_cn or by the flipped-kernel correlation, dW, db)
+    through the emulated kernels equals the NumPy backend; it launches only the
+    batch-in-columns im2col kernels."""
+    import gpucnn.functional.conv as conv_mod
+
+    geom = _geom(xs, ws, kw)
+    if dx != "rule":
+        forced = dx == "transposed" and _transposed_dx_applies(geom)
+        monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: forced)
+    taken = []
+    orig = conv_mod._cuda_input_grad_as_conv
+    monkeypatch.setattr(
+        conv_mod, "_cuda_input_grad_as_conv", lambda *a: taken.append(1) or orig(*a)
+    )
+    got, ref, launched = _cuda_vs_numpy(xs, ws, kw)
+    for a, r in zip(got, ref):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+    if dx == "transposed":
+        assert bool(taken) == _transposed_dx_applies(geom)
+    elif dx == "col2im":
+        assert not taken
+    names = set(launched)
+    assert not names & {"im2col_f64", "col2im_f64"}, "the CUDA route uses the _cn kernels"
+    pointwise_one = geom[-1] and xs[0] == 1
+    assert ("im2col_cn_f64" in names) == (not pointwise_one or bool(taken))
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((3, 4, 8, 8), (8, 4, 3, 3), dict(padding=1)),
+        ((2, 6, 9, 9), (6, 2, 3, 3), dict(stride=2, padding=1, groups=3)),
+        ((4, 8, 5, 5), (16, 8, 1, 1), dict()),
+    ],
+)
+def test_cuda_route_float32_emulated(xs, ws, kw) -> None:  # noqa: ANN001
+    got, ref, launched = _cuda_vs_numpy(xs, ws, kw, dtype=np.float32, grid_cap=None, block=128)
+    assert "im2col_cn_f32" in launched
+    for a, r in zip(got, ref):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(r).max()))
+
+
+@pytest.mark.parametrize(
+    "bias, needs",
+    [
+        (True, (True, False, False)),
+        (True, (False, True, False)),
+        (True, (False, False, True)),
+        (False, (True, False)),
+        (False, (False, True)),
+    ],
+)
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [((2, 4, 6, 6), (6, 2, 3, 3), dict(padding=1, groups=2)), ((2, 3, 5, 4), (4, 3, 1, 1), {})],
+)
+def test_cuda_route_partial_grads_emulated(xs, ws, kw, bias, needs) -> None:  # noqa: ANN001
+    got, ref, _ = _cuda_vs_numpy(xs, ws, kw, bias=bias, needs=needs)
+    assert len(got) == len(ref) == 1 + sum(needs)
+    for a, r in zip(got, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_cuda_route_torch_parity_and_empty_batch_emulated() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    for xs, ws, kw in [
+        ((3, 4, 8, 8), (8, 2, 3, 3), dict(stride=2, padding=1, groups=2)),
+        ((2, 3, 7, 6), (4, 3, 2, 3), dict(padding="same", dilation=(1, 2))),
+        ((2, 4, 5, 5), (6, 4, 1, 1), dict()),
+    ]:
+        x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+        with no_grad():
+            shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
+        g = rng.standard_normal(shape)
+        with _cuda_route():
+            y, grads = _ours(x, w, b, g, **kw)
+        ty, tgrads = _torch_conv(torch, x, w, b, g, **kw)
+        for a, r in zip([y, *grads], [ty, *tgrads]):
+            np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
+    with _cuda_route():
+        x, w = Tensor(np.zeros((0, 3, 6, 6)), requires_grad=True), Tensor(np.ones((4, 3, 3, 3)))
+        w.requires_grad = True
+        y = F.conv2d(x, w, padding=1)
+        y.backward(np.zeros(y.shape))
+    assert y.shape == (0, 4, 6, 6) and x.grad.shape == (0, 3, 6, 6)
+    np.testing.assert_array_equal(w.grad.numpy(), np.zeros((4, 3, 3, 3)))
+
+
+class _RecordingXp:
+    """NumPy as an array module, recording every GEMM (operand shapes and contiguity) and every
+    call that returns a new buffer built from an array argument (a copy: its input size)."""
+
+    GEMMS = frozenset({"matmul", "dot", "tensordot", "einsum", "inner", "vdot", "outer", "kron"})
+
+    def __init__(self) -> None:
+        self.gemms: list[tuple[str, list[tuple], bool]] = []
+        self.copies: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        attr = getattr(np, name)
+        if not callable(attr) or isinstance(attr, type):
+            return attr
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            out = attr(*args, **kwargs)
+            if name in self.GEMMS:
+                ops = arrays + [kwargs["out"]] if "out" in kwargs else arrays
+                shapes = [a.shape for a in ops]
+                # cuBLAS takes a 2-D C- or F-contiguous operand as is (a transpose flag); out
+                # must be C-contiguous, or CuPy computes into a temporary and copies
+                ok = all(a.flags.c_contiguous or a.flags.f_contiguous for a in arrays)
+                ok = ok and ("out" not in kwargs or kwargs["out"].flags.c_contiguous)
+                self.gemms.append((name, shapes, ok))
+            elif isinstance(out, np.ndarray):
+                for a in arrays:
+                    if a.size and not np.may_share_memory(out, a):
+                        self.copies.append((name, a.size))
+            return out
+
+        return call
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("dx", ["col2im", "transposed"])
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((2, 4, 6, 6), (6, 4, 3, 3), dict(padding=1)),
+        ((2, 6, 8, 7), (8, 3, 3, 2), dict(padding="same", groups=2)),  # grouped, asymmetric
+        ((3, 4, 9, 9), (6, 4, 3, 3), dict(stride=2, padding=1)),  # strided: col2im only
+        ((2, 6, 7, 7), (6, 1, 3, 3), dict(padding=1, groups=6)),  # depthwise
+        ((3, 4, 5, 6), (6, 2, 1, 1), dict(groups=2)),  # 1x1
+        ((1, 4, 5, 6), (6, 4, 1, 1), dict()),  # 1x1, one sample
+    ],
+)
+def test_cuda_route_gemms_are_2d_without_copies(monkeypatch, xs, ws, kw, dx) -> None:  # noqa: ANN001
+    """Every GEMM the CUDA conv route issues is 2-D on C-/F-contiguous operands (what cuBLAS
+    takes without a copy and where CuPy honours TF32): one per group for y, dW and dx; no
+    array of the size of the columns (im2col_cn of x, or of dy on the transposed dx route) is
+    ever copied: the only copies are the NCHW <-> (O, N*L) layout changes and the flipped W."""
+    import gpucnn.functional.conv as conv_mod
+
+    geom = _geom(xs, ws, kw)
+    forced = dx == "transposed" and _transposed_dx_applies(geom)
+    monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: forced)
+    xp = _RecordingXp()
+    got, ref, _ = _cuda_vs_numpy(xs, ws, kw, xp=xp)
+    for a, r in zip(got, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+    n, c, h, w, o, cg, kh, kwd, sh, sw, pt, pl, dh, dwd, oh, ow, g, pointwise = geom
+    assert len(xp.gemms) == 3 * g  # y, dW, dx: one 2-D GEMM per group each
+    for name, shapes, contiguous in xp.gemms:
+        assert name == "matmul" and all(len(s) == 2 for s in shapes), (name, shapes)
+        assert contiguous, (name, shapes)
+    activations = max(n * c * h * w, n * o * oh * ow, o * cg * kh * kwd)
+    cols = c * kh * kwd * n * oh * ow
+    if not pointwise:
+        assert cols > activations  # the check below can tell the columns apart
+    if pointwise and n == 1:  # (C, 1*H*W) is x itself and y, dy, dx are views: no copies
+        assert not xp.copies, xp.copies
+    else:
+        assert xp.copies, "the layout changes are copies the recorder must see"
+        assert max(size for _, size in xp.copies) <= activations, xp.copies

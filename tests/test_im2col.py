@@ -289,8 +289,88 @@ def test_blocked_batch_transposes(shape, dtype, monkeypatch):
 
 def test_wide_helpers_are_private():
     """NumPy-only helpers (frame and batch-innermost layouts) must not become backend
-    primitives (the CUDA side lacks them)."""
-    assert np_im2col.__all__ == ["im2col", "col2im"] == cuda_im2col.__all__
+    primitives (the CUDA side lacks them); the batch-in-columns pair exists on both."""
+    expected = ["im2col", "col2im", "im2col_cn", "col2im_cn"]
+    assert np_im2col.__all__ == expected == cuda_im2col.__all__
+
+
+# ------------------------------------------------------------------ batch-in-columns layout
+
+
+def _cn(cols):
+    """Per-sample cols (N, C*kh*kw, L) -> batch-in-columns (C*kh*kw, N*L)."""
+    n, ck, L = cols.shape
+    return np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(ck, n * L)
+
+
+def _cn_inputs(shape, geom, dtype, seed=0):
+    x, cols = _inputs(shape, geom, dtype, seed)
+    return x, _cn(cols)
+
+
+CN_CASES = list(CASES.values()) + _random_geometries(40, seed=2)
+
+
+@pytest.mark.parametrize("shape, geom", CN_CASES)
+def test_cn_numpy_twin_matches_brute_force(shape, geom):
+    """im2col_cn / col2im_cn are im2col / col2im with the batch moved into the columns."""
+    x, cols2 = _cn_inputs(shape, geom, np.float64, seed=sum(shape) + sum(geom))
+    got = np_im2col.im2col_cn(x, *geom)
+    assert got.shape == cols2.shape and got.dtype == np.float64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, _cn(_brute_im2col(x, *geom)))
+    n, ck, nl = shape[0], cols2.shape[0], cols2.shape[1]
+    per_sample = cols2.reshape(ck, n, nl // n).transpose(1, 0, 2)
+    back = np_im2col.col2im_cn(cols2, *shape, *geom)
+    assert back.shape == shape and back.dtype == np.float64 and back.flags.c_contiguous
+    np.testing.assert_allclose(
+        back, _brute_col2im(per_sample, *shape, *geom), rtol=1e-12, atol=1e-12
+    )
+    assert np.vdot(got, cols2) == pytest.approx(np.vdot(x, back), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("grid_cap,block", LAUNCHES, ids=[f"g{g}b{b}" for g, b in LAUNCHES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", IDS)
+def test_emulated_cn_kernels_match_numpy(emu, case, dtype, grid_cap, block):
+    shape, geom = CASES[case]
+    x, cols2 = _cn_inputs(shape, geom, dtype)
+    with use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block)):
+        got = cuda_im2col.im2col_cn(x, *geom)
+        back = cuda_im2col.col2im_cn(cols2, *shape, *geom)
+    assert got.dtype == dtype and back.dtype == dtype
+    assert got.flags.c_contiguous and back.flags.c_contiguous
+    np.testing.assert_array_equal(got, np_im2col.im2col_cn(x, *geom))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(back, np_im2col.col2im_cn(cols2, *shape, *geom), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape, geom", CN_CASES[len(CASES) :])
+def test_emulated_cn_kernels_random_geometries(emu, shape, geom, dtype):
+    """Random stride / dilation / asymmetric padding (bottom/right through oh, ow): the
+    kernels equal the brute-force reference, and col2im_cn equals the per-sample col2im."""
+    x, cols2 = _cn_inputs(shape, geom, dtype, seed=len(shape) + sum(geom))
+    with use_runtime(emu.emulated_runtime(grid_cap=2, block=32)):
+        got = cuda_im2col.im2col_cn(x, *geom)
+        back = cuda_im2col.col2im_cn(cols2, *shape, *geom)
+        n, ck = shape[0], cols2.shape[0]
+        per_sample = np.ascontiguousarray(cols2.reshape(ck, n, -1).transpose(1, 0, 2))
+        back_ref = cuda_im2col.col2im(per_sample, *shape, *geom)
+    np.testing.assert_array_equal(got, _cn(_brute_im2col(x, *geom)))
+    np.testing.assert_array_equal(back, back_ref)  # same gather, same summation order
+
+
+def test_emulated_cn_noncontiguous_and_empty_batch(emu):
+    x = np.random.default_rng(1).standard_normal((2, 5, 6, 3)).transpose(0, 3, 1, 2)
+    geom = (2, 3, 2, 1, 1, 0, 1, 1, 3, 4)
+    with use_runtime(emu.emulated_runtime(grid_cap=2, block=32)):
+        got = cuda_im2col.im2col_cn(x, *geom)
+        back = cuda_im2col.col2im_cn(got.T.copy().T, 2, 3, 5, 6, *geom)  # F-ordered cols
+        empty = cuda_im2col.im2col_cn(np.zeros((0, 3, 5, 6)), *geom)
+        empty_back = cuda_im2col.col2im_cn(np.zeros((18, 0)), 0, 3, 5, 6, *geom)
+    np.testing.assert_array_equal(got, np_im2col.im2col_cn(x, *geom))
+    np.testing.assert_allclose(back, np_im2col.col2im_cn(got, 2, 3, 5, 6, *geom), rtol=1e-13)
+    assert empty.shape == (18, 0) and empty_back.shape == (0, 3, 5, 6)
 
 
 # ------------------------------------------------------------------ CUDA kernels (emulated)
@@ -371,6 +451,23 @@ def test_errors_name_op_and_shapes(ops):
         ops.col2im(np.zeros((2, 18, 16), np.int32), 2, 2, 4, 4, *GEOM)
 
 
+def test_cn_errors_name_op_and_shapes(ops):
+    with pytest.raises(ValueError, match=r"im2col_cn.*\(N, C, H, W\).*\(4, 4\)"):
+        ops.im2col_cn(np.zeros((4, 4)), *GEOM)
+    with pytest.raises(TypeError, match="im2col_cn.*float16"):
+        ops.im2col_cn(np.zeros((1, 1, 4, 4), np.float16), *GEOM)
+    with pytest.raises(ValueError, match="im2col_cn: sh"):
+        ops.im2col_cn(np.zeros((1, 1, 4, 4)), 3, 3, 0, 1, 1, 1, 1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"col2im_cn.*\(C\*kh\*kw, N\*oh\*ow\).*\(18, 32\)"):
+        ops.col2im_cn(np.zeros((2, 18, 16)), 2, 2, 4, 4, *GEOM)
+    with pytest.raises(ValueError, match=r"col2im_cn.*\(18, 32\).*\(18, 31\)"):
+        ops.col2im_cn(np.zeros((18, 31)), 2, 2, 4, 4, *GEOM)
+    with pytest.raises(TypeError, match="col2im_cn.*float32 or float64"):
+        ops.col2im_cn(np.zeros((18, 32), np.int32), 2, 2, 4, 4, *GEOM)
+    with pytest.raises(ValueError, match="col2im_cn: ph"):
+        ops.col2im_cn(np.zeros((18, 32)), 2, 2, 4, 4, 3, 3, 1, 1, -1, 1, 1, 1, 4, 4)
+
+
 # ------------------------------------------------------------------ real GPU
 
 
@@ -393,3 +490,24 @@ def test_gpu_kernels_match_numpy(case, dtype, grid_cap):
     np.testing.assert_array_equal(got, np_im2col.im2col(x, *geom))
     tol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(back, np_im2col.col2im(cols, *shape, *geom), rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="no usable CUDA device (CuPy)")
+@pytest.mark.parametrize("grid_cap", [1, 3, None])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", IDS)
+def test_gpu_cn_kernels_match_numpy(case, dtype, grid_cap):
+    import cupy
+
+    from gpucnn.backend.kernels import get_kernel
+    from gpucnn.backend.runtime import KernelRuntime
+
+    shape, geom = CASES[case]
+    x, cols2 = _cn_inputs(shape, geom, dtype)
+    with use_runtime(KernelRuntime(cupy, get_kernel, grid_cap=grid_cap, block=64)):
+        got = cuda_im2col.im2col_cn(cupy.asarray(x), *geom).get()
+        back = cuda_im2col.col2im_cn(cupy.asarray(cols2), *shape, *geom).get()
+    np.testing.assert_array_equal(got, np_im2col.im2col_cn(x, *geom))
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(back, np_im2col.col2im_cn(cols2, *shape, *geom), rtol=tol, atol=tol)

@@ -59,6 +59,13 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
     cols = a(2, 3 * 2 * 2, 4 * 5)
     yield "im2col", "im2col", lambda m: m.im2col(x4, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5)
     yield "im2col", "col2im", lambda m: m.col2im(cols, 2, 3, 5, 6, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5)
+    cols2 = a(3 * 2 * 2, 2 * 4 * 5)
+    yield "im2col", "im2col_cn", lambda m: m.im2col_cn(x4, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5)
+    yield (
+        "im2col",
+        "col2im_cn",
+        lambda m: m.col2im_cn(cols2, 2, 3, 5, 6, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5),
+    )
     mean, var = x4.mean(axis=(0, 2, 3)), x4.var(axis=(0, 2, 3)) + 0.5
     yield "norm", "stats", lambda m: m.batchnorm_stats(x4)
     yield "norm", "fwd", lambda m: m.batchnorm_forward(x4, mean, var, w, w, 1e-5)

@@ -1,28 +1,43 @@
 """2-D convolution (PyTorch semantics, NCHW): im2col + GEMM forward, GEMMs + col2im backward.
 
 Shapes: input ``x`` (N, C, H, W); weight (O, C/groups, kh, kw); bias (O,); output
-(N, O, OH, OW). The backend's ``im2col`` gives ``cols`` (N, C*kh*kw, OH*OW) with row index
-``(c*kh + i)*kw + j``, so the rows of group ``g`` are one contiguous block and every GEMM is a
-batched ``xp.matmul`` (cuBLAS on CuPy) that writes NCHW directly, without transposes:
+(N, O, OH, OW); ``L = OH*OW``. The column buffers' row index is ``(c*kh + i)*kw + j``, so the
+rows of group ``g`` are one contiguous block (of the columns, of ``W`` reshaped to
+(O, C/g*kh*kw), of ``dy`` as (O, ...)).
 
-* forward: ``y[n] = W (O, C*k) @ cols[n] (C*k, L)`` per group, then ``bias_add_nchw``;
-* backward: ``dcols[n] = W^T @ dy[n]`` then ``col2im`` (a gather) for ``dx``;
-  ``dW = sum_n dy[n] @ cols[n]^T``; ``db = bias_grad_nchw(dy)``.
+On the CUDA backend every GEMM is a 2-D ``xp.matmul`` (one per group, on contiguous row
+slices): CuPy sends 2-D products to cuBLAS with the float32 compute type of
+:func:`gpucnn.backend.set_tf32` (TF32) and passes a transposed 2-D view as a transpose flag,
+without copying it, while batched ``matmul`` (ndim > 2) ignores the compute type and copies
+transposed operands. The backend's ``im2col_cn`` gives batch-in-columns ``cols2``
+(C*kh*kw, N*L), column ``n*L + l``:
 
-A 1x1 convolution with stride 1 and no padding skips im2col: ``cols`` is ``x`` itself viewed
-as (N, C, H*W). Asymmetric padding (``padding="same"`` with an even kernel) is expressed
-through the output size handed to ``im2col``/``col2im``: the top/left pads are passed, the
-extra bottom/right rows are the reads past the end that ``im2col`` zero-fills.
+* forward: ``Y2 (O, N*L) = W2 (O/g, C/g*k) @ cols2[group rows]`` per group, one transposing
+  copy to NCHW, then ``bias_add_nchw``;
+* backward: ``dy`` copied once to ``dy2 (O, N*L)``; ``dW = dy2 @ cols2^T`` and
+  ``dcols2 = W2^T @ dy2`` per group (the transposes are views), ``col2im_cn`` (a gather) for
+  ``dx``; ``db = bias_grad_nchw(dy)``. Stride-1 convolutions where
+  :func:`_use_transposed_path` says so take ``dx`` as the correlation of ``dy`` with the
+  flipped kernel instead (``im2col_cn`` of ``dy``, 2-D GEMMs, one copy to NCHW).
 
-The forward pass keeps ``cols`` for the weight gradient (no second im2col in backward); it is
-freed with the graph.
+A 1x1 stride-1 unpadded convolution of one sample uses ``x`` itself as ``cols2`` (C, H*W);
+other 1x1 ones go through ``im2col_cn`` (a transpose). Asymmetric padding (``padding="same"``
+with an even kernel) is expressed through the output size handed to the im2col kernels: the
+top/left pads are passed, the extra bottom/right rows are the reads past the end that they
+zero-fill. The forward pass keeps ``cols2`` for the weight gradient (no second im2col in
+backward); it is freed with the graph.
+
+The NumPy backend's generic route (1x1 convolutions, and the fallback of the rules below) uses
+per-sample ``cols`` (N, C*kh*kw, L) from ``im2col`` and batched ``xp.matmul`` that writes NCHW
+directly: ``y[n] = W @ cols[n]`` per group, ``dcols[n] = W^T @ dy[n]`` then ``col2im``,
+``dW = sum_n dy[n] @ cols[n]^T``; a plain 1x1 convolution skips im2col (``x`` viewed as
+(N, C, H*W)).
 
 On the NumPy backend the same algorithm runs on the "wide" (frame) layout of
 :func:`gpucnn.backend.numpy_ops.im2col._wide_im2col`: columns ``(C*kh*kw, N*oh*Wq)`` built from
 long contiguous runs, the batch folded into the GEMM's columns, garbage columns ``x >= ow``
 dropped when ``y`` is written back as NCHW (and zero-filled in the wide ``dy``). It gives the
-same results as the generic route (a test compares them over the option grid); the CUDA
-backend keeps the generic route.
+same results as the generic route (a test compares them over the option grid).
 
 Small images (8- to 16-wide outputs) waste 10-30% of those GEMMs on garbage columns, so the
 NumPy backend runs them in the batch-innermost layout of
@@ -219,6 +234,19 @@ class Conv2dFunction(Function):
             )
             return y
         ctx.frames_geometry = None
+        if be.name != "numpy":  # CUDA: 2-D GEMMs on batch-in-columns columns
+            ctx.route = "cuda"
+            ctx.geom = (n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise)
+            y, cols = _cuda_forward(be, x, weight, ctx.geom)
+            if bias is not None:
+                be.bias_add_nchw(y, bias)
+            needs = ctx.needs_input_grad if is_grad_enabled() else ()
+            ctx.has_bias = bias is not None
+            ctx.save_for_backward(
+                cols if len(needs) > 1 and needs[1] else None,
+                weight if needs and needs[0] else None,
+            )
+            return y
         if pointwise:
             cols = x.reshape(n, c, h * w)  # a view: 1x1, stride 1, no padding needs no im2col
         else:
@@ -259,6 +287,11 @@ class Conv2dFunction(Function):
                 gx, gw = _winograd_backward(gy, cols, weight, ctx.geom, needs[0], needs[1])
             else:
                 gx, gw = _batch_inner_backward(gy, cols, geo, weight, ctx.geom, needs[0], needs[1])
+            if ctx.has_bias:
+                return gx, gw, be.bias_grad_nchw(gy) if needs[2] else None
+            return gx, gw
+        if ctx.route == "cuda":
+            gx, gw = _cuda_backward(be, gy, cols, weight, ctx.geom, needs[0], needs[1])
             if ctx.has_bias:
                 return gx, gw, be.bias_grad_nchw(gy) if needs[2] else None
             return gx, gw
@@ -748,6 +781,99 @@ def _input_grad_as_conv(be: Any, gy: Any, weight: Any, geom: tuple) -> Any:
         gx = xp.matmul(wf[0], cols)  # (C, O*k) @ (N, O*k, HW) -> (N, C, HW)
     else:
         gx = xp.matmul(wf, cols.reshape(n, g, og * kh * kw, h * w))
+    return gx.reshape(n, c, h, w)
+
+
+def _grouped_gemm(xp: Any, g: int, a: Any, b: Any, ta: bool = False, tb: bool = False) -> Any:
+    """Block-diagonal product as ``g`` 2-D GEMMs: ``out[k-th row block] = op(a_k) @ op(b_k)``.
+
+    ``a_k``/``b_k`` are the ``k``-th of ``g`` equal row blocks of the 2-D ``a``/``b`` (contiguous
+    slices of C-contiguous arrays); ``op`` is a transposed *view* where ``ta``/``tb`` ask for it.
+    Every operand is C- or F-contiguous and 2-D, so CuPy hands it to cuBLAS with a transpose
+    flag and no copy, through the 2-D GEMM that honours the TF32 compute type
+    (:func:`gpucnn.backend.set_tf32`); batched ``matmul`` (ndim > 2) would ignore it and copy
+    transposed operands.
+    """
+    ra, rb = a.shape[0] // g, b.shape[0] // g
+
+    def block(m: Any, rows: int, k: int, t: bool) -> Any:
+        v = m if g == 1 else m[k * rows : (k + 1) * rows]
+        return v.T if t else v
+
+    if g == 1:
+        return xp.matmul(block(a, ra, 0, ta), block(b, rb, 0, tb))
+    a0, b0 = block(a, ra, 0, ta), block(b, rb, 0, tb)
+    rows = a0.shape[0]
+    out = xp.empty((g * rows, b0.shape[1]), dtype=a.dtype)
+    for k in range(g):
+        xp.matmul(block(a, ra, k, ta), block(b, rb, k, tb), out=out[k * rows : (k + 1) * rows])
+    return out
+
+
+def _cuda_forward(be: Any, x: Any, weight: Any, geom: tuple) -> tuple[Any, Any]:
+    """CUDA forward without bias: ``(y (N, O, oh, ow), cols2 (C*kh*kw, N*oh*ow))``.
+
+    ``cols2`` is the batch-in-columns im2col (``be.im2col_cn``; a 1x1 stride-1 unpadded conv of
+    one sample uses ``x`` itself), ``Y2 (O, N*L) = W2 (O/g, Ck/g) @ cols2[group rows]`` per
+    group (2-D GEMMs), then one transposing copy into NCHW.
+    """
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    xp = be.xp
+    if pointwise and n == 1:
+        cols = x.reshape(c, h * w)  # a view: (C, 1*H*W) is already batch-in-columns
+    else:
+        cols = be.im2col_cn(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)  # (C*kh*kw, N*L)
+    y2 = _grouped_gemm(xp, g, weight.reshape(o, cg * kh * kw), cols)  # (O, N*L)
+    y = xp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2))
+    return y.reshape(n, o, oh, ow), cols
+
+
+def _cuda_backward(
+    be: Any, gy: Any, cols: Any, weight: Any, geom: tuple, need_x: bool, need_w: bool
+) -> tuple[Any, Any]:
+    """CUDA ``(dx, dW)`` from the saved ``cols2 (C*kh*kw, N*L)``, every GEMM 2-D.
+
+    ``dy`` is transposed once to ``dy2 (O, N*L)``; per group ``dW = dy2 @ cols2^T`` and
+    ``dcols2 = W2^T @ dy2`` with the transposes as views (no copy of ``cols2``), then
+    ``col2im_cn`` (a gather) for ``dx``; or, where :func:`_use_transposed_path` says so, ``dx``
+    as the stride-1 correlation of ``dy`` with the flipped kernel
+    (:func:`_cuda_input_grad_as_conv`).
+    """
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    xp = be.xp
+    ckg, L = cg * kh * kw, oh * ow
+    gx = gw = None
+    if not (need_x or need_w):
+        return gx, gw
+    transposed = need_x and _use_transposed_path(geom)
+    if need_w or (need_x and not transposed):
+        dy2 = xp.ascontiguousarray(gy.reshape(n, o, L).transpose(1, 0, 2)).reshape(o, n * L)
+    if need_w:
+        gw = _grouped_gemm(xp, g, dy2, cols, tb=True).reshape(o, cg, kh, kw)  # (O, Ck/g)
+    if transposed:
+        gx = _cuda_input_grad_as_conv(be, gy, weight, geom)
+    elif need_x:
+        dcols = _grouped_gemm(xp, g, weight.reshape(o, ckg), dy2, ta=True)  # (C*kh*kw, N*L)
+        if pointwise and n == 1:
+            gx = dcols.reshape(1, c, h, w)
+        else:
+            gx = be.col2im_cn(dcols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
+    return gx, gw
+
+
+def _cuda_input_grad_as_conv(be: Any, gy: Any, weight: Any, geom: tuple) -> Any:
+    """CUDA ``dx`` of a stride-1 convolution as :func:`_input_grad_as_conv` does it, in 2-D:
+    ``im2col_cn`` of ``dy`` with the flipped kernel's pads, per group ``(C/g, O/g*k) @
+    (O/g*k, N*H*W)``, then one transposing copy into NCHW."""
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    xp = be.xp
+    og = o // g
+    cols = be.im2col_cn(gy, kh, kw, 1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw, h, w)
+    # flipped kernel, row c, column (o*kh + i)*kw + j within its group (W is small: one copy)
+    wf = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    wf = xp.ascontiguousarray(wf).reshape(c, og * kh * kw)
+    gx2 = _grouped_gemm(xp, g, wf, cols)  # (C, N*H*W)
+    gx = xp.ascontiguousarray(gx2.reshape(c, n, h * w).transpose(1, 0, 2))
     return gx.reshape(n, c, h, w)
 
 

@@ -4,6 +4,11 @@ Layout (both backends): ``x`` is ``(N, C, H, W)``; ``cols`` is ``(N, C*kh*kw, oh
 ``cols[n, (c*kh + i)*kw + j, y*ow + x] = x[n, c, y*sh - ph + i*dh, x*sw - pw + j*dw]``, zero
 where that pixel lies outside the image. ``ph``/``pw`` are the top/left padding; the caller
 chooses ``oh``/``ow``, which expresses any bottom/right padding.
+
+The "batch-in-columns" variants :func:`im2col_cn` / :func:`col2im_cn` hold the same entries as
+one 2-D matrix ``cols2 (C*kh*kw, N*oh*ow)``, ``cols2[r, n*oh*ow + l] = cols[n, r, l]``: the
+convolution GEMMs of the CUDA backend are then plain 2-D products (see
+:mod:`gpucnn.functional.conv`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["im2col", "col2im"]
+__all__ = ["im2col", "col2im", "im2col_cn", "col2im_cn"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -51,19 +56,19 @@ def check_im2col_args(
     dw: int,
     oh: int,
     ow: int,
+    op: str = "im2col",
 ) -> dict[str, int]:
-    """Validate im2col arguments (shared by both backends); returns the sizes as ints."""
+    """Validate im2col (or ``op``'s) arguments (shared by both backends); returns the sizes as
+    ints."""
     if getattr(x, "ndim", None) != 4:
         raise ValueError(
-            f"im2col: expected x of shape (N, C, H, W), got shape {getattr(x, 'shape', None)}"
+            f"{op}: expected x of shape (N, C, H, W), got shape {getattr(x, 'shape', None)}"
         )
-    _check_dtype("im2col", x.dtype)
-    g = _check_geometry(
-        "im2col", kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow
-    )
+    _check_dtype(op, x.dtype)
+    g = _check_geometry(op, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow)
     N, C, H, W = (int(s) for s in x.shape)
     if min(C, H, W) < 1 or max(C, H, W) > _INT32_MAX:
-        raise ValueError(f"im2col: x shape {tuple(x.shape)} must have C, H, W >= 1")
+        raise ValueError(f"{op}: x shape {tuple(x.shape)} must have C, H, W >= 1")
     g.update(N=N, C=C, H=H, W=W)
     return g
 
@@ -110,6 +115,51 @@ def check_col2im_args(
             f"col2im: expected cols of shape (N, C*kh*kw, oh*ow) = {expected}, got {shape}"
         )
     _check_dtype("col2im", cols.dtype)
+    return g
+
+
+def check_col2im_cn_args(
+    cols: Any,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+) -> dict[str, int]:
+    """Validate col2im_cn arguments (shared by both backends); returns the sizes as ints."""
+    g = _check_geometry(
+        "col2im_cn",
+        n=n,
+        c=c,
+        h=h,
+        w=w,
+        kh=kh,
+        kw=kw,
+        sh=sh,
+        sw=sw,
+        ph=ph,
+        pw=pw,
+        dh=dh,
+        dw=dw,
+        oh=oh,
+        ow=ow,
+    )
+    expected = (g["c"] * g["kh"] * g["kw"], g["n"] * g["oh"] * g["ow"])
+    shape = tuple(int(s) for s in getattr(cols, "shape", ()))
+    if shape != expected:
+        raise ValueError(
+            f"col2im_cn: expected cols of shape (C*kh*kw, N*oh*ow) = {expected}, got {shape}"
+        )
+    _check_dtype("col2im_cn", cols.dtype)
     return g
 
 
@@ -184,6 +234,51 @@ def col2im(
                 :, :, i, j
             ]
     return np.ascontiguousarray(xp[:, :, ph : ph + h, pw : pw + w])
+
+
+def im2col_cn(
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+) -> np.ndarray:
+    """Batch-in-columns columns ``(C*kh*kw, N*oh*ow)`` of ``x (N, C, H, W)``: :func:`im2col`
+    with the batch moved into the columns (column ``n*oh*ow + y*ow + x``)."""
+    check_im2col_args(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, op="im2col_cn")
+    cols = im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    n, ck, L = cols.shape
+    return np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(ck, n * L)
+
+
+def col2im_cn(
+    cols: np.ndarray,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+) -> np.ndarray:
+    """The adjoint of :func:`im2col_cn`: ``x (N, C, H, W)`` from ``cols (C*kh*kw, N*oh*ow)``."""
+    g = check_col2im_cn_args(cols, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    ck, L = cols.shape[0], g["oh"] * g["ow"]
+    per_sample = cols.reshape(ck, g["n"], L).transpose(1, 0, 2)
+    return col2im(per_sample, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
 
 
 # --------------------------------------------------------------------------------------------
