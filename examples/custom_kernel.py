@@ -134,9 +134,10 @@ def cuda_module() -> Any:
     """``cupy.RawModule`` of the written ``swish.cu`` (compiled once per process)."""
     global _cuda_module
     if _cuda_module is None:
-        import cupy
-
+        from gpucnn.backend.device import cupy_module
         from gpucnn.backend.kernels import kernel_include_dir
+
+        cupy = cupy_module()  # CuPy (or the simulated device under GPUCNN_SIMULATE_CUDA=1)
 
         inc = kernel_include_dir("common.cuh")
         assert _source_path is not None, "call write_source() first"
@@ -237,7 +238,9 @@ def gpu_parity() -> float | None:
     """The kernel on the real GPU against the twin (``None`` when CUDA is not usable)."""
     if not _backend.cuda_available():
         return None
-    import cupy
+    from gpucnn.backend.device import cupy_module
+
+    cupy = cupy_module()
 
     worst = 0.0
     rng = np.random.default_rng(1)

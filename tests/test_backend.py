@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _fresh_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the probe's verdict; the real CuPy path (not the simulated device) is probed."""
+    monkeypatch.delenv("GPUCNN_SIMULATE_CUDA", raising=False)
+    monkeypatch.setattr(B, "_logged", False)
     monkeypatch.setattr(B, "_cuda_ok", None)
     monkeypatch.setattr(B, "_cuda_reason", None)
     monkeypatch.setattr(B, "_backends", {k: v for k, v in B._backends.items() if k == "numpy"})
@@ -66,6 +69,72 @@ def _fake_cupy(monkeypatch: pytest.MonkeyPatch, device_count_error: Exception | 
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_count))
     cupy.RawKernel = RawKernel
     monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
+def _fake_working_cupy(monkeypatch: pytest.MonkeyPatch, bad_family: str | None) -> None:
+    """A CuPy whose device and probe kernel work; RawModule rejects ``bad_family``'s source."""
+    from gpucnn.backend import kernels
+    from gpucnn.testing import simcuda
+
+    class RawModule:
+        def __init__(self, code: str, options: tuple) -> None:
+            self.code = code
+
+        def compile(self) -> None:
+            if bad_family and f"{bad_family}.cu" in self.code[:200]:
+                raise RuntimeError(f"{bad_family}.cu(3): error: planted")
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda, cupy.RawKernel, cupy.zeros = simcuda.cuda, simcuda.RawKernel, simcuda.zeros
+    cupy.float32, cupy.RawModule = np.float32, RawModule
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(kernels, "_modules", {})
+
+
+def test_probe_compiles_every_kernel_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel file the device compiler rejects makes cuda unusable at selection time."""
+    _fresh_probe(monkeypatch)
+    _fake_working_cupy(monkeypatch, bad_family="pool2d")
+    with pytest.raises(gpucnn.BackendUnavailable, match="pool2d.cu failed to compile"):
+        B.use("cuda")
+    _fresh_probe(monkeypatch)
+    _fake_working_cupy(monkeypatch, bad_family=None)
+    assert B.cuda_available(), B.cuda_unavailable_reason()
+    assert "every kernel family compiled" in B._cuda_reason
+
+
+def test_installed_cupy_falling_back_warns_visibly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fresh_probe(monkeypatch)
+    _fake_cupy(monkeypatch, device_count_error=RuntimeError("cudaErrorNoDevice"))
+    monkeypatch.setattr(B, "_cupy_installed", lambda: True)
+    with pytest.warns(B.CudaFallbackWarning, match="CuPy is installed but the cuda backend"):
+        assert B.use("auto").name == "numpy"
+    _fresh_probe(monkeypatch)
+    _fake_cupy(monkeypatch, device_count_error=RuntimeError("cudaErrorNoDevice"))
+    monkeypatch.setattr(B, "_cupy_installed", lambda: False)  # a CPU-only install: quiet
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", B.CudaFallbackWarning)
+        assert B.use("auto").name == "numpy"
+
+
+def test_backend_scope_restores_exactly() -> None:
+    """The fixture's helper puts back what it found, ``None`` (not yet chosen) included."""
+    from gpucnn.testing import backend_scope
+
+    saved = B._active
+    try:
+        B._active = None
+        with backend_scope("numpy") as be:
+            assert be.name == "numpy" and B._active == "numpy"
+        assert B._active is None
+        B._active = "numpy"
+        with backend_scope(None):
+            B.use("numpy")
+        assert B._active == "numpy"
+    finally:
+        B._active = saved
 
 
 @pytest.mark.skipif(B.cuda_available(), reason="a GPU is usable here")
@@ -243,6 +312,10 @@ def test_tf32_switch_sets_cupy_compute_type(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.gpu
 def test_tf32_gemm_close_to_fp32() -> None:
+    from gpucnn.backend.device import simulated
+
+    if simulated():
+        pytest.skip("TF32 numerics need a real GPU (the simulated device runs FP32 GEMMs)")
     import cupy
 
     B.use("cuda")

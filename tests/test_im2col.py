@@ -477,7 +477,9 @@ def test_cn_errors_name_op_and_shapes(ops):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", IDS)
 def test_gpu_kernels_match_numpy(case, dtype, grid_cap):
-    import cupy
+    from gpucnn.backend.device import cupy_module
+
+    cupy = cupy_module()
 
     from gpucnn.backend.kernels import get_kernel
     from gpucnn.backend.runtime import KernelRuntime
@@ -498,7 +500,9 @@ def test_gpu_kernels_match_numpy(case, dtype, grid_cap):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", IDS)
 def test_gpu_cn_kernels_match_numpy(case, dtype, grid_cap):
-    import cupy
+    from gpucnn.backend.device import cupy_module
+
+    cupy = cupy_module()
 
     from gpucnn.backend.kernels import get_kernel
     from gpucnn.backend.runtime import KernelRuntime

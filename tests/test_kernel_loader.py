@@ -32,6 +32,7 @@ def _fake_cupy(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list:
         def get_function(self, name: str) -> tuple:
             return (self, name)
 
+    monkeypatch.delenv("GPUCNN_SIMULATE_CUDA", raising=False)  # the real loader path
     cupy = types.ModuleType("cupy")
     cupy.RawModule = RawModule
     cupy.cuda = types.SimpleNamespace(
