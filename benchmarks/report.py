@@ -170,9 +170,11 @@ def update_readme(readme: str, results_dir: str) -> None:
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         try:
             with open(path) as f:
-                docs.append(json.load(f))
+                doc = json.load(f)
         except (OSError, ValueError):
             continue
+        if isinstance(doc, dict) and "results" in doc and "env" in doc:  # not gpu_check.json
+            docs.append(doc)
     block = "\n".join([START, "", *[render_doc(d) for d in docs], END])
     text = open(readme).read() if os.path.exists(readme) else f"# Benchmarks\n\n{START}\n{END}\n"
     if START in text and END in text:

@@ -112,6 +112,8 @@ def gpu_peak_info(device_name: str, tf32: bool) -> dict[str, Any]:
 
 def _side_metrics(res: dict[str, Any], case: Case, peak: float | None) -> None:
     t = res["median_s"]
+    if not t or t <= 0:  # a timer that cannot resolve the case (e.g. the simulated device)
+        return
     if case.flops:
         res["gflops"] = case.flops / t / 1e9
         res["pct_peak"] = 100.0 * case.flops / t / peak if peak else None

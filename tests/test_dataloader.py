@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -73,43 +74,50 @@ def test_drop_last():
     assert len(dl) == 10 and len(list(dl)) == 10 and all(len(b[1]) == 10 for b in dl)
 
 
+def _h(loader):
+    """The loader's batches as host arrays (they are device arrays on the cuda backend)."""
+    to_np = gpucnn.backend.to_numpy
+    for b in loader:
+        yield tuple(to_np(a) for a in b) if isinstance(b, tuple) else to_np(b)
+
+
 def test_shuffle_covers_everything_and_is_seeded():
     x, y = _data()
     a = DataLoader((x, y), batch_size=16, shuffle=True, seed=5)
     b = DataLoader((x, y), batch_size=16, shuffle=True, seed=5)
-    ea1 = np.concatenate([yb for _, yb in a])
-    ea2 = np.concatenate([yb for _, yb in a])
-    eb1 = np.concatenate([yb for _, yb in b])
-    eb2 = np.concatenate([yb for _, yb in b])
+    ea1 = np.concatenate([yb for _, yb in _h(a)])
+    ea2 = np.concatenate([yb for _, yb in _h(a)])
+    eb1 = np.concatenate([yb for _, yb in _h(b)])
+    eb2 = np.concatenate([yb for _, yb in _h(b)])
     assert np.array_equal(np.sort(ea1), y)
     assert not np.array_equal(ea1, y) and not np.array_equal(ea1, ea2)  # new order each epoch
     assert np.array_equal(ea1, eb1) and np.array_equal(ea2, eb2)  # reproducible
-    for xb, yb in a:  # x and y stay paired
+    for xb, yb in _h(a):  # x and y stay paired
         assert np.array_equal(xb, x[yb].astype(np.float32))
     a.set_epoch(1)
-    assert np.array_equal(np.concatenate([yb for _, yb in a]), ea2)
+    assert np.array_equal(np.concatenate([yb for _, yb in _h(a)]), ea2)
 
 
 def test_unseeded_shuffle_follows_manual_seed():
     x, y = _data()
     gpucnn.manual_seed(11)
-    e1 = np.concatenate([yb for _, yb in DataLoader((x, y), 8, shuffle=True)])
+    e1 = np.concatenate([yb for _, yb in _h(DataLoader((x, y), 8, shuffle=True))])
     gpucnn.manual_seed(11)
-    e2 = np.concatenate([yb for _, yb in DataLoader((x, y), 8, shuffle=True)])
+    e2 = np.concatenate([yb for _, yb in _h(DataLoader((x, y), 8, shuffle=True))])
     assert np.array_equal(e1, e2) and not np.array_equal(e1, y)
 
 
 def test_generic_dataset_and_tensor_dataset():
     ds = ListDataset(25)
-    batches = list(DataLoader(ds, batch_size=4, dtype=None))
+    batches = list(_h(DataLoader(ds, batch_size=4, dtype=None)))
     assert len(batches) == 7 and batches[0][0].shape == (4, 1, 2, 2)
     assert batches[0][0].dtype == np.float64 and np.array_equal(batches[-1][1], [24])
     x, y = _data(9)
     td = TensorDataset(gpucnn.Tensor(x.astype(np.float32)), y)
     assert len(td) == 9 and td[3][1] == 3
-    (xb, yb), = list(DataLoader(td, batch_size=9))
+    (xb, yb), = list(_h(DataLoader(td, batch_size=9)))
     assert np.array_equal(yb, y)
-    (only,), = [b for b in DataLoader(x, batch_size=20)]
+    (only,), = [b for b in _h(DataLoader(x, batch_size=20))]
     assert only.shape == (9, 1, 2, 2) and only.dtype == np.float32
     with pytest.raises(ValueError, match="array 0 has 9 samples but array 1 has 8"):
         TensorDataset(x, y[:8])
@@ -168,20 +176,20 @@ def test_augmentation_deterministic_and_thread_independent():
     runs = []
     for prefetch in (0, 1, 4):
         dl = DataLoader((x, y), 8, shuffle=True, seed=3, transform=aug, prefetch=prefetch)
-        runs.append([xb for xb, _ in dl])
+        runs.append([xb for xb, _ in _h(dl)])
     for other in runs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(runs[0], other))
     assert not np.array_equal(runs[0][0], x[:8])
     gpucnn.manual_seed(2)
-    u1 = [xb for xb, _ in DataLoader((x, y), 8, transform=aug)]
+    u1 = [xb for xb, _ in _h(DataLoader((x, y), 8, transform=aug))]
     gpucnn.manual_seed(2)
-    u2 = [xb for xb, _ in DataLoader((x, y), 8, transform=aug)]
+    u2 = [xb for xb, _ in _h(DataLoader((x, y), 8, transform=aug))]
     assert all(np.array_equal(a, b) for a, b in zip(u1, u2))
 
 
 def test_plain_callable_transform():
     x, y = _data()
-    (xb, _), *_ = DataLoader((x, y), 10, transform=lambda b: b * 2)
+    (xb, _), *_ = _h(DataLoader((x, y), 10, transform=lambda b: b * 2))
     assert np.array_equal(xb, x[:10].astype(np.float32) * 2)
 
 
@@ -196,7 +204,9 @@ def test_bad_arguments():
 
 @pytest.mark.gpu
 def test_cuda_backend_matches_numpy():
-    import cupy
+    from gpucnn.backend.device import cupy_module
+
+    cupy = cupy_module()
 
     x = np.random.default_rng(0).random((70, 3, 8, 8)).astype(np.float32)
     y = np.arange(70)
@@ -212,3 +222,236 @@ def test_cuda_backend_matches_numpy():
                                       prefetch=prefetch))
         assert all(isinstance(b[0], cupy.ndarray) and b[0].shape == (16, 3, 8, 8)
                    for b in aug_batches[:-1])
+
+
+# ---------------------------------------------------------------- CUDA path on a fake CuPy
+class _FakeCuda:
+    """A CuPy stand-in for the loader's CUDA path, with lazy copies: ``ndarray.set`` only
+    queues the copy on its stream, and the copy reads the pinned host buffer when it runs (at
+    a host wait on an event or stream after it, or when the array is read). A staging buffer
+    overwritten before its copy ran therefore shows up as wrong batch contents. ``done`` is
+    False for an event with copies still queued, as for a copy still in flight."""
+
+    def __init__(self):
+        fake = self
+        self.lock = threading.RLock()
+        self.streams_created = 0
+        self.stream_syncs = 0
+        self.event_syncs = 0
+        self.devices_used: list = []
+        self.log: list = []  # ("consumer_record" | "consumer_wait" | "side_wait", event)
+
+        class Event:
+            def __init__(self, block=False, disable_timing=False, interprocess=False):
+                self.stream, self.mark = None, 0
+
+            def record(self, stream=None):
+                stream = stream if stream is not None else fake.consumer
+                with fake.lock:
+                    self.stream, self.mark = stream, len(stream.ops)
+                if stream is fake.consumer:
+                    fake.log.append(("consumer_record", self))
+
+            @property
+            def done(self):
+                with fake.lock:
+                    return self.stream is None or all(d[0] for d in self.stream.ops[:self.mark])
+
+            def synchronize(self):
+                fake.event_syncs += 1
+                if self.stream is not None:
+                    self.stream.run(self.mark)
+
+        class Stream:
+            def __init__(self, null=False, non_blocking=False, counted=True):
+                self.ops: list = []
+                self.prev: list = []
+                if counted:
+                    fake.streams_created += 1
+
+            def run(self, upto):
+                with fake.lock:
+                    for op in self.ops[:upto]:
+                        if not op[0]:
+                            op[1]()
+                            op[0] = True
+
+            def synchronize(self):
+                fake.stream_syncs += 1
+                self.run(len(self.ops))
+
+            def record(self, event=None):
+                event = event or Event()
+                event.record(self)
+                return event
+
+            def wait_event(self, event):
+                fake.log.append(("consumer_wait" if self is fake.consumer else "side_wait",
+                                 event))
+
+            def __enter__(self):
+                self.prev.append(fake.tls.__dict__.get("stream"))
+                fake.tls.stream = self
+                return self
+
+            def __exit__(self, *exc):
+                fake.tls.stream = self.prev.pop()
+
+        class Device:
+            def __init__(self, device=None):
+                self.id = 0 if device is None else device
+
+            def use(self):
+                fake.devices_used.append(self.id)
+
+        class ndarray:  # noqa: N801 - CuPy's name
+            __gpucnn_device_array__ = True
+
+            def __init__(self, data):
+                self._data, self._pending = data, None
+
+            shape = property(lambda self: self._data.shape)
+            dtype = property(lambda self: self._data.dtype)
+
+            def __len__(self):
+                return len(self._data)
+
+            def set(self, arr, stream=None):
+                stream = stream if stream is not None else fake.current_stream()
+
+                def copy(dst=self._data, src=arr):
+                    dst[...] = src
+
+                with fake.lock:
+                    stream.ops.append([False, copy])
+                    self._pending = (stream, len(stream.ops))
+
+            def get(self):
+                if self._pending is not None:
+                    self._pending[0].run(self._pending[1])
+                return self._data.copy()
+
+            def astype(self, dtype):
+                return ndarray(self.get().astype(dtype))
+
+        self.tls = threading.local()
+        self.consumer = Stream(counted=False)
+        self.cuda = types.SimpleNamespace(
+            Stream=Stream, Event=Event, Device=Device,
+            get_current_stream=lambda: fake.current_stream(),
+        )
+        self.ndarray = ndarray
+
+    def current_stream(self):
+        return self.tls.__dict__.get("stream") or self.consumer
+
+    def empty(self, shape, dtype=np.float32):
+        return self.ndarray(np.full(shape, 77, dtype=dtype))  # garbage until the copy runs
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import gpucnn.data.loader as loader_mod
+
+    fake = _FakeCuda()
+    fake_be = types.SimpleNamespace(name="cuda", xp=fake)
+    real = loader_mod._resolve_backend
+    monkeypatch.setattr(loader_mod, "_resolve_backend",
+                        lambda name: fake_be if name == "cuda" else real(name))
+    monkeypatch.setattr(loader_mod, "cupy_module", lambda: fake)
+    monkeypatch.setattr(loader_mod, "empty_pinned",
+                        lambda shape, dtype: np.empty(shape, dtype=dtype))
+    return fake
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_cuda_path_one_stream_no_syncs_ring_of_staging_buffers(fake_cuda, prefetch):
+    n, bs, epochs = 96, 8, 3
+    x = np.random.default_rng(0).random((n, 3, 4, 4)).astype(np.float32)
+    y = np.arange(n, dtype=np.int64)
+    dl = DataLoader((x, y), bs, shuffle=True, seed=4, backend="cuda", prefetch=prefetch)
+    ref = DataLoader((x, y), bs, shuffle=True, seed=4, backend="numpy")
+    got = []
+    for _ in range(epochs):
+        got.append(list(dl))  # nothing read yet: every copy stays queued until forced
+    assert fake_cuda.streams_created == 1  # one side stream, reused by every epoch
+    assert fake_cuda.stream_syncs == 0  # no per-upload (or per-epoch) stream synchronisation
+    assert set(fake_cuda.devices_used) == {0}
+    uploads = epochs * len(dl)  # per ring: x and y batches each have one shape
+    depth = prefetch + 2
+    # Event waits happen only when a ring wraps onto a copy still queued (here: all of them).
+    assert fake_cuda.event_syncs == 2 * max(0, uploads - depth)
+    for epoch in range(epochs):
+        for (gx, gy), (rx, ry) in zip(got[epoch], ref, strict=True):
+            assert isinstance(gx, fake_cuda.ndarray) and gx.dtype == np.float32
+            assert np.array_equal(gx.get(), rx) and np.array_equal(gy.get(), ry)
+    # The event protocol: the caller's stream waits on every batch; the side stream waits on
+    # the caller's latest event before each batch, and each epoch's first batch waits on an
+    # event recorded after the previous epoch's batches were all handed out.
+    kinds = [k for k, _ in fake_cuda.log]
+    assert kinds.count("consumer_wait") == uploads and kinds.count("side_wait") == uploads
+    records = {id(ev): i for i, (k, ev) in enumerate(fake_cuda.log) if k == "consumer_record"}
+    side = [(i, ev) for i, (k, ev) in enumerate(fake_cuda.log) if k == "side_wait"]
+    waits = [i for i, (k, _) in enumerate(fake_cuda.log) if k == "consumer_wait"]
+    for epoch in range(1, epochs):
+        _, first = side[epoch * len(dl)]
+        assert records[id(first)] > waits[epoch * len(dl) - 1]
+    for i, ev in side:
+        assert records[id(ev)] < i  # always a caller event, recorded before the wait
+
+
+def test_cuda_path_reads_as_it_goes_never_waits(fake_cuda):
+    # A caller that uses each batch at once (the copies complete): the worker never blocks.
+    x, y = _data(64)
+    dl = DataLoader((x, y), 8, backend="cuda", prefetch=2)
+    for _ in range(3):
+        for xb, yb in dl:
+            assert np.array_equal(xb.get(), x[yb.get()].astype(np.float32))
+    assert fake_cuda.streams_created == 1
+    assert fake_cuda.stream_syncs == 0 and fake_cuda.event_syncs == 0
+    other = DataLoader((x, y), 8, backend="cuda", prefetch=2)
+    list(other)
+    list(other)
+    assert fake_cuda.streams_created == 2  # one per loader
+
+
+def test_cuda_path_prefetch_bounds_the_worker(fake_cuda):
+    ds = ListDataset(1000)
+    it = iter(DataLoader(ds, batch_size=10, prefetch=2, backend="cuda"))
+    next(it)
+    time.sleep(0.3)
+    # 1 consumed + 2 queued + 1 built while the queue is full
+    assert ds.calls <= 4 * 10
+    it.close()
+    assert fake_cuda.stream_syncs == 0
+
+
+def test_cuda_path_rings_survive_until_the_loader_goes(fake_cuda):
+    x, y = _data(40)
+    dl = DataLoader((x, y), 8, backend="cuda", prefetch=1)
+    it = iter(dl)
+    next(it)
+    del it  # abandoned mid-epoch: the thread stops, copies may still be queued
+    assert _wait_no_threads() and fake_cuda.stream_syncs == 0
+    state = dl._cuda_states[0]
+    assert state.rings and state.stream is not None
+    del dl, state
+    gc.collect()
+    assert fake_cuda.stream_syncs == 1  # the finalizer drained the stream before freeing rings
+
+
+def test_cuda_path_rings_for_varying_shapes_are_bounded(fake_cuda):
+    import gpucnn.data.loader as loader_mod
+
+    class Shapes:  # every sample a different shape: one staging ring each
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return np.full((1, i + 1), i, np.float32)
+
+    dl = DataLoader(Shapes(), batch_size=1, backend="cuda", prefetch=2)
+    for (xb,) in dl:  # read at once: the copies are done, so old rings can go
+        assert xb.get().shape == (1, 1, xb.shape[-1])
+    assert len(dl._cuda_states[0].rings) <= loader_mod._MAX_RINGS
+    assert fake_cuda.stream_syncs == 0 and fake_cuda.event_syncs == 0

@@ -11,13 +11,24 @@ Randomness: the epoch's order comes from ``numpy.random.default_rng([seed, epoch
 gets its own generator seeded from ``(epoch seed, batch index)``, so results do not depend on
 thread timing and are reproducible under :func:`gpucnn.manual_seed`.
 
-CUDA backend: a host batch is copied into page-locked (pinned) memory and uploaded with an
-asynchronous copy on a separate CuPy stream, the transform runs on that stream too, and the
-caller's stream waits on an event recorded after it (a GPU-side wait, not a host sync). Device
-memory from the side stream's pool is recycled only after the caller's stream has passed an
-event recorded when the batch was already out of use (a window of ``prefetch + 3`` batches is
-kept alive); keep a batch beyond its loop iteration only if you do not queue more GPU work
-on it afterwards.
+CUDA backend: each loader keeps, per device, one side CuPy stream (created on first use, in
+the worker thread, and reused by every epoch: CuPy's memory pool keeps an arena per stream, so
+a stream per epoch would strand memory) and, per batch shape and dtype, a ring of
+``prefetch + 2`` page-locked (pinned) staging buffers. A host batch is copied into the next
+ring slot and uploaded with an asynchronous copy on the side stream; an event recorded after
+that copy guards the slot, and the worker waits on it (``Event.synchronize``) only when the
+ring wraps onto a copy still in flight: there is no per-batch host synchronisation, so the
+worker really runs up to ``prefetch`` queued batches (plus the one it is building) ahead. The
+transform runs on the side stream too, and the caller's stream waits on an event recorded
+after it (a GPU-side wait, not a host sync). Device memory from the side stream's pool is
+recycled only after the caller's stream has passed an event recorded when the batch was
+already out of use: the worker's stream waits on the event the caller records at each
+``next()`` (and at ``iter()``, covering the previous epoch's batches), and a window of
+``prefetch + 3`` batches is kept alive. "The caller's stream" is the current stream of the
+iterating thread; keep a batch beyond its loop iteration only if you do not queue more GPU
+work on it afterwards. Iterators of one loader that run at the same time share its stream and
+rings (their workers take turns building batches). The ring is released, after its stream has
+finished, only when the loader is garbage-collected.
 """
 
 from __future__ import annotations
@@ -119,41 +130,92 @@ def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread) -
         thread.join(timeout=10)
 
 
+_MAX_RINGS = 16  # staging rings kept per loader and device (one per batch shape and dtype)
+
+
+class _Slot:
+    """One pinned staging buffer of a ring and the event recorded after its last copy."""
+
+    __slots__ = ("buf", "event")
+
+    def __init__(self, buf: Any, event: Any) -> None:
+        self.buf = buf
+        self.event = event
+
+
 class _CudaState:
-    """Per-iteration CUDA resources of the worker: side stream, pinned staging buffers,
-    and the latest event recorded on the consumer's stream."""
+    """CUDA resources of one :class:`DataLoader` on one device, shared by all its iterators:
+    the side stream, the pinned staging rings (one per shape and dtype) and the latest event
+    recorded on the consumer's stream."""
 
     def __init__(self, device_id: int) -> None:
         self.cupy = cupy_module()
         self.device_id = device_id
-        self.consumer_event: Any = None  # set by the consumer thread at each __next__
+        self.depth = 2  # ring slots per shape: raised to prefetch + 2 by each iterator
+        self.consumer_event: Any = None  # set by the consumer thread at iter() and next()
         self.stream: Any = None
-        self.pinned: dict[tuple, Any] = {}
+        self.rings: dict[tuple, collections.deque] = {}  # oldest slot first
+        self.lock = threading.Lock()  # one batch built at a time (concurrent iterators)
 
     def setup(self) -> _CudaState:
-        # Runs in the worker thread: make the device current there and create the stream.
+        # Runs in the worker thread (the caller's for prefetch=0): make the device current
+        # there; the stream is created once, on first use, and kept for every later epoch.
         self.cupy.cuda.Device(self.device_id).use()
-        self.stream = self.cupy.cuda.Stream(non_blocking=True)
+        with self.lock:
+            if self.stream is None:
+                self.stream = self.cupy.cuda.Stream(non_blocking=True)
+                # The rings outlive the loader until the last copies from them are done.
+                fin = weakref.finalize(self, _drain, self.stream, self.rings)
+                fin.atexit = False
         return self
 
+    def _slot(self, shape: tuple, dtype: np.dtype) -> _Slot:
+        """The next staging buffer for ``shape``/``dtype``; waits only on a wrapped slot."""
+        key = (shape, dtype.str)
+        ring = self.rings.pop(key, None)
+        if ring is None:
+            ring = collections.deque()
+            self._evict()
+        self.rings[key] = ring  # most recently used last
+        if len(ring) < self.depth:
+            slot = _Slot(empty_pinned(shape, dtype=dtype),
+                         self.cupy.cuda.Event(disable_timing=True))
+        else:
+            slot = ring.popleft()
+            if not slot.event.done:  # the ring wrapped onto a copy still in flight
+                slot.event.synchronize()
+        ring.append(slot)
+        return slot
+
+    def _evict(self) -> None:
+        """Bound the rings kept for batch shapes that vary: drop the least recently used
+        ones whose copies have all finished (never waits)."""
+        for key in list(self.rings):
+            if len(self.rings) < _MAX_RINGS:
+                return
+            if all(slot.event.done for slot in self.rings[key]):
+                del self.rings[key]
+
     def upload(self, a: Any) -> Any:
-        """Async host->device copy of ``a`` on the side stream, through a pinned buffer."""
-        cp = self.cupy
+        """Async host->device copy of ``a`` on the side stream, through a pinned ring slot."""
         if _is_cupy(a):
             return a  # already on the device (indexed on the side stream by the caller)
         a = np.ascontiguousarray(a)
-        key = (a.shape, a.dtype.str)
-        buf = self.pinned.get(key)
-        if buf is None:
-            buf = empty_pinned(a.shape, dtype=a.dtype)
-            self.pinned[key] = buf
-        buf[...] = a
-        out = cp.empty(a.shape, dtype=a.dtype)
-        out.set(buf, stream=self.stream)
-        # The pinned buffer is reused for the next batch: wait (worker thread only) until the
-        # DMA read it. The caller's stream is not blocked.
-        self.stream.synchronize()
+        slot = self._slot(a.shape, a.dtype)
+        slot.buf[...] = a
+        out = self.cupy.empty(a.shape, dtype=a.dtype)
+        out.set(slot.buf, stream=self.stream)
+        slot.event.record(self.stream)  # the slot is free again once this completes
         return out
+
+
+def _drain(stream: Any, rings: dict) -> None:
+    """Finalizer of a :class:`_CudaState`: wait for its stream before its rings are freed."""
+    try:
+        stream.synchronize()
+    except Exception:  # pragma: no cover - CUDA already torn down
+        pass
+    rings.clear()
 
 
 class _LoaderIterator:
@@ -169,7 +231,12 @@ class _LoaderIterator:
         make = loader._batch_maker(order, aug_seed, be)
         setup = None
         if be.name == "cuda":
-            self._cuda = _CudaState(be.xp.cuda.Device().id)
+            self._cuda = loader._cuda_state(be.xp.cuda.Device().id)
+            self._cuda.depth = max(self._cuda.depth, max(loader.prefetch, 0) + 2)
+            # Everything queued so far, the previous epochs' batches included, precedes this
+            # event: the worker's first batch waits on it before reusing their pool memory.
+            cp = self._cuda.cupy
+            self._cuda.consumer_event = cp.cuda.get_current_stream().record()
             setup = self._cuda.setup
         self._sync_make = make
         if loader.prefetch <= 0:
@@ -223,8 +290,6 @@ class _LoaderIterator:
         """Stop and join the worker thread (idempotent)."""
         if self._thread is not None:
             self._finalizer()
-        if self._cuda is not None and self._cuda.stream is not None:
-            self._cuda.stream.synchronize()
 
     def __del__(self) -> None:
         try:
@@ -300,6 +365,13 @@ class DataLoader:
                 f"and __getitem__; got {type(data).__name__}"
             )
         self._n = len(self.arrays[0]) if self.arrays is not None else len(self.dataset)
+        self._cuda_states: dict[int, _CudaState] = {}  # per device, kept across epochs
+
+    def _cuda_state(self, device_id: int) -> _CudaState:
+        state = self._cuda_states.get(device_id)
+        if state is None:
+            state = self._cuda_states.setdefault(device_id, _CudaState(device_id))
+        return state
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -328,9 +400,7 @@ class DataLoader:
         return order, aug_seed
 
     def __iter__(self) -> Iterator:
-        from gpucnn import backend as _backend
-
-        be = _backend.get_backend(self.backend) if self.backend else _backend.get()
+        be = _resolve_backend(self.backend)
         order, aug_seed = self._epoch_streams()
         self.epoch += 1
         return _LoaderIterator(self, order, aug_seed, be)
@@ -373,7 +443,7 @@ class DataLoader:
 
         def make_cuda(k: int, ctx: _CudaState) -> tuple:
             idx = order[k * bs:min((k + 1) * bs, n)]
-            with ctx.stream:
+            with ctx.lock, ctx.stream:
                 if ctx.consumer_event is not None:
                     ctx.stream.wait_event(ctx.consumer_event)
                 parts = [ctx.upload(p) for p in self._host_batch(idx)]
@@ -382,6 +452,13 @@ class DataLoader:
             return tuple(parts), event
 
         return make_numpy if be.name == "numpy" else make_cuda
+
+
+def _resolve_backend(name: str | None) -> Any:
+    """The backend object a loader iterates on: ``name``, else the active one."""
+    from gpucnn import backend as _backend
+
+    return _backend.get_backend(name) if name else _backend.get()
 
 
 def _host(a: Any) -> np.ndarray:

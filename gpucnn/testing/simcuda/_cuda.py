@@ -173,7 +173,6 @@ class Stream:
         self.is_null = bool(null)
         self.non_blocking = non_blocking
         self.ptr = 0 if null else id(self)
-        self._prev: list = []
 
     def synchronize(self) -> None:
         """Wait on the host for every queued operation (counted)."""
@@ -196,12 +195,14 @@ class Stream:
         return self
 
     def __enter__(self) -> Stream:
-        self._prev.append(getattr(_tls, "stream", None))
+        if not hasattr(_tls, "stack"):
+            _tls.stack = []
+        _tls.stack.append(getattr(_tls, "stream", None))  # per thread, as CuPy's
         _tls.stream = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _tls.stream = self._prev.pop()
+        _tls.stream = _tls.stack.pop()
 
     def begin_capture(self, mode: Any = None) -> None:
         """Start capturing this stream's work into a graph (nothing runs until replay)."""
