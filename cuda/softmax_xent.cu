@@ -132,24 +132,30 @@ __device__ void softmax_bwd_impl(const T* __restrict__ y, const T* __restrict__ 
 
 // ---------------------------------------------------------------------------------------------
 // softmax_xent_fwd_{f32,f64}(const T* x, const long long* target, const T* w, T* loss,
-//     T* wrow, T* logp, long long rows, long long C, long long inner, long long ignore_index,
-//     T eps)
+//     T* wrow, T* logp, long long* err, long long rows, long long C, long long inner,
+//     long long ignore_index, T eps)
 //   What: per row r with target t = target[r] (x viewed as (N, C, inner), rows = N * inner):
 //     logp[r, :] = log_softmax(x[r, :])                      (saved for the backward pass)
 //     loss[r] = -(1 - eps) * w[t] * logp[r, t] - (eps / C) * sum_c w[c] * logp[r, c]
 //     wrow[r] = w[t]                      (the row's share of the 'mean' normaliser)
 //   and loss[r] = wrow[r] = 0 where t == ignore_index (logp is still written). w is the class
 //   weight (pass ones for none); eps the label smoothing. This is PyTorch's cross_entropy with
-//   class-index targets: 'mean' = sum(loss) / sum(wrow). A target outside [0, C) (checked on
-//   the host before launch) gives NaN instead of reading out of bounds.
+//   class-index targets: 'mean' = sum(loss) / sum(wrow). A target outside [0, C) that is not
+//   ignore_index gives loss NaN and wrow 0 (never an out-of-bounds read) and is recorded in
+//   err, the device-side range check read later by the host (no sync here):
+//     err[0] = min(err[0], t)  (atomicMin: the smallest bad target, whatever the order)
+//     err[1] += 1              (atomicAdd: how many bad targets)
+//   err accumulates across launches until the host reads and resets it ([INT64_MAX, 0]).
 //   Threads: one block per row (grid-stride over rows): max and sum reductions, then (only
 //   when eps != 0) a third reduction for the smoothing term. Thread 0 writes loss and wrow.
-//   NumPy twin: softmax_xent_forward(logits, target, weight, ignore_index, label_smoothing).
+//   NumPy twin: softmax_xent_forward(logits, target, weight, ignore_index, label_smoothing,
+//   err).
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 __device__ void softmax_xent_fwd_impl(const T* __restrict__ x, const long long* __restrict__ target,
                                       const T* __restrict__ w, T* __restrict__ loss,
-                                      T* __restrict__ wrow, T* __restrict__ logp, T* buf,
+                                      T* __restrict__ wrow, T* __restrict__ logp,
+                                      long long* __restrict__ err, T* buf,
                                       long long rows, long long C, long long inner,
                                       long long ignore_index, T eps) {
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -172,6 +178,8 @@ __device__ void softmax_xent_fwd_impl(const T* __restrict__ x, const long long* 
             } else if (t < 0 || t >= C) {
                 loss[r] = sx_log(T(-1));  // NaN (log of a negative number)
                 wrow[r] = T(0);
+                atomicMin(err, t);
+                atomicAdd(reinterpret_cast<unsigned long long*>(err + 1), 1ULL);
             } else {
                 const T wt = w[t];
                 const T lpt = x[base + t * inner] - lse;  // same value as logp[r, t]
@@ -272,20 +280,20 @@ extern "C" __global__ void log_softmax_bwd_f64(const double* y, const double* g,
 }
 extern "C" __global__ void softmax_xent_fwd_f32(const float* x, const long long* target,
                                                 const float* w, float* loss, float* wrow,
-                                                float* logp, long long rows, long long C,
-                                                long long inner, long long ignore_index,
-                                                float eps) {
+                                                float* logp, long long* err, long long rows,
+                                                long long C, long long inner,
+                                                long long ignore_index, float eps) {
     __shared__ float buf[SX_MAX_BLOCK];
-    softmax_xent_fwd_impl<float>(x, target, w, loss, wrow, logp, buf, rows, C, inner,
+    softmax_xent_fwd_impl<float>(x, target, w, loss, wrow, logp, err, buf, rows, C, inner,
                                  ignore_index, eps);
 }
 extern "C" __global__ void softmax_xent_fwd_f64(const double* x, const long long* target,
                                                 const double* w, double* loss, double* wrow,
-                                                double* logp, long long rows, long long C,
-                                                long long inner, long long ignore_index,
-                                                double eps) {
+                                                double* logp, long long* err, long long rows,
+                                                long long C, long long inner,
+                                                long long ignore_index, double eps) {
     __shared__ double buf[SX_MAX_BLOCK];
-    softmax_xent_fwd_impl<double>(x, target, w, loss, wrow, logp, buf, rows, C, inner,
+    softmax_xent_fwd_impl<double>(x, target, w, loss, wrow, logp, err, buf, rows, C, inner,
                                   ignore_index, eps);
 }
 extern "C" __global__ void softmax_xent_bwd_f32(const float* logp, const long long* target,

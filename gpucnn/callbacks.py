@@ -6,6 +6,14 @@ Hooks: ``on_train_begin/end(logs)``, ``on_epoch_begin(epoch, logs)``,
 ``on_test_begin/end(logs)``. ``epoch`` is 0-based; file names format it 1-based, as Keras.
 A callback sees the model as ``self.model`` and fit's arguments as ``self.params``; setting
 ``self.model.stop_training = True`` ends training after the current epoch.
+
+Batch logs: ``on_train_batch_end`` gets, as Keras, the RUNNING means of the epoch so far
+(``loss`` and each metric) plus ``batch_loss`` (this batch's loss) and ``size`` (its
+samples). They are a mapping read from the device on first access: reading a value inside the
+hook costs one host read (a device sync) for that step, not reading costs nothing (key tests,
+``size`` and keys a callback sets are free). Copy them inside the hook (``dict(logs)``) to
+keep them: an unread value of an earlier step raises once the hook has returned. Epoch logs
+are plain dicts of floats.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ Conventions:
   (clipped) probabilities instead; pass ``from_logits=True/False`` to override.
 * Inputs are NCHW (or (N, features)); NumPy arrays are moved batch by batch to the model's
   backend and cast to its dtype (float32 by default; integer images are cast, not scaled).
+* Host reads: a training step does not synchronise with the device. The running loss and
+  metric sums stay on the device and are read (all together, with the losses' deferred
+  target checks, in one transfer: :func:`_host_read`) every ``update_freq`` steps, at the last
+  step of each epoch and once at the end of ``evaluate``; ``History`` and the epoch logs get
+  the same numbers as reading every step would. ``on_train_batch_end`` receives Keras' batch
+  logs (running ``loss`` and metrics, plus ``batch_loss`` and ``size``) as a mapping read on
+  first access, so a callback that reads them inside the hook costs one host read for that
+  step and one that does not costs none.
 * Shuffling draws a permutation per epoch from ``numpy.random.default_rng([seed, epoch])``
   (``seed``: fit's argument, else the :func:`gpucnn.manual_seed` seed), so a run resumed with
   ``initial_epoch=k`` shuffles exactly like an uninterrupted one. ``seed`` does not reseed
@@ -26,7 +34,7 @@ import inspect
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +68,10 @@ OPTIMIZERS = {"sgd": ("SGD", 0.01), "adam": ("Adam", 1e-3), "adamw": ("AdamW", 1
 
 _PROB_EPS = 1e-7
 
+#: ``fit(update_freq=None)`` on the cuda backend: read the running loss and metrics (a host
+#: sync) every this many steps. On NumPy reads are free and the default is every step.
+DEFAULT_UPDATE_FREQ = 20
+
 
 # ----------------------------------------------------------------------------- losses
 
@@ -68,6 +80,160 @@ def _F() -> Any:
     import gpucnn.functional as F
 
     return F
+
+
+def _loss_module() -> Any:
+    from gpucnn.functional import loss
+
+    return loss
+
+
+def _host_read(values: Sequence[Any]) -> list[float]:
+    """THE host read of ``fit``, ``evaluate`` and ``train_on_batch``: ``values`` (device or
+    host 0-d arrays: running sums, a batch loss) as Python floats, read in one device-to-host
+    transfer together with the losses' deferred input checks, whose errors are raised here.
+    Nothing else in those loops waits for the device."""
+    return [float(v) for v in _loss_module().read_host(values)]
+
+
+class _Running:
+    """Running sums of one pass over the data, kept where the data is: the sample-weighted loss
+    (float64 0-d array, updated in place) and the metrics' sums; samples seen (host int)."""
+
+    def __init__(self, metrics: list) -> None:
+        self.metrics = metrics
+        self.loss_sum: Any = None
+        self._scaled: Any = None
+        self.seen = 0
+        self.dirty = False
+
+    def reset(self) -> None:
+        if self.loss_sum is not None:
+            self.loss_sum.fill(0)
+        for m in self.metrics:
+            m.reset()
+        self.seen = 0
+        self.dirty = False
+
+    def add(self, value: Tensor, n: int, y: Any, out: Any) -> Any:
+        """Add a batch: its (scalar) loss ``value`` for ``n`` samples, and the metrics of
+        ``out`` against ``y``. Returns the loss as a 0-d array. No host read."""
+        if value.size != 1:
+            raise ValueError(f"item(): tensor has {value.size} elements, expected 1")
+        v = value.data.reshape(())
+        xp = _backend.backend_of(v).xp
+        acc = self.loss_sum
+        if acc is None or _is_device_array(acc) != _is_device_array(v):
+            acc = self.loss_sum = xp.zeros((), dtype=np.float64)
+            self._scaled = xp.zeros((), dtype=np.float64)
+        # loss_sum += float64(v) * n, in place: exactly the arithmetic of summing
+        # float(value.item()) * n in a Python float, without reading the value.
+        sc = self._scaled
+        sc[...] = v
+        xp.multiply(sc, n, out=sc)
+        xp.add(acc, sc, out=acc)
+        self.seen += n
+        with no_grad():
+            for m in self.metrics:
+                m.update(y, out)
+        self.dirty = True
+        return v
+
+    def read(self, extra: Sequence[Any] = ()) -> tuple[dict, list[float]]:
+        """The logs (mean loss, metrics) and ``extra`` values, in one host read."""
+        acc = 0.0 if self.loss_sum is None else self.loss_sum
+        host = _host_read([acc, *(m.pending() for m in self.metrics), *extra])
+        k = 1 + len(self.metrics)
+        logs = {"loss": host[0] / self.seen if self.seen else float("nan"),
+                **{m.name: m.result(t) for m, t in zip(self.metrics, host[1:k])}}
+        self.dirty = False
+        return logs, host[k:]
+
+
+class _BatchLogs(MutableMapping):
+    """The ``logs`` of ``on_train_batch_end``: running ``loss`` and metrics (as Keras),
+    ``batch_loss`` (this batch) and ``size``, read from the device on first access (one host
+    read for all of them). Read them inside the hook: afterwards the running sums move on, and
+    reading an unread one raises (``size`` and keys the callbacks set stay readable)."""
+
+    def __init__(self, run: _Running, batch_loss: Any, size: int, step: int,
+                 keys: list[str]) -> None:
+        self._run, self._loss, self._size, self._step = run, batch_loss, size, step
+        self._keys = [*keys, "batch_loss", "size"]
+        self._values: dict | None = None
+        self._extra: dict = {}
+        self._open = True
+
+    @property
+    def resolved(self) -> bool:
+        return self._values is not None
+
+    def resolve(self) -> dict:
+        if self._values is None:
+            if not self._open:
+                raise RuntimeError(
+                    f"fit: the batch logs of step {self._step} were read after "
+                    "on_train_batch_end returned; the running values have moved on since. Read "
+                    "them (or copy them: dict(logs)) inside the hook"
+                )
+            logs, (bl,) = self._run.read([self._loss])
+            self._values = {**logs, "batch_loss": bl, "size": self._size}
+        return self._values
+
+    def close(self) -> None:
+        self._open = False
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._extra:
+            return self._extra[key]
+        if key == "size" and "size" in self._keys:
+            return self._size
+        if key not in self._keys:
+            raise KeyError(key)
+        return self.resolve()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._extra:
+            del self._extra[key]
+        elif key in self._keys:
+            self._keys.remove(key)
+        else:
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:  # no read (Mapping's would get the value)
+        return key in self._extra or key in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._keys
+        yield from (k for k in self._extra if k not in self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys) + sum(k not in self._keys for k in self._extra)
+
+    def copy(self) -> dict:
+        return dict(self)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _update_every(update_freq: Any, backend: str) -> int | None:
+    """Steps between host reads for ``fit(update_freq=...)`` (``None``: at epoch end only)."""
+    if update_freq is None:
+        return 1 if backend == "numpy" else DEFAULT_UPDATE_FREQ
+    if update_freq == "batch":
+        return 1
+    if update_freq == "epoch":
+        return None
+    if isinstance(update_freq, (int, np.integer)) and not isinstance(update_freq, bool) \
+            and update_freq >= 1:
+        return int(update_freq)
+    raise ValueError(
+        f"fit: update_freq must be a positive int, 'batch', 'epoch' or None, got {update_freq!r}"
+    )
 
 
 class _Loss:
@@ -142,9 +308,8 @@ def _check_targets(loss: _Loss, y: Any, out_shape: tuple, where: str) -> None:
             )
         c = out_shape[1]
         # Host labels are checked here for free. Device labels are left to the loss op, which
-        # checks the range itself: checking them here as well would add a second host-device
-        # sync to every training step.
-        if y.size and isinstance(y, np.ndarray):
+        # checks the range on the device and reports at the next host read (no sync here).
+        if y.size and isinstance(y, np.ndarray) and not _loss_module().defers(y):
             lo, hi = int(y.min()), int(y.max())
             if lo < 0 or hi >= c:
                 raise ValueError(
@@ -298,13 +463,22 @@ class _Progress:
                 mininterval=0.2,
             )
 
-    def update(self, logs: dict, seen: int) -> None:
+    def update(self, logs: dict | None, seen: int) -> None:
+        """Advance one step; ``logs`` (values just read from the device) refresh the numbers
+        shown, ``None`` leaves them (and the rate, only meaningful after a sync) as they are."""
         if self.bar is not None:
-            rate = seen / max(time.perf_counter() - self.t0, 1e-9)
-            post = {k: f"{v:.4f}" for k, v in logs.items()}
-            post["img/s"] = f"{rate:.0f}"
-            self.bar.set_postfix(post, refresh=False)
+            if logs is not None:
+                rate = seen / max(time.perf_counter() - self.t0, 1e-9)
+                post = {k: f"{v:.4f}" for k, v in logs.items()}
+                post["img/s"] = f"{rate:.0f}"
+                self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
+
+    def abort(self) -> None:
+        """Close the bar of an epoch that raised (nothing is printed for it)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def close(self, logs: dict, seen: int) -> None:
         dt = time.perf_counter() - self.t0
@@ -463,15 +637,13 @@ class ModelMixin:
     def _prepare_y(self, yb: Any, loss: _Loss) -> Any:
         be = self.backend  # type: ignore[attr-defined]
         arr = yb.data if isinstance(yb, Tensor) else yb
+        if loss.sparse and not _is_arraylike(arr):
+            arr = np.asarray(arr)
+        if loss.sparse:  # on the host copy when there is one (free), else on the device
+            _loss_module().check_integer_targets("loss 'sparse_categorical_crossentropy'", arr)
         arr = _backend.to_backend(arr, be) if _is_arraylike(arr) else \
             _backend.get_backend(be).xp.asarray(arr)
         if loss.sparse:
-            if arr.dtype.kind == "f":
-                if bool((arr != arr.round()).any()):
-                    raise ValueError(
-                        "loss 'sparse_categorical_crossentropy': labels must be integer class "
-                        f"ids, got non-integer values (dtype {arr.dtype})"
-                    )
             if arr.ndim == 2 and arr.shape[1] == 1:
                 arr = arr.reshape(-1)
             return arr.astype(np.int64) if arr.dtype != np.int64 else arr
@@ -500,6 +672,7 @@ class ModelMixin:
         initial_epoch: int = 0,
         seed: int | None = None,
         steps_per_epoch: int | None = None,
+        update_freq: int | str | None = None,
     ) -> History:
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the final epoch index).
 
@@ -518,6 +691,13 @@ class ModelMixin:
             initial_epoch: epoch to start from (to resume training).
             seed: seed of the per-epoch shuffles.
             steps_per_epoch: cap on the batches per epoch (for endless loaders).
+            update_freq: how often the running loss and metrics are read from the device
+                (the only host sync of a training step, see the module doc): every that many
+                steps (an int), ``"batch"`` (every step), ``"epoch"`` (only at the end of an
+                epoch), or ``None``: every step on NumPy (reads are free),
+                every :data:`DEFAULT_UPDATE_FREQ` steps on cuda. The last step of an epoch is
+                always read. The progress bar's numbers refresh at these reads; ``History``
+                and the epoch logs are the same whatever the frequency.
 
         Returns:
             The :class:`History` (also ``self.history``): per-epoch ``loss``, metrics and
@@ -530,6 +710,7 @@ class ModelMixin:
             raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
         if not 0.0 <= float(validation_split) < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+        every = _update_every(update_freq, self.backend)  # type: ignore[attr-defined]
         train = _make_data(x, y, batch_size, "fit", steps_per_epoch)
         val = None
         if validation_data is not None:
@@ -577,6 +758,8 @@ class ModelMixin:
         self.history = history
         self.stop_training = False
         metric_objs = [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
+        run = _Running(metric_objs)
+        keys = ["loss", *(m.name for m in metric_objs)]
         cbs.on_train_begin({})
         logs: dict = {}
         for epoch in range(int(initial_epoch), int(epochs)):
@@ -587,44 +770,51 @@ class ModelMixin:
             if isinstance(train, _ArrayData) and shuffle:
                 perm = np.random.default_rng([int(base_seed), epoch]).permutation(len(train.x))
             self.train()  # type: ignore[attr-defined]
-            for m in metric_objs:
-                m.reset()
-            total_loss, seen = 0.0, 0
-            prog = _Progress(verbose, epoch, int(epochs), train.num_batches())
+            run.reset()
+            total = train.num_batches()
+            prog = _Progress(verbose, epoch, int(epochs), total)
             logs = {}
-            for step, (xb, yb) in enumerate(train.batches(perm)):
-                if yb is None:
-                    raise ValueError("fit: the data gave batches without targets; yield (x, y)")
-                cbs.on_train_batch_begin(step, {})
-                self._ensure_built_for(xb)
-                opt = self._ensure_optimizer()
-                xt = self._prepare_x(xb)
-                ya = self._prepare_y(yb, loss)
-                out = self(xt)  # type: ignore[operator]
-                _check_targets(loss, _host_or(yb, ya), tuple(out.shape), "fit")
-                value = loss(out, Tensor(ya))
-                opt.zero_grad()
-                value.backward()
-                opt.step()
-                n = int(xt.shape[0])
-                lv = float(value.item())
-                total_loss += lv * n
-                seen += n
-                with no_grad():
-                    for m in metric_objs:
-                        m.update(ya, out.data)
-                logs = {"loss": total_loss / seen, **{m.name: m.result() for m in metric_objs}}
-                prog.update(logs, seen)
-                cbs.on_train_batch_end(step, {**logs, "batch_loss": lv, "size": n})
-                if self.stop_training:
-                    break
-            if seen == 0:
-                prog.close({}, 0)
-                raise ValueError("fit: the training data produced no batches")
+            try:
+                for step, (xb, yb) in enumerate(train.batches(perm)):
+                    if yb is None:
+                        raise ValueError(
+                            "fit: the data gave batches without targets; yield (x, y)"
+                        )
+                    cbs.on_train_batch_begin(step, {})
+                    self._ensure_built_for(xb)
+                    opt = self._ensure_optimizer()
+                    xt = self._prepare_x(xb)
+                    ya = self._prepare_y(yb, loss)
+                    out = self(xt)  # type: ignore[operator]
+                    _check_targets(loss, _host_or(yb, ya), tuple(out.shape), "fit")
+                    value = loss(out, Tensor(ya))
+                    opt.zero_grad()
+                    value.backward()
+                    opt.step()
+                    n = int(xt.shape[0])
+                    lv = run.add(value, n, ya, out.data)
+                    batch_logs = _BatchLogs(run, lv, n, step, keys)
+                    refresh = (every is not None and (step + 1) % every == 0) or (
+                        total is not None and step + 1 >= total
+                    )
+                    if refresh:  # the step's one host read
+                        logs = {k: v for k, v in batch_logs.resolve().items() if k in keys}
+                    prog.update(logs if refresh else None, run.seen)
+                    cbs.on_train_batch_end(step, batch_logs)
+                    batch_logs.close()
+                    if self.stop_training:
+                        break
+                if run.seen == 0:
+                    raise ValueError("fit: the training data produced no batches")
+                if run.dirty:  # data of unknown length, or stopped early: read the epoch's end
+                    logs, _ = run.read()
+            except BaseException:
+                prog.abort()
+                raise
             if val is not None:
                 vlogs = self._run_eval(val, loss, metric_objs, "fit(validation)")
                 logs.update({f"val_{k}": v for k, v in vlogs.items()})
-            prog.close(logs, seen)
+            prog.close(logs, run.seen)
             self.completed_epochs = epoch + 1
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -638,7 +828,8 @@ class ModelMixin:
             m.reset()
         was = self.training  # type: ignore[attr-defined]
         self.eval()  # type: ignore[attr-defined]
-        total, seen = 0.0, 0
+        run = _Running(metric_objs)
+        run.reset()
         try:
             with no_grad():
                 for xb, yb in data.batches(None):
@@ -649,16 +840,12 @@ class ModelMixin:
                     ya = self._prepare_y(yb, loss)
                     out = self(xt)  # type: ignore[operator]
                     _check_targets(loss, _host_or(yb, ya), tuple(out.shape), where)
-                    n = int(xt.shape[0])
-                    total += float(loss(out, Tensor(ya)).item()) * n
-                    seen += n
-                    for m in metric_objs:
-                        m.update(ya, out.data)
+                    run.add(loss(out, Tensor(ya)), int(xt.shape[0]), ya, out.data)
         finally:
             self.train(was)  # type: ignore[attr-defined]
-        if seen == 0:
+        if run.seen == 0:
             raise ValueError(f"{where}: the data produced no batches")
-        return {"loss": total / seen, **{m.name: m.result() for m in metric_objs}}
+        return run.read()[0]  # the pass's one host read
 
     def evaluate(
         self,
@@ -721,7 +908,9 @@ class ModelMixin:
         opt.zero_grad()
         value.backward()
         opt.step()
-        return float(value.item())
+        if value.size != 1:
+            raise ValueError(f"item(): tensor has {value.size} elements, expected 1")
+        return _host_read([value.data])[0]
 
     # ------------------------------------------------------------------ summary
     def summary(self, input_shape: Any = None, print_fn: Callable[[str], Any] | None = print,

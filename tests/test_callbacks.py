@@ -241,3 +241,30 @@ def test_learning_rate_scheduler_per_batch_steps_every_batch() -> None:
     assert hist.history["lr"] == pytest.approx([0.5**4, 0.5**8])
     with pytest.raises(ValueError, match="per_batch=True needs a gpucnn.optim schedule"):
         C.LearningRateScheduler(lambda epoch: 0.1, per_batch=True)
+
+
+@pytest.mark.numpy_internal
+def test_batch_hooks_that_do_not_read_logs_cost_no_host_read(monkeypatch) -> None:
+    """Batch logs are read from the device only when a callback reads a value: a per-batch
+    schedule, key lookups and added keys cost nothing; fit reads once per epoch here."""
+    import gpucnn.model as model_mod
+
+    reads: list = []
+    real = model_mod._host_read
+    monkeypatch.setattr(model_mod, "_host_read", lambda v: reads.append(len(v)) or real(v))
+    x, y = _data(40)
+    model = Sequential([L.Dense(2, input_shape=(6,))])
+    opt = optim.SGD(model.parameters(), lr=1.0)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+
+    class Peek(C.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            assert "loss" in logs and "batch_loss" in logs and len(logs) == 4
+            logs["note"] = batch  # callbacks may add keys
+            assert logs["note"] == batch and logs.get("size") in (16, 8)
+
+    hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, update_freq="epoch",
+                     callbacks=[C.LearningRateScheduler(sched, per_batch=True), Peek()])
+    assert reads == [3, 3]  # [loss, accuracy, batch loss] once per epoch, at its last step
+    assert opt.lr == pytest.approx(0.5**6) and len(hist.history["loss"]) == 2

@@ -413,3 +413,120 @@ def test_backend_matches_numpy(backend: B.Backend, eps: float, rng) -> None:
     (l1, g1), (l2, g2) = results
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- deferred checks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_xent_kernel_records_bad_targets_like_twin(emulated, dtype, rng) -> None:
+    """The kernel's device-side range check (err = [smallest bad target, count], accumulated
+    across launches with atomics) matches the twin; in-range rows are unaffected."""
+    x = rng.standard_normal((7, 5)).astype(dtype)
+    calls = [np.array([0, 7, 4, -100, -3, 2, 5]), np.array([1, 2, 3, 4, 0, 1, 9]),
+             np.array([0, 1, 2, 3, 4, 0, 1])]
+    init = np.array([np.iinfo(np.int64).max, 0], dtype=np.int64)
+    e_kernel, e_twin = init.copy(), init.copy()
+    for t in calls:
+        out = cuda_sx.softmax_xent_forward(x, t, None, -100, 0.1, e_kernel)
+        ref = np_sx.softmax_xent_forward(x, t, None, -100, 0.1, e_twin)
+        np.testing.assert_array_equal(e_kernel, e_twin)
+        for a, b in zip(out, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert e_kernel.tolist() == [-3, 4]  # 7, -3, 5 in the first call, 9 in the second
+    assert np.isnan(out[0]).sum() == 0
+    e_ok = init.copy()
+    cuda_sx.softmax_xent_forward(x, calls[2], None, -100, 0.0, e_ok)
+    assert e_ok.tolist() == init.tolist()  # nothing to record: untouched
+    with pytest.raises(ValueError, match="err must be a C-contiguous int64 array"):
+        cuda_sx.softmax_xent_forward(x, calls[2], None, -100, 0.0, np.zeros(2, np.int32))
+
+
+@pytest.fixture
+def deferred(monkeypatch):
+    """Host targets checked the device way: recorded now, raised at the next host read."""
+    import gpucnn.functional.loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", True)
+    return loss_mod
+
+
+@pytest.mark.numpy_internal
+def test_deferred_target_check_raises_at_the_first_host_read(deferred, rng) -> None:
+    x = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    loss = F.cross_entropy(x, np.array([0, 7, 1, 2]))  # no error yet
+    loss.backward()  # the bad row gets no gradient meanwhile
+    assert np.isfinite(x.grad.numpy()).all() and not x.grad.numpy()[1].any()
+    with pytest.raises(ValueError, match=r"cross_entropy: target value 7 is out of range; class "
+                                         r"indices must be in \[0, 2\] \(or ignore_index=-100\); "
+                                         r"1 such target\(s\), found by the device-side check"):
+        loss.item()
+    assert np.isnan(loss.item())  # reported once; the value itself is NaN, as the kernel's
+    for read in (lambda t: t.numpy(), lambda t: t.tolist(), repr, lambda t: deferred.read_host()):
+        bad = F.cross_entropy(x, np.array([-5, 1, -9, 2]), reduction="none")
+        with pytest.raises(ValueError, match=r"target value -9 is out of range.*2 such"):
+            read(bad)
+    with pytest.raises(ValueError, match=r"nll_loss: target value 3 is out of range"):
+        F.nll_loss(F.log_softmax(x, axis=1), np.array([0, 1, 3, -100])).item()
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: input values must be "
+                                         r"probabilities in \[0, 1\], got 1.5"):
+        F.binary_cross_entropy(Tensor(np.array([0.5, 1.5, 1.2])), np.zeros(3)).item()
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: .* got -0.5"):
+        F.binary_cross_entropy(Tensor(np.array([-0.5, 1.5])), np.zeros(2)).item()
+    deferred.read_host()  # everything reported and reset: nothing pending
+
+
+@pytest.mark.numpy_internal
+def test_deferred_checks_leave_valid_results_unchanged(monkeypatch, rng) -> None:
+    import gpucnn.functional.loss as loss_mod
+
+    x = rng.standard_normal((6, 4))
+    t = np.array([0, 3, -100, 2, 1, 1])
+    results = []
+    for defer in (False, True):
+        monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", defer)
+        xt = Tensor(x, requires_grad=True)
+        ce = F.cross_entropy(xt, t, label_smoothing=0.1)
+        nll = F.nll_loss(F.log_softmax(xt, axis=1), t)
+        (ce + nll).backward()
+        assert (type(ce) is Tensor) != defer
+        results.append((ce.item(), nll.item(), xt.grad.numpy()))
+    assert results[0][:2] == results[1][:2]
+    np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+@pytest.mark.numpy_internal
+def test_read_host_packs_device_values_into_one_exact_transfer(monkeypatch) -> None:
+    """Device values of every kind travel as 8-byte words in ONE transfer and come back
+    exactly (float32/float64 through float64, integers and bools through int64)."""
+    import gpucnn.functional.loss as loss_mod
+
+    gets: list = []
+    monkeypatch.setattr(loss_mod, "_is_device_array", lambda a: isinstance(a, np.ndarray))
+    monkeypatch.setattr(loss_mod, "to_numpy", lambda a: gets.append(a.shape) or np.array(a))
+    values = [np.array(0.1, np.float32), np.array([1e300, -0.0, np.nan]),
+              np.array([2**62 + 1, -7], np.int64), np.array([True, False]),
+              np.array([250], np.uint8), np.array([[1.5, 2.5]], np.float16)]
+    got = loss_mod.read_host(values)
+    assert gets == [(11,)]
+    for a, b in zip(values, got):
+        assert b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_out_of_range_targets_raise_by_the_first_host_read(backend: B.Backend) -> None:
+    """NumPy targets: at the call. Device targets (cuda): no sync at the call, the error
+    comes at the first host read of the loss, as PyTorch reports it asynchronously."""
+    x = Tensor(backend.asarray(np.zeros((3, 4), np.float32)), requires_grad=True)
+    t = backend.asarray(np.array([0, 9, 1]))
+    match = r"cross_entropy: target value 9 is out of range; class indices must be in \[0, 3\]"
+    if backend.name == "numpy":
+        with pytest.raises(ValueError, match=match):
+            F.cross_entropy(x, t)
+        return
+    loss = F.cross_entropy(x, t)
+    loss.backward()
+    with pytest.raises(ValueError, match=match):
+        loss.item()
+    ok = F.cross_entropy(x, backend.asarray(np.array([0, 3, 1])))
+    np.testing.assert_allclose(ok.item(), np.log(4), rtol=1e-6)

@@ -402,3 +402,292 @@ def test_lenet5_training_step_stays_float32(monkeypatch) -> None:
     for p in net.parameters():
         assert p.dtype == np.float32 and p.grad.dtype == np.float32
         assert opt.state[p]["momentum_buffer"].dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- host reads
+
+
+def _plain_mlp(seed: int = 0, out_act: str | None = None) -> Sequential:
+    gpucnn.manual_seed(seed)
+    return Sequential([L.Dense(8, activation="relu", input_shape=(6,)),
+                       L.Dense(3, activation=out_act)])
+
+
+def _old_way_history(x, y, batch_size: int, epochs: int, metric_fns: dict) -> dict:
+    """fit's numbers computed as before the device-side sums: every step reads the loss with
+    ``float(value.item())`` and sums the per-sample metric values into Python floats."""
+    from gpucnn import metrics as M
+
+    m = _plain_mlp()
+    m.build((6,))
+    opt = optim.Adam(m.trainable_parameters(), lr=0.01)
+    hist: dict = {"loss": [], **{k: [] for k in metric_fns}}
+    for _ in range(epochs):
+        total, seen, sums = 0.0, 0, dict.fromkeys(metric_fns, 0.0)
+        for s in range(0, len(x), batch_size):
+            xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+            out = m(Tensor(xb))
+            value = F.cross_entropy(out, yb)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            n = len(xb)
+            total += float(value.item()) * n
+            seen += n
+            for k, fn in metric_fns.items():
+                sums[k] += float(fn(yb, out.data).sum())
+        hist["loss"].append(total / seen)
+        for k in metric_fns:
+            hist[k].append(sums[k] / seen)
+    assert M  # the metric functions come from gpucnn.metrics
+    return hist
+
+
+@pytest.mark.numpy_internal
+@pytest.mark.parametrize("update_freq", [None, 1, 3, "epoch"])
+def test_history_unchanged_by_device_side_sums(update_freq) -> None:
+    """History (and evaluate) give exactly the numbers of reading every step into Python
+    floats, whatever the read frequency."""
+    from gpucnn import metrics as M
+
+    x, y = _toy(50)
+    ref = _old_way_history(x, y, 8, 2, {"accuracy": M.sparse_categorical_accuracy,
+                                        "top5": M.sparse_top_k_categorical_accuracy})
+    m = _plain_mlp()
+    m.compile("adam", "sparse_categorical_crossentropy", ["accuracy", "top5"], lr=0.01)
+    h = m.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, update_freq=update_freq)
+    assert h.history == ref  # exact equality, not approx
+    logits = m.predict(x, batch_size=8)
+    total = sum(float(F.cross_entropy(Tensor(logits[s:s + 8]), y[s:s + 8]).item()) * len(
+        y[s:s + 8]) for s in range(0, 50, 8))
+    d = m.evaluate(x, y, batch_size=8, return_dict=True)
+    assert d["loss"] == total / 50
+    assert d["accuracy"] == float((logits.argmax(1) == y).sum()) / 50
+
+
+@pytest.mark.numpy_internal
+def test_metric_batch_sums_equal_per_sample_sums(rng) -> None:
+    """The fused, buffer-reusing batch sums of the built-in metrics are exactly the sums of
+    their per-sample functions (and the fallback handles what they do not)."""
+    from gpucnn import metrics as M
+
+    def check(metric, loss_name, from_logits, batches) -> None:
+        m = M.get(metric, loss_name, from_logits)
+        total, count = 0.0, 0
+        for _ in range(2):  # reset reuses the accumulator and the buffers
+            m.reset()
+            total, count = 0.0, 0
+            for t, p in batches:
+                m.update(t, p)
+                total += float(m.fn(t, p).sum())
+                count += p.shape[0]
+        assert m.count == count and m.result() == total / count, (metric, loss_name)
+
+    p3 = [rng.standard_normal((n, 3)).astype(np.float32) for n in (8, 8, 5)]
+    lab = [rng.integers(0, 3, len(p)) for p in p3]
+    check("accuracy", "sparse_categorical_crossentropy", True, list(zip(lab, p3)))
+    check("accuracy", None, True, [(t.astype(np.int32), p) for t, p in zip(lab, p3)])
+    check("accuracy", None, True, [(t.astype(np.float32), p) for t, p in zip(lab, p3)])
+    check("accuracy", None, True, [(t.reshape(-1, 1), p) for t, p in zip(lab, p3)])
+    onehot = [np.eye(3, dtype=np.float32)[t] for t in lab]
+    check("accuracy", "categorical_crossentropy", True, list(zip(onehot, p3)))
+    for feats in (1, 3):
+        pb = [rng.standard_normal((n, feats)).astype(np.float32) for n in (8, 3)]
+        tb = [(rng.random(p.shape) > 0.5).astype(np.float32) for p in pb]
+        for logits in (True, False):
+            check("accuracy", "binary_crossentropy", logits, list(zip(tb, pb)))
+            check("binary_accuracy", None, logits, list(zip(tb, pb)))
+    reg = [(rng.standard_normal((n, 2)).astype(np.float32),
+            rng.standard_normal((n, 2)).astype(np.float32)) for n in (8, 8, 3)]
+    for name in ("mae", "mse", "mean_absolute_error", "mean_squared_error"):
+        check(name, "mse", True, reg)
+    check("top5", None, True, list(zip(lab, p3)))
+    check(lambda t, p: p[:, 0] * 0 + 0.25, None, True, list(zip(lab, p3)))  # custom
+
+
+def _emulated_xent(monkeypatch):
+    """The NumPy backend's fused cross-entropy swapped for the CUDA launchers, run by the
+    host emulator (so fit meets the kernel and its device-side target check)."""
+    emu = pytest.importorskip("gpucnn.testing.emulator")
+    if not emu.compiler_available():
+        pytest.skip("no host C++ compiler for the kernel emulator")
+    from gpucnn import backend as B
+    from gpucnn.backend.cuda_ops import softmax_xent as cuda_sx
+    from gpucnn.backend.runtime import use_runtime
+
+    be = B.get_backend("numpy")
+    launched = []
+
+    def fwd(*a, **k):
+        launched.append(a[5] if len(a) > 5 else k.get("err"))
+        return cuda_sx.softmax_xent_forward(*a, **k)
+
+    monkeypatch.setattr(be, "softmax_xent_forward", fwd)
+    monkeypatch.setattr(be, "softmax_xent_backward", cuda_sx.softmax_xent_backward)
+    return (lambda: use_runtime(emu.emulated_runtime())), launched
+
+
+@pytest.mark.numpy_internal
+def test_fit_reads_the_host_only_every_update_freq_steps(monkeypatch) -> None:
+    """With deferred (device-style) target checks and the CUDA kernels, every host read of
+    fit/evaluate goes through model._host_read: every update_freq steps, at the last step of
+    the epoch, once per validation pass; plus one more only for a callback reading its batch
+    logs. Nothing else reads a loss or metric value."""
+    import gpucnn.functional.loss as loss_mod
+    import gpucnn.model as model_mod
+    from gpucnn import callbacks as C
+    from gpucnn import metrics as M
+
+    monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", True)
+    runtime, launched = _emulated_xent(monkeypatch)
+    events: list = []
+    real_read, real_read_host = model_mod._host_read, loss_mod.read_host
+    inner: list = []
+
+    def spy(values):
+        events.append("read")
+        return real_read(values)
+
+    def inner_spy(values=()):
+        inner.append(len(events))
+        return real_read_host(values)
+
+    monkeypatch.setattr(model_mod, "_host_read", spy)
+    monkeypatch.setattr(loss_mod, "read_host", inner_spy)
+
+    def forbidden(*a, **k):
+        raise AssertionError("a host read outside model._host_read")
+
+    monkeypatch.setattr(Tensor, "item", forbidden)
+    monkeypatch.setattr(M.MeanMetric, "total", property(forbidden))
+    x, y = _toy(50)
+    m = _plain_mlp()
+    m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"], lr=0.01)
+
+    class Steps(C.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            events.append(f"s{batch}")
+
+        def on_train_batch_end(self, batch, logs=None):
+            assert logs["size"] in (8, 2)  # host-known: no read
+            if batch == 4:
+                events.append(round(logs["batch_loss"], 6) > 0)  # a read, inside the hook
+
+    with runtime():
+        h = m.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False, update_freq=3,
+                  validation_data=(x[:20], y[:20]), callbacks=[Steps()])
+    assert launched and all(e is not None for e in launched)  # the kernel got the check buffer
+    epoch = ["s0", "s1", "s2", "read", "s3", "s4", "read", True, "s5", "read", "s6", "read",
+             "read"]  # steps 2, 4 (the callback's read), 5, 6 (the last); validation
+    assert events == epoch + epoch
+    assert len(inner) == events.count("read")  # every read went through _host_read
+    assert len(h.history["loss"]) == 2 and np.isfinite(h.history["val_loss"]).all()
+    events.clear()
+    with runtime():
+        m.evaluate(x, y, batch_size=8)
+    assert events == ["read"]
+
+
+@pytest.mark.numpy_internal
+def test_batch_logs_are_keras_running_means_read_on_access() -> None:
+    from gpucnn import callbacks as C
+
+    x, y = _toy(40)
+    seen: list = []
+    kept: list = []
+
+    class Rec(C.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            assert list(logs) == ["loss", "accuracy", "batch_loss", "size"]
+            seen.append(dict(logs))
+            kept.append(logs)
+
+    m = _plain_mlp()
+    m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"], lr=0.01)
+    h = m.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, update_freq="epoch",
+              callbacks=[Rec()])
+    assert [s["size"] for s in seen] == [16, 16, 8]
+    running = (seen[0]["batch_loss"] * 16 + seen[1]["batch_loss"] * 16) / 32
+    assert seen[1]["loss"] == pytest.approx(running, rel=1e-12)
+    assert seen[-1]["loss"] == h.history["loss"][0]
+    assert seen[-1]["accuracy"] == h.history["accuracy"][0]
+    assert kept[0]["loss"] == seen[0]["loss"]  # read inside the hook: kept
+    lazy: list = []
+    m.fit(x, y, batch_size=16, epochs=1, verbose=0, update_freq="epoch",
+          callbacks=[C.LambdaCallback(on_train_batch_end=lambda b, logs: lazy.append(logs))])
+    assert lazy[0]["size"] == 16
+    with pytest.raises(RuntimeError, match="read after on_train_batch_end returned"):
+        lazy[0]["loss"]
+    with pytest.raises(ValueError, match="update_freq must be"):
+        m.fit(x, y, verbose=0, update_freq=0)
+
+
+@pytest.mark.numpy_internal
+@pytest.mark.parametrize("kernel", [False, True], ids=["numpy-twin", "emulated-kernel"])
+def test_out_of_range_targets_in_fit_raise_from_the_deferred_check(monkeypatch, kernel) -> None:
+    """Device-style (deferred) target checks: fit raises the op's error, naming the bad value
+    and the range, at the next host read after the bad batch (not at its end)."""
+    import contextlib
+
+    import gpucnn.functional.loss as loss_mod
+    from gpucnn import callbacks as C
+
+    monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", True)
+    runtime = _emulated_xent(monkeypatch)[0] if kernel else contextlib.nullcontext
+    x, y = _toy(64)
+    bad = y.copy()
+    bad[9] = 7  # batch 1 of 8
+    steps: list = []
+    rec = C.LambdaCallback(on_train_batch_end=lambda b, logs: steps.append(b))
+    m = _plain_mlp()
+    m.compile("adam", "sparse_categorical_crossentropy", lr=0.01)
+    with runtime(), pytest.raises(ValueError, match=r"cross_entropy: target value 7 is out of "
+                                                  r"range; class indices must be in \[0, 2\]"):
+        m.fit(x, bad, batch_size=8, epochs=1, verbose=0, shuffle=False, update_freq=4,
+              callbacks=[rec])
+    assert steps == [0, 1, 2]  # raised at the read of step 3, before its callbacks
+    with runtime():  # the check was reset: clean data trains
+        h = m.fit(x, y, batch_size=8, epochs=1, verbose=0, update_freq=4)
+    assert np.isfinite(h.history["loss"]).all()
+    ms = _plain_mlp(out_act="softmax")  # probabilities: the nll_loss path, array-op check
+    ms.compile("adam", "sparse_categorical_crossentropy")
+    neg = y.copy()
+    neg[3] = -2
+    with pytest.raises(ValueError, match=r"nll_loss: target value -2 is out of range"):
+        ms.fit(x, neg, batch_size=8, epochs=1, verbose=0, update_freq="epoch")
+    with pytest.raises(ValueError, match=r"nll_loss: target value -2 is out of range"):
+        ms.evaluate(x, neg)
+    with runtime(), pytest.raises(ValueError, match="labels must be integer class ids.*found by "
+                                                    "the device-side check"):
+        m.fit(x, y + 0.5, verbose=0)
+
+
+@pytest.mark.gpu
+def test_simulated_device_fit_syncs_only_at_reads() -> None:
+    """On the simulated CUDA device (GPUCNN_SIMULATE_CUDA=1), which counts every host sync:
+    device-resident batches, two epochs of 10 steps, update_freq=5: 4 syncs; device targets
+    out of range raise at the next read."""
+    from gpucnn.backend.device import simulated
+
+    if not simulated():
+        pytest.skip("counts syncs on the simulated device only")
+    from gpucnn import backend as B
+    from gpucnn.testing.simcuda import _state
+
+    xp = B.get_backend("cuda").xp
+    x, y = _toy(160)
+    batches = [(xp.asarray(x[i:i + 16]), xp.asarray(y[i:i + 16])) for i in range(0, 160, 16)]
+    m = _plain_mlp()
+    m.to("cuda")
+    m.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"], lr=0.05)
+    m.fit(batches, epochs=1, verbose=0, update_freq=5)  # warm-up (buffers, checks)
+    _state.reset()
+    h = m.fit(batches, epochs=2, verbose=0, update_freq=5)
+    assert _state.counters().syncs == 4 and len(h.history["loss"]) == 2
+    _state.reset()
+    m.evaluate(batches)
+    assert _state.counters().syncs == 1
+    bad = [(bx, by) for bx, by in batches]
+    bad[1] = (bad[1][0], xp.asarray(np.full(16, 9, np.int64)))
+    with pytest.raises(ValueError, match=r"cross_entropy: target value 9 is out of range"):
+        m.fit(bad, epochs=1, verbose=0, update_freq=5)

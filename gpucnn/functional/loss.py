@@ -7,15 +7,29 @@ kernels of ``cuda/softmax_xent.cu``. Probability targets use the log-softmax pri
 other losses are element-wise array code on the backend's ``xp``.
 
 Reductions: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-element / per-sample losses).
+
+Input checks without a host sync: host (NumPy) class-index targets are range-checked at once,
+before any upload. Targets already on the device are checked ON the device: the fused
+kernel (or, for ``nll_loss``, a few array ops) records the smallest out-of-range target and
+their count in a small device buffer, and the ``ValueError`` (naming the op, the valid range
+and the bad value) is raised at the next host read of a loss value: ``item()``, ``numpy()``,
+``tolist()`` or ``repr`` of the returned loss, or :func:`read_host`, the read point of
+``Model.fit``/``evaluate``. As with PyTorch on CUDA, which reports such targets
+asynchronously, the error can therefore come a few steps after the bad batch (the rows with
+a bad target get loss NaN and no gradient meanwhile). ``binary_cross_entropy``'s
+probability-range check on device inputs works the same way.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from gpucnn.backend import backend_of
+from gpucnn.backend import backend_of, to_numpy
+from gpucnn.backend.device import array_module as _array_module
 from gpucnn.backend.device import is_device_array as _is_device_array
 from gpucnn.tensor import Context, Function, Tensor
 
@@ -28,6 +42,196 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+#: Test hook: treat host (NumPy) inputs like device inputs, so the deferred, device-side
+#: checks run (and are read at the next host read point) instead of the immediate host check.
+_DEFER_HOST_CHECKS = False
+
+
+# --------------------------------------------------------------------------- deferred checks
+
+
+def defers(a: Any) -> bool:
+    """Whether input checks on array ``a`` are deferred to the next host read (device arrays;
+    every array under the ``_DEFER_HOST_CHECKS`` test hook) rather than done at once."""
+    return _DEFER_HOST_CHECKS or _is_device_array(a)
+
+
+def _device_key(a: Any) -> Any:
+    dev = getattr(a, "device", None)
+    return getattr(dev, "id", dev if isinstance(dev, (str, int)) else None)
+
+
+class _DeferredCheck:
+    """A small buffer next to the data that a device-side check writes into; the host reads it
+    (with other values, in one transfer) at the next host read point."""
+
+    __slots__ = ("buf", "init", "describe", "dirty")
+
+    def __init__(self, xp: Any, init: tuple, dtype: Any,
+                 describe: Callable[[np.ndarray], str | None]) -> None:
+        self.init = init
+        self.buf = xp.asarray(np.array(init, dtype=dtype))  # uploaded once, then reused
+        self.describe = describe
+        self.dirty = False
+
+    def reset(self) -> None:
+        for i, v in enumerate(self.init):
+            self.buf[i] = v
+
+
+_checks: dict[tuple, _DeferredCheck] = {}
+_checks_lock = threading.Lock()
+
+
+def _deferred_check(key: tuple, like: Any, init: tuple, dtype: Any,
+                    describe: Callable[[np.ndarray], str | None]) -> _DeferredCheck:
+    """The check buffer for ``key`` on ``like``'s device (created once), marked to be read."""
+    xp = _array_module(like)
+    full = (*key, id(xp), _device_key(like))
+    with _checks_lock:
+        chk = _checks.get(full)
+        if chk is None:
+            chk = _checks[full] = _DeferredCheck(xp, init, dtype, describe)
+        chk.dirty = True
+    return chk
+
+
+def _fetch(arrays: Sequence[Any]) -> list[np.ndarray]:
+    """Host copies of ``arrays``: all device arrays of one device in ONE transfer (packed as
+    8-byte words: floats through float64, integers and bools through int64, both exact)."""
+    out: list[Any] = [None] * len(arrays)
+    groups: dict[Any, list[int]] = {}
+    for i, a in enumerate(arrays):
+        if _is_device_array(a) and a.dtype.kind in "fiub":
+            groups.setdefault(_device_key(a), []).append(i)
+        else:
+            out[i] = to_numpy(a) if _is_device_array(a) else np.asarray(a)
+    for idx in groups.values():
+        xp = _array_module(arrays[idx[0]])
+        parts = []
+        for i in idx:
+            a = arrays[i].reshape(-1)
+            if a.dtype.kind == "f":
+                parts.append(a.astype(xp.float64, copy=False).view(xp.int64))
+            else:
+                parts.append(a.astype(xp.int64, copy=False))
+        host = to_numpy(parts[0] if len(parts) == 1 else xp.concatenate(parts))
+        pos = 0
+        for i in idx:
+            a = arrays[i]
+            chunk = host[pos : pos + a.size]
+            pos += a.size
+            if a.dtype.kind == "f":
+                chunk = chunk.view(np.float64)
+            out[i] = chunk.astype(a.dtype, copy=False).reshape(a.shape)
+    return out
+
+
+def read_host(values: Sequence[Any] = ()) -> list[np.ndarray]:
+    """Host (NumPy) copies of ``values`` (arrays of either backend, or numbers), read together
+    with every pending deferred input check in one device-to-host transfer per device.
+
+    This is where deferred check errors surface: after the read, a failed check raises its
+    ``ValueError`` (and is reset, so the next read starts clean). Free for host values.
+    """
+    with _checks_lock:
+        pending = [c for c in _checks.values() if c.dirty]
+    host = _fetch([*values, *(c.buf for c in pending)])
+    errors = []
+    for chk, h in zip(pending, host[len(values) :]):
+        chk.dirty = False
+        msg = chk.describe(h)
+        if msg:
+            chk.reset()
+            errors.append(msg)
+    if errors:
+        raise ValueError("; ".join(errors))
+    return host[: len(values)]
+
+
+class _CheckedLoss(Tensor):
+    """A loss whose inputs are still being checked on the device: reading its value on the host
+    reads the checks in the same transfer and raises their error instead of returning."""
+
+    def numpy(self) -> np.ndarray:
+        return read_host([self.data])[0]
+
+    def item(self) -> float:
+        if self.size != 1:
+            raise ValueError(f"item(): tensor has {self.size} elements, expected 1")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def __repr__(self) -> str:
+        read_host()
+        return super().__repr__()
+
+
+def _checked(out: Tensor, check: _DeferredCheck | None) -> Tensor:
+    if check is not None and type(out) is Tensor:
+        out.__class__ = _CheckedLoss
+    return out
+
+
+def _target_range_message(op: str, c: int, ignore: int, value: int) -> str:
+    return (
+        f"{op}: target value {value} is out of range; class indices must be in "
+        f"[0, {c - 1}] (or ignore_index={ignore})"
+    )
+
+
+def _target_check(op: str, t: Any, c: int, ignore: int) -> _DeferredCheck:
+    """The device-side range check of class-index targets ``t``: int64 ``[smallest bad target,
+    number of bad targets]``, reset to ``[INT64_MAX, 0]``."""
+
+    def describe(h: np.ndarray) -> str | None:
+        n = int(h[1])
+        if n == 0:
+            return None
+        return (f"{_target_range_message(op, c, ignore, int(h[0]))}; {n} such target(s), "
+                "found by the device-side check since the previous host read")
+
+    return _deferred_check(("targets", op, int(c), int(ignore)), t, (_INT64_MAX, 0), np.int64,
+                           describe)
+
+
+def check_integer_targets(op: str, t: Any) -> None:
+    """Float class-index targets ``t`` must hold whole numbers: checked at once on the host,
+    on the device for device arrays (reported at the next host read, see the module doc)."""
+    if t.dtype.kind != "f" or t.size == 0:
+        return
+    if not defers(t):
+        if (t != np.round(t)).any():
+            raise ValueError(
+                f"{op}: labels must be integer class ids, got non-integer values (dtype {t.dtype})"
+            )
+        return
+    dtype = t.dtype
+
+    def describe(h: np.ndarray) -> str | None:
+        if int(h[0]) == 0:
+            return None
+        return (f"{op}: labels must be integer class ids, got non-integer values (dtype "
+                f"{dtype}); {int(h[0])} such label(s), found by the device-side check since "
+                "the previous host read")
+
+    chk = _deferred_check(("integer", op, dtype.str), t, (0,), np.int64, describe)
+    xp = _array_module(t)
+    xp.add(chk.buf, (t != t.round()).sum(dtype=xp.int64), out=chk.buf)
+
+
+def _record_bad_targets(xp: Any, t: Any, c: int, ignore: int, buf: Any) -> None:
+    """Array-op twin of the kernel's range check (for ops without a fused kernel)."""
+    if t.size == 0:
+        return
+    bad = (t != ignore) & ((t < 0) | (t >= c))
+    n, lo = buf[1:], buf[:1]
+    xp.add(n, bad.sum(dtype=xp.int64), out=n)
+    xp.minimum(lo, xp.where(bad, t, _INT64_MAX).min(), out=lo)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -76,6 +280,8 @@ def _reduce(xp: Any, loss: Any, reduction: str, denom: Any = None) -> Any:
         return total
     n = loss.size if denom is None else denom
     with np.errstate(invalid="ignore", divide="ignore"):
+        if getattr(n, "dtype", loss.dtype) == loss.dtype:  # same arithmetic, in place
+            return xp.divide(total, n, out=total)
         return xp.asarray(total / n).astype(loss.dtype, copy=False)
 
 
@@ -105,9 +311,12 @@ class _CrossEntropyIndex(Function):
         ignore_index: int,
         label_smoothing: float,
         reduction: str,
+        err: Any = None,
     ) -> Any:
         be = backend_of(x)
-        loss, wrow, logp = be.softmax_xent_forward(x, target, weight, ignore_index, label_smoothing)
+        loss, wrow, logp = be.softmax_xent_forward(
+            x, target, weight, ignore_index, label_smoothing, err
+        )
         denom = wrow.sum(dtype=wrow.dtype) if reduction == "mean" else None
         ctx.save_for_backward(logp, target, weight)
         ctx.args = (ignore_index, label_smoothing, reduction, denom, loss.shape)
@@ -166,23 +375,36 @@ def _class_weight(op: str, be: Any, weight: Any, c: int, dtype: Any) -> Any:
     return w
 
 
-def _index_target(op: str, be: Any, target: Any, expected: tuple, c: int, ignore: int) -> Any:
-    t = _raw(be, target)
+def _target_array(be: Any, target: Any) -> Any:
+    """``target`` as an array without moving it yet: device arrays stay where they are when
+    ``be`` is cuda; everything else becomes a host array (so checks on it are free)."""
+    if isinstance(target, Tensor):
+        target = target.data
+    if _is_device_array(target):
+        return target if be.name == "cuda" else to_numpy(target)
+    return np.asarray(target)
+
+
+def _index_target(
+    op: str, be: Any, target: Any, expected: tuple, c: int, ignore: int
+) -> tuple[Any, _DeferredCheck | None]:
+    """Validated int64 class-index targets on ``be``, and the deferred range check still to be
+    recorded on the device (``None`` when the targets were checked on the host here)."""
+    t = _target_array(be, target)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: class-index target must be an integer array, got dtype {t.dtype}")
     if tuple(t.shape) != expected:
         raise ValueError(
             f"{op}: target shape {tuple(t.shape)} does not match the input; expected {expected}"
         )
-    t = t.astype(be.xp.int64, copy=False)
-    bad = (t != ignore) & ((t < 0) | (t >= c))
-    if bool(bad.any()):
-        value = int(t[bad].reshape(-1)[0])
-        raise ValueError(
-            f"{op}: target value {value} is out of range; class indices must be in "
-            f"[0, {c - 1}] (or ignore_index={ignore})"
-        )
-    return t
+    if not defers(t):  # host targets: checked now, before the upload, at no cost
+        t = t.astype(np.int64, copy=False)
+        bad = (t != ignore) & ((t < 0) | (t >= c))
+        if bad.any():
+            raise ValueError(_target_range_message(op, c, ignore, int(t[bad].reshape(-1)[0])))
+        return _raw(be, t), None
+    t = _raw(be, t).astype(be.xp.int64, copy=False)
+    return t, _target_check(op, t, c, ignore)
 
 
 def cross_entropy(
@@ -224,9 +446,11 @@ def cross_entropy(
         x = reshape(logits, (1, logits.shape[0]))
     c = x.shape[1]
     w = _class_weight(op, be, weight, c, x.dtype)
-    is_prob = isinstance(target, Tensor) and target.dtype.kind == "f"
-    if not is_prob and not isinstance(target, Tensor):
-        is_prob = _raw(be, target).dtype.kind == "f"
+    if isinstance(target, Tensor):
+        is_prob = target.dtype.kind == "f"
+    else:
+        target = _target_array(be, target)  # no upload yet: integer targets are checked first
+        is_prob = target.dtype.kind == "f"
     if is_prob:
         t = _as_target_tensor(be, target, x.dtype)
         if t.shape != logits.shape:
@@ -243,7 +467,7 @@ def cross_entropy(
         out = _CrossEntropyProb.apply(x, t, w, float(label_smoothing), reduction)
     else:
         expected = x.shape[:1] + x.shape[2:]
-        tt = _raw(be, target)
+        tt = _target_array(be, target)
         if unbatched:
             if tt.ndim != 0:
                 raise ValueError(
@@ -251,10 +475,16 @@ def cross_entropy(
                     f"{logits.shape}; expected ()"
                 )
             tt = tt.reshape(1)
-        t = _index_target(op, be, tt, expected, c, int(ignore_index))
+        t, check = _index_target(op, be, tt, expected, c, int(ignore_index))
         out = _CrossEntropyIndex.apply(
-            x, t, w, int(ignore_index), float(label_smoothing), reduction
+            x, t, w, int(ignore_index), float(label_smoothing), reduction,
+            None if check is None else check.buf,
         )
+        if unbatched and reduction == "none":
+            from gpucnn.functional.basic import reshape
+
+            out = reshape(out, ())
+        return _checked(out, check)
     if unbatched and reduction == "none":
         from gpucnn.functional.basic import reshape
 
@@ -268,16 +498,20 @@ def cross_entropy(
 class _NLL(Function):
     @staticmethod
     def forward(
-        ctx: Context, lp: Any, target: Any, weight: Any, ignore_index: int, reduction: str
+        ctx: Context, lp: Any, target: Any, weight: Any, ignore_index: int, reduction: str,
+        unchecked: bool = False,
     ) -> Any:
         xp = backend_of(lp).xp
         c = lp.shape[1]
         valid = target != ignore_index
-        tc = xp.where(valid, target, 0)
+        ok = valid & (target >= 0) & (target < c) if unchecked else valid
+        tc = xp.where(ok, target, 0)
         w = xp.ones(c, dtype=lp.dtype) if weight is None else weight
-        wt = xp.where(valid, w[tc], lp.dtype.type(0))
+        wt = xp.where(ok, w[tc], lp.dtype.type(0))
         lpt = xp.take_along_axis(lp, xp.expand_dims(tc, 1), axis=1).squeeze(1)
-        loss = xp.where(valid, -wt * lpt, lp.dtype.type(0))
+        loss = xp.where(ok, -wt * lpt, lp.dtype.type(0))
+        if unchecked:  # a bad target (still to be reported) gives NaN, as the fused kernel
+            loss = xp.where(valid & ~ok, lp.dtype.type(np.nan), loss)
         denom = wt.sum(dtype=wt.dtype) if reduction == "mean" else None
         ctx.save_for_backward(tc, wt)
         ctx.args = (reduction, denom, lp.shape)
@@ -318,8 +552,11 @@ def nll_loss(
     c = log_probs.shape[1]
     w = _class_weight(op, be, weight, c, log_probs.dtype)
     expected = log_probs.shape[:1] + log_probs.shape[2:]
-    t = _index_target(op, be, target, expected, c, int(ignore_index))
-    return _NLL.apply(log_probs, t, w, int(ignore_index), reduction)
+    t, check = _index_target(op, be, target, expected, c, int(ignore_index))
+    if check is not None:
+        _record_bad_targets(be.xp, t, c, int(ignore_index), check.buf)
+    out = _NLL.apply(log_probs, t, w, int(ignore_index), reduction, check is not None)
+    return _checked(out, check)
 
 
 # --------------------------------------------------------------------------- binary
@@ -420,7 +657,7 @@ class _BCE(Function):
     @staticmethod
     def forward(ctx: Context, p: Any, t: Any, weight: Any, reduction: str) -> Any:
         xp = backend_of(p).xp
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # invalid: a deferred bad input
             logp = xp.maximum(xp.log(p), -100)
             log1mp = xp.maximum(xp.log1p(-p), -100)
         loss = -(t * logp + (1 - t) * log1mp)
@@ -460,14 +697,43 @@ def binary_cross_entropy(
     be = backend_of(probs.data)
     t = _same_shape_target(op, be, probs, target)
     d = probs.data
-    if bool(((d < 0) | (d > 1)).any()):
-        bad = float(d[(d < 0) | (d > 1)].reshape(-1)[0])
-        raise ValueError(
-            f"{op}: input values must be probabilities in [0, 1], got {bad} "
-            "(use binary_cross_entropy_with_logits on raw scores)"
-        )
+    check = None
+    if not defers(d):
+        if ((d < 0) | (d > 1)).any():
+            raise ValueError(_probability_message(op, float(d[(d < 0) | (d > 1)].reshape(-1)[0])))
+    elif d.size:
+        check = _probability_check(op, d)
+        xp = be.xp
+        bad = (d < 0) | (d > 1)
+        n, lo, hi = check.buf[0:1], check.buf[1:2], check.buf[2:3]
+        xp.add(n, bad.sum(dtype=xp.float64), out=n)
+        xp.minimum(lo, xp.where(bad, d, xp.inf).min(), out=lo)
+        xp.maximum(hi, xp.where(bad, d, -xp.inf).max(), out=hi)
     w = _broadcast_param(op, "weight", be, weight, probs.shape, probs.dtype)
-    return _BCE.apply(probs, t, w, reduction)
+    return _checked(_BCE.apply(probs, t, w, reduction), check)
+
+
+def _probability_message(op: str, bad: float) -> str:
+    return (
+        f"{op}: input values must be probabilities in [0, 1], got {bad} "
+        "(use binary_cross_entropy_with_logits on raw scores)"
+    )
+
+
+def _probability_check(op: str, d: Any) -> _DeferredCheck:
+    """Device-side check of probabilities: float64 ``[count outside [0, 1], smallest, largest
+    of them]``, reset to ``[0, inf, -inf]``."""
+
+    def describe(h: np.ndarray) -> str | None:
+        n = int(h[0])
+        if n == 0:
+            return None
+        bad = float(h[1]) if h[1] < 0 else float(h[2])
+        return (f"{_probability_message(op, bad)}; {n} such value(s), found by the "
+                "device-side check since the previous host read")
+
+    return _deferred_check(("probabilities", op), d, (0.0, np.inf, -np.inf), np.float64,
+                           describe)
 
 
 # --------------------------------------------------------------------------- regression

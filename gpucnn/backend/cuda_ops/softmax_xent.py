@@ -101,11 +101,47 @@ def log_softmax_backward(y: Any, g: Any, axis: int = -1) -> Any:
     return _bwd("log_softmax_backward", y, g, axis)
 
 
-def _xent_args(xp: Any, shape: tuple, dtype: Any, target: Any, weight: Any) -> tuple[Any, Any]:
-    c = int(shape[1])
+_ONES_CACHE_MAX = 16
+_ones_cache: dict[tuple, Any] = {}
+
+
+def _device_key(a: Any) -> Any:
+    dev = getattr(a, "device", None)
+    return getattr(dev, "id", dev if isinstance(dev, (str, int)) else None)
+
+
+def _ones(xp: Any, c: int, dtype: Any, like: Any) -> Any:
+    """The unit class weights ``ones(c)``: one cached, never-written array per (module, device,
+    c, dtype), so an unweighted training step allocates no weight vector (twice: forward and
+    backward)."""
+    key = (id(xp), _device_key(like), int(c), np.dtype(dtype).str)
+    w = _ones_cache.get(key)
+    if w is None:
+        if len(_ones_cache) >= _ONES_CACHE_MAX:
+            _ones_cache.clear()
+        w = _ones_cache[key] = xp.ones(c, dtype=dtype)
+    return w
+
+
+def _xent_args(xp: Any, x: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+    c = int(x.shape[1])
     t = xp.ascontiguousarray(target, dtype=xp.int64)
-    w = xp.ones(c, dtype=dtype) if weight is None else xp.ascontiguousarray(weight, dtype=dtype)
+    if weight is None:
+        w = _ones(xp, c, x.dtype, x)
+    else:
+        w = xp.ascontiguousarray(weight, dtype=x.dtype)
     return t, w
+
+
+def _err_buffer(xp: Any, err: Any) -> Any:
+    if err is None:  # nobody reads it: the kernel still needs somewhere to record bad targets
+        return xp.empty(2, dtype=xp.int64)
+    if err.dtype != np.int64 or tuple(err.shape) != (2,) or not err.flags.c_contiguous:
+        raise ValueError(
+            "softmax_xent_forward: err must be a C-contiguous int64 array of shape (2,) "
+            f"([smallest bad target, count]), got {err.dtype} {tuple(err.shape)}"
+        )
+    return err
 
 
 def softmax_xent_forward(
@@ -114,15 +150,20 @@ def softmax_xent_forward(
     weight: Any = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    err: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Fused softmax + cross-entropy per row: ``(loss, wrow, logp)`` (see the NumPy twin).
 
-    Kernel ``softmax_xent_fwd``: one block per row (max, sum and smoothing reductions).
+    ``err`` (int64 ``(2,)`` on the device, or ``None``) is the device-side target range check:
+    the kernel lowers ``err[0]`` to the smallest out-of-range target and adds their number to
+    ``err[1]``, without a host sync. Kernel ``softmax_xent_fwd``: one block per row (max, sum
+    and smoothing reductions).
     """
     rt = current_runtime()
     xp = rt.xp
     x = xp.ascontiguousarray(logits)
-    t, w = _xent_args(xp, x.shape, x.dtype, target, weight)
+    t, w = _xent_args(xp, x, target, weight)
+    e = _err_buffer(xp, err)
     outer, c, inner = _split(x.shape, 1)
     rows = outer * inner
     tshape = x.shape[:1] + x.shape[2:]
@@ -134,7 +175,7 @@ def softmax_xent_forward(
             (rt.grid_for(rows, 1),),
             (_row_block(rt, c),),
             (
-                x, t, w, loss, wrow, logp,
+                x, t, w, loss, wrow, logp, e,
                 np.int64(rows), np.int64(c), np.int64(inner),
                 np.int64(ignore_index), x.dtype.type(label_smoothing),
             ),
@@ -155,7 +196,7 @@ def softmax_xent_backward(
     rt = current_runtime()
     xp = rt.xp
     lp = xp.ascontiguousarray(logp)
-    t, w = _xent_args(xp, lp.shape, lp.dtype, target, weight)
+    t, w = _xent_args(xp, lp, target, weight)
     gr = xp.ascontiguousarray(grow, dtype=lp.dtype)
     _, c, inner = _split(lp.shape, 1)
     n = int(lp.size)

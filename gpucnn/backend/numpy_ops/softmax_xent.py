@@ -100,6 +100,7 @@ def softmax_xent_forward(
     weight: Any = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    err: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Fused softmax + cross-entropy with class-index targets, per row (no reduction).
 
@@ -109,6 +110,11 @@ def softmax_xent_forward(
         weight: class weights ``(C,)`` or ``None`` (all ones).
         ignore_index: rows with this target get loss 0 and weight 0.
         label_smoothing: ``eps`` in [0, 1].
+        err: ``None``, or the range check: an int64 array ``[smallest bad target, count]``
+            (start from ``[INT64_MAX, 0]``) updated in place: ``err[0]`` is lowered to the
+            smallest target outside ``[0, C)`` that is not ``ignore_index``, ``err[1]`` grows
+            by their number. It accumulates across calls (the kernel does the same with
+            atomics, so the host can read it later instead of syncing on every call).
 
     Returns:
         ``(loss, wrow, logp)``: ``loss[r] = -(1 - eps) w[t] logp[r, t] - eps / C *
@@ -131,6 +137,13 @@ def softmax_xent_forward(
         loss = loss - eps / dt.type(c) * (logp * _class_bcast(w, x.ndim)).sum(axis=1)
     loss = np.where(inrange, loss, np.where(valid, dt.type(np.nan), dt.type(0)))
     wrow = np.where(inrange, wt, dt.type(0))
+    if err is not None:
+        bad = valid & ~inrange
+        nbad = int(np.count_nonzero(bad))
+        if nbad:
+            t = np.asarray(target).astype(np.int64, copy=False)
+            err[0] = min(int(err[0]), int(t[bad].min()))
+            err[1] += nbad
     return (
         np.ascontiguousarray(loss, dtype=dt),
         np.ascontiguousarray(wrow, dtype=dt),
