@@ -81,7 +81,10 @@ def _restore_backend(request: pytest.FixtureRequest):
     test is marked ``numpy_internal``)."""
     from gpucnn.testing import backend_scope
 
-    name = "numpy" if request.node.get_closest_marker("numpy_internal") else None
+    if request.node.get_closest_marker("numpy_internal"):
+        name = "numpy"
+    else:  # the simulated pass: every test not about NumPy internals starts on cuda
+        name = "cuda" if _simulating() else None
     with backend_scope(name):
         yield
 
@@ -96,6 +99,20 @@ def _seed() -> None:
     import gpucnn
 
     gpucnn.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
+    """On the simulated pass, what the device did: proof the cuda path really ran."""
+    if not _simulating():
+        return
+    from gpucnn.testing import simcuda
+
+    t = simcuda.totals()
+    terminalreporter.write_line(
+        "simulated CUDA device: "
+        + ", ".join(f"{t.get(k, 0)} {k}" for k in ("launches", "cupy_kernels", "cublas",
+                                                  "syncs", "h2d", "d2h", "allocations"))
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:

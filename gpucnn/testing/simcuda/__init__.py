@@ -345,6 +345,11 @@ def counters() -> Counters:
     return _state.counters()
 
 
+def totals() -> dict[str, int]:
+    """Counts since the process started (:func:`reset_counters` does not touch them)."""
+    return dict(_state.TOTALS)
+
+
 def reset_counters() -> None:
     """Zero every counter."""
     _state.reset()
@@ -366,7 +371,7 @@ def capturing() -> bool:
 def surface() -> dict[str, Any]:
     """Every public name of the stand-in with its object (for the API check against CuPy)."""
     skip = {"annotations", "contextlib", "inspect", "np", "Any", "Iterator", "SimpleNamespace",
-            "SIMULATED", "counters", "reset_counters", "counting", "capturing", "surface",
+            "SIMULATED", "counters", "totals", "reset_counters", "counting", "capturing", "surface",
             "Counters", "SimulatedDeviceError", "StreamCaptureError", "CREATION", "FUNCTIONS",
             "SYNC_FUNCTIONS", "GEMM_FUNCTIONS", "cupyx", "check_keywords"}
     return {

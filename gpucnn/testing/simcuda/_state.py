@@ -71,11 +71,13 @@ class Counters:
 
 
 COUNTERS = Counters()
+TOTALS: collections.Counter = collections.Counter()  # since process start; never reset
 
 
 def count(kind: str, n: int = 1, site: bool = True, name: str | None = None) -> None:
     """Add ``n`` events of ``kind`` (with the caller's site, and the kernel ``name``)."""
     with LOCK:
+        TOTALS[kind] += n
         setattr(COUNTERS, kind, getattr(COUNTERS, kind) + n)
         if site:
             COUNTERS.sites[kind][call_site()] += n
