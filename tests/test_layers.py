@@ -16,7 +16,8 @@ from gpucnn.tensor import Tensor
 
 
 def _x(*shape: int, seed: int = 0) -> Tensor:
-    return Tensor(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+    data = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return Tensor(data, backend=gpucnn.backend.current())  # where the layers' weights are
 
 
 def lenet() -> Sequential:
@@ -434,6 +435,7 @@ def _float64(module) -> None:
         t.data = t.data.astype(np.float64)
 
 
+@pytest.mark.numpy_internal  # float64 gradient checks are defined on the NumPy backend
 def test_residual_block_gradient_check() -> None:
     from gpucnn.testing.gradcheck import gradient_check
 

@@ -50,9 +50,9 @@ SIMULATED = True
 for _name in (
     "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
     "uint32", "uint64", "bool_", "complex64", "complex128", "intp", "dtype", "newaxis", "pi",
-    "e", "inf", "nan", "finfo", "iinfo", "result_type", "can_cast", "promote_types",
+    "e", "inf", "nan", "finfo", "iinfo", "promote_types",
     "issubdtype", "integer", "floating", "number", "signedinteger", "unsignedinteger",
-    "generic", "ndim", "shape", "size",
+    "generic",
 ):  # fmt: skip
     globals()[_name] = getattr(np, _name)
 
@@ -107,6 +107,37 @@ def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
     if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
     return _op(lambda x: np.ascontiguousarray(x, dtype=dtype), (a,), {}, "ascontiguousarray")
+
+
+def _dt(a: Any) -> Any:
+    return a.dtype if isinstance(a, ndarray) else a
+
+
+def result_type(*arrays_and_dtypes: Any) -> np.dtype:
+    """NumPy's promotion over the dtypes of device arrays and dtypes (no data read)."""
+    return np.result_type(*(_dt(a) for a in arrays_and_dtypes))
+
+
+def can_cast(from_: Any, to: Any, casting: str = "safe") -> bool:
+    """Whether ``from_`` (a dtype or an array's dtype) casts to ``to`` under ``casting``."""
+    return bool(np.can_cast(_dt(from_), to, casting))
+
+
+def ndim(a: Any) -> int:
+    """Number of dimensions."""
+    return a.ndim if isinstance(a, ndarray) else int(np.ndim(a))
+
+
+def shape(a: Any) -> tuple:
+    """The shape."""
+    return a.shape if isinstance(a, ndarray) else tuple(np.shape(a))
+
+
+def size(a: Any, axis: int | None = None) -> int:
+    """Number of elements (along ``axis``)."""
+    if isinstance(a, ndarray):
+        return a.size if axis is None else a.shape[axis]
+    return int(np.size(a, axis))
 
 
 def get_array_module(*args: Any) -> Any:

@@ -51,6 +51,12 @@ class Device:
 
     compute_capability = property(lambda self: COMPUTE_CAPABILITY)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Device) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("simcuda.Device", self.id))
+
     @property
     def mem_info(self) -> tuple[int, int]:
         """(free, total) bytes."""

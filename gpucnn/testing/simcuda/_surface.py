@@ -68,7 +68,7 @@ def names_to_check() -> dict[str, list[str]]:
         | set(simcuda.GEMM_FUNCTIONS)
         | {"asarray", "array", "asnumpy", "ascontiguousarray", "get_array_module", "copyto",
            "where", "get_default_memory_pool", "get_default_pinned_memory_pool", "RawKernel",
-           "RawModule", "ndarray"}
+           "RawModule", "ndarray", "result_type", "can_cast", "ndim", "shape", "size"}
     )  # fmt: skip
     public = lambda cls: sorted(  # noqa: E731
         n for n, v in vars(cls).items() if not n.startswith("_") and (callable(v) or
