@@ -802,6 +802,9 @@ class ModelMixin:
                     prog.update(logs if refresh else None, run.seen)
                     cbs.on_train_batch_end(step, batch_logs)
                     batch_logs.close()
+                    # Drop this step's arrays before the next upload, so the memory pool
+                    # serves the next step from them (one generation of buffers, not two).
+                    xt = ya = out = value = lv = batch_logs = None  # type: ignore[assignment]
                     if self.stop_training:
                         break
                 if run.seen == 0:

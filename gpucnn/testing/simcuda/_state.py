@@ -144,6 +144,9 @@ ROUND = 512  # CuPy's pool rounds every allocation up to 512 bytes
 class MemoryPool:
     """CuPy's device memory pool, modelled: freed blocks are kept and reused by size.
 
+    A request takes the smallest free chunk that fits, split when larger (CuPy splits chunks
+    in its arenas; it also merges freed neighbours, which this model does not).
+
     A request the free list cannot serve is a device allocation (``cudaMalloc``): counted in
     ``allocations`` and refused during stream capture; a served one counts in ``pool_reuses``.
     """
@@ -156,8 +159,13 @@ class MemoryPool:
     def malloc(self, nbytes: int) -> int:
         size = max(ROUND, -(-int(nbytes) // ROUND) * ROUND)
         with LOCK:
-            if self._free[size] > 0:
-                self._free[size] -= 1
+            fit = size if self._free[size] > 0 else min(
+                (k for k, n in self._free.items() if n > 0 and k > size), default=None
+            )
+            if fit is not None:  # best fit; a larger free chunk is split, as CuPy's arena does
+                self._free[fit] -= 1
+                if fit > size:
+                    self._free[fit - size] += 1
                 count("pool_reuses", site=False)
             else:
                 refuse_in_capture(f"a device allocation of {size} bytes outside the pool")
