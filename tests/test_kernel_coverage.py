@@ -184,3 +184,24 @@ def test_every_declared_kernel_is_launched_and_matches_its_twin() -> None:
     assert declared, "no kernels found in cuda/"
     assert rt.seen - declared == set(), "launchers name kernels that no .cu declares"
     assert declared - rt.seen == set(), "kernels in cuda/ that no launcher reaches"
+
+
+@pytest.mark.parametrize(
+    "module,call,op",
+    [
+        ("activation", lambda m, x: m.activation_forward(x, "relu", 0.0), "relu"),
+        ("im2col", lambda m, x: m.im2col(x, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5), "im2col"),
+        ("pool", lambda m, x: m.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1, 2, 3), "maxpool"),
+    ],
+)
+def test_float16_reaching_a_launcher_is_a_clear_type_error(
+    module: str, call: Callable, op: str
+) -> None:
+    """No kernel of ours takes float16 yet: say so, naming the op, instead of a missing kernel."""
+    m = importlib.import_module(f"gpucnn.backend.cuda_ops.{module}")
+    x = np.ones((2, 3, 5, 6), dtype=np.float16)
+    with use_runtime(emulator.emulated_runtime()):
+        with pytest.raises(TypeError, match="float16") as exc:
+            call(m, x)
+    msg = str(exc.value)
+    assert msg.startswith(op) and "float32 or float64" in msg, msg

@@ -48,3 +48,14 @@ def test_missing_kernel_names_searched_dirs(monkeypatch: pytest.MonkeyPatch) -> 
         kernel_source_path("no_such_family")
     msg = str(exc.value)
     assert "no_such_family.cu" in msg and "/nonexistent/kernels" in msg and "_cuda" in msg
+
+
+def test_gpu_extras_bring_the_cuda_toolkit_pieces() -> None:
+    """On a driver-only host CuPy needs the CUDA headers and NVRTC: its [ctk] extra."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(r.startswith("cupy-cuda12x[ctk]") for r in extras["cuda12"]), extras["cuda12"]
+    assert any(r.startswith("cupy-cuda13x[ctk]") for r in extras["cuda13"]), extras["cuda13"]
