@@ -276,3 +276,23 @@ def test_method_keywords_are_cupys(section: str, obj: type) -> None:
         if ours is None or theirs is None:
             continue
         assert set(ours) <= set(theirs), f"{section}.{name}: ours {ours}, CuPy's {theirs}"
+
+
+def test_simulated_modules_can_go_through_the_real_nvrtc_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With GPUCNN_SIMULATE_NVRTC=1 a source g++ accepts but NVRTC rejects fails as on a GPU."""
+    from gpucnn.testing.nvrtc import NvrtcUnavailable, nvrtc_version
+
+    try:
+        nvrtc_version()
+    except NvrtcUnavailable as exc:
+        if os.environ.get("GPUCNN_REQUIRE_NVRTC") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    src = 'extern "C" __global__ void k(float* y) { y[0] = __builtin_inff(); }\n'
+    cp.RawModule(code=src).get_function("k")  # the host compiler alone accepts it
+    monkeypatch.setenv("GPUCNN_SIMULATE_NVRTC", "1")
+    with pytest.raises(cp.cuda.compiler.CompileException, match="__builtin_inff"):
+        cp.RawModule(code=src).get_function("k")
+    cp.RawModule(code=_KSRC).get_function("axpy_f32")  # a clean source still compiles
