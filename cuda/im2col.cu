@@ -14,6 +14,49 @@
 //   cols2[(c*kh + i)*kw + j, n*oh*ow + y*ow + x] = cols[n, (c*kh + i)*kw + j, y*ow + x]
 #include "common.cuh"
 
+// The kh*kw window of input plane `src` whose top-left tap is (y0, x0), written to `dst`,
+// `dst + step`, ... in (i, j) order; taps outside [0, H) x [0, W) are zeros (the padding).
+template <typename T>
+__device__ __forceinline__ void copy_window(const T* __restrict__ src, T* __restrict__ dst,
+                                            index_t step, int y0, int x0, int H, int W, int kh,
+                                            int kw, int dh, int dw) {
+    for (int i = 0; i < kh; ++i) {
+        const int yy = y0 + i * dh;
+        const bool row_in = yy >= 0 && yy < H;
+        for (int j = 0; j < kw; ++j) {
+            const int xx = x0 + j * dw;
+            *dst = (row_in && xx >= 0 && xx < W) ? src[(index_t)yy * W + xx] : T(0);
+            dst += step;
+        }
+    }
+}
+
+// Sum, in (i, j) order, of the column entries taken from input pixel (py, px): tap (i, j) of
+// output position (oy, ox) is src[(i*kw + j)*row_step + oy*ow + ox], kept when
+// (py + ph - i*dh) / sh and (px + pw - j*dw) / sw are whole and inside [0, oh) x [0, ow).
+template <typename T>
+__device__ __forceinline__ T sum_window(const T* __restrict__ src, index_t row_step, int py,
+                                        int px, int kh, int kw, int sh, int sw, int ph, int pw,
+                                        int dh, int dw, int oh, int ow) {
+    T acc = T(0);
+    for (int i = 0; i < kh; ++i) {
+        const int ty = py + ph - i * dh;
+        if (ty < 0) break;  // ty only decreases with i
+        if (ty % sh != 0) continue;
+        const int oy = ty / sh;
+        if (oy >= oh) continue;
+        for (int j = 0; j < kw; ++j) {
+            const int tx = px + pw - j * dw;
+            if (tx < 0) break;
+            if (tx % sw != 0) continue;
+            const int ox = tx / sw;
+            if (ox >= ow) continue;
+            acc += src[(index_t)(i * kw + j) * row_step + (index_t)oy * ow + ox];
+        }
+    }
+    return acc;
+}
+
 // ---------------------------------------------------------------------------------------------
 // im2col_{f32,f64}(x, cols, total, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
 // Computes: the column buffer above from x.
@@ -36,17 +79,7 @@ __device__ __forceinline__ void im2col_body(const T* __restrict__ x, T* __restri
         const index_t nc = t / oh;  // n*C + c
         const T* __restrict__ src = x + nc * H * W;
         T* __restrict__ dst = cols + nc * kh * kw * L + (index_t)oy * ow + ox;
-        const int y0 = oy * sh - ph;
-        const int x0 = ox * sw - pw;
-        for (int i = 0; i < kh; ++i) {
-            const int yy = y0 + i * dh;
-            const bool row_in = yy >= 0 && yy < H;
-            for (int j = 0; j < kw; ++j) {
-                const int xx = x0 + j * dw;
-                *dst = (row_in && xx >= 0 && xx < W) ? src[(index_t)yy * W + xx] : T(0);
-                dst += L;
-            }
-        }
+        copy_window(src, dst, L, oy * sh - ph, ox * sw - pw, H, W, kh, kw, dh, dw);
     }
 }
 
@@ -73,23 +106,7 @@ __device__ __forceinline__ void col2im_body(const T* __restrict__ cols, T* __res
         const int py = (int)(t % H);
         const index_t nc = t / H;  // n*C + c
         const T* __restrict__ src = cols + nc * kh * kw * L;
-        T acc = T(0);
-        for (int i = 0; i < kh; ++i) {
-            const int ty = py + ph - i * dh;
-            if (ty < 0) break;  // ty only decreases with i
-            if (ty % sh != 0) continue;
-            const int oy = ty / sh;
-            if (oy >= oh) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int tx = px + pw - j * dw;
-                if (tx < 0) break;
-                if (tx % sw != 0) continue;
-                const int ox = tx / sw;
-                if (ox >= ow) continue;
-                acc += src[(index_t)(i * kw + j) * L + (index_t)oy * ow + ox];
-            }
-        }
-        x[idx] = acc;
+        x[idx] = sum_window(src, L, py, px, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
     }
 }
 
@@ -120,17 +137,7 @@ __device__ __forceinline__ void im2col_cn_body(const T* __restrict__ x, T* __res
         const int ox = (int)(l - (index_t)oy * ow);
         const T* __restrict__ src = x + (n * C + c) * H * W;
         T* __restrict__ dst = cols + c * kh * kw * NL + col;
-        const int y0 = oy * sh - ph;
-        const int x0 = ox * sw - pw;
-        for (int i = 0; i < kh; ++i) {
-            const int yy = y0 + i * dh;
-            const bool row_in = yy >= 0 && yy < H;
-            for (int j = 0; j < kw; ++j) {
-                const int xx = x0 + j * dw;
-                *dst = (row_in && xx >= 0 && xx < W) ? src[(index_t)yy * W + xx] : T(0);
-                dst += NL;
-            }
-        }
+        copy_window(src, dst, NL, oy * sh - ph, ox * sw - pw, H, W, kh, kw, dh, dw);
     }
 }
 
@@ -161,23 +168,7 @@ __device__ __forceinline__ void col2im_cn_body(const T* __restrict__ cols, T* __
         const index_t n = nc / C;
         const index_t c = nc - n * C;
         const T* __restrict__ src = cols + c * kh * kw * NL + n * L;
-        T acc = T(0);
-        for (int i = 0; i < kh; ++i) {
-            const int ty = py + ph - i * dh;
-            if (ty < 0) break;  // ty only decreases with i
-            if (ty % sh != 0) continue;
-            const int oy = ty / sh;
-            if (oy >= oh) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int tx = px + pw - j * dw;
-                if (tx < 0) break;
-                if (tx % sw != 0) continue;
-                const int ox = tx / sw;
-                if (ox >= ow) continue;
-                acc += src[(index_t)(i * kw + j) * NL + (index_t)oy * ow + ox];
-            }
-        }
-        x[idx] = acc;
+        x[idx] = sum_window(src, NL, py, px, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow);
     }
 }
 

@@ -43,6 +43,43 @@ def _geometry_args(g: dict[str, int], C: int, H: int, W: int) -> tuple:
     )
 
 
+def _im2col(name: str, x: Any, geom: tuple, batch_in_columns: bool) -> Any:
+    """Launch ``name`` (``im2col`` or ``im2col_cn``): one thread per (n, c, output position)."""
+    g = check_im2col_args(x, *geom, op=name)
+    rt = current_runtime()
+    xp = rt.xp
+    N, C, H, W = g["N"], g["C"], g["H"], g["W"]
+    rows, L = C * g["kh"] * g["kw"], g["oh"] * g["ow"]
+    x = xp.ascontiguousarray(x)
+    cols = xp.empty((rows, N * L) if batch_in_columns else (N, rows, L), dtype=x.dtype)
+    total = N * C * L
+    rt.launch(
+        "im2col",
+        f"{name}_{dtype_suffix(x.dtype, name)}",
+        total,
+        (x, cols, np.int64(total), *_geometry_args(g, C, H, W)),
+    )
+    return cols
+
+
+def _col2im(name: str, check: Any, cols: Any, shape_geom: tuple) -> Any:
+    """Launch ``name`` (``col2im`` or ``col2im_cn``): a gather, one thread per pixel."""
+    g = check(cols, *shape_geom)
+    rt = current_runtime()
+    xp = rt.xp
+    N, C, H, W = g["n"], g["c"], g["h"], g["w"]
+    cols = xp.ascontiguousarray(cols)
+    x = xp.empty((N, C, H, W), dtype=cols.dtype)
+    total = N * C * H * W
+    rt.launch(
+        "im2col",
+        f"{name}_{dtype_suffix(cols.dtype, name)}",
+        total,
+        (cols, x, np.int64(total), *_geometry_args(g, C, H, W)),
+    )
+    return x
+
+
 def im2col(
     x: Any,
     kh: int,
@@ -57,20 +94,7 @@ def im2col(
     ow: int,
 ) -> Any:
     """Columns ``(N, C*kh*kw, oh*ow)`` of ``x (N, C, H, W)``; one thread per output position."""
-    g = check_im2col_args(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    rt = current_runtime()
-    xp = rt.xp
-    N, C, H, W = g["N"], g["C"], g["H"], g["W"]
-    x = xp.ascontiguousarray(x)
-    cols = xp.empty((N, C * g["kh"] * g["kw"], g["oh"] * g["ow"]), dtype=x.dtype)
-    total = N * C * g["oh"] * g["ow"]
-    rt.launch(
-        "im2col",
-        f"im2col_{dtype_suffix(x.dtype, 'im2col')}",
-        total,
-        (x, cols, np.int64(total), *_geometry_args(g, C, H, W)),
-    )
-    return cols
+    return _im2col("im2col", x, (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), False)
 
 
 def col2im(
@@ -91,20 +115,8 @@ def col2im(
     ow: int,
 ) -> Any:
     """Adjoint of :func:`im2col` as a gather (one thread per pixel, no atomics)."""
-    g = check_col2im_args(cols, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    rt = current_runtime()
-    xp = rt.xp
-    N, C, H, W = g["n"], g["c"], g["h"], g["w"]
-    cols = xp.ascontiguousarray(cols)
-    x = xp.empty((N, C, H, W), dtype=cols.dtype)
-    total = N * C * H * W
-    rt.launch(
-        "im2col",
-        f"col2im_{dtype_suffix(cols.dtype, 'col2im')}",
-        total,
-        (cols, x, np.int64(total), *_geometry_args(g, C, H, W)),
-    )
-    return x
+    geom = (n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return _col2im("col2im", check_col2im_args, cols, geom)
 
 
 def im2col_cn(
@@ -122,20 +134,7 @@ def im2col_cn(
 ) -> Any:
     """Batch-in-columns columns ``(C*kh*kw, N*oh*ow)`` of ``x (N, C, H, W)`` (column
     ``n*oh*ow + y*ow + x``); one thread per (channel, sample, output position)."""
-    g = check_im2col_args(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, op="im2col_cn")
-    rt = current_runtime()
-    xp = rt.xp
-    N, C, H, W = g["N"], g["C"], g["H"], g["W"]
-    x = xp.ascontiguousarray(x)
-    cols = xp.empty((C * g["kh"] * g["kw"], N * g["oh"] * g["ow"]), dtype=x.dtype)
-    total = N * C * g["oh"] * g["ow"]
-    rt.launch(
-        "im2col",
-        f"im2col_cn_{dtype_suffix(x.dtype, 'im2col_cn')}",
-        total,
-        (x, cols, np.int64(total), *_geometry_args(g, C, H, W)),
-    )
-    return cols
+    return _im2col("im2col_cn", x, (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), True)
 
 
 def col2im_cn(
@@ -156,17 +155,5 @@ def col2im_cn(
     ow: int,
 ) -> Any:
     """Adjoint of :func:`im2col_cn` as a gather (one thread per pixel, no atomics)."""
-    g = check_col2im_cn_args(cols, n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-    rt = current_runtime()
-    xp = rt.xp
-    N, C, H, W = g["n"], g["c"], g["h"], g["w"]
-    cols = xp.ascontiguousarray(cols)
-    x = xp.empty((N, C, H, W), dtype=cols.dtype)
-    total = N * C * H * W
-    rt.launch(
-        "im2col",
-        f"col2im_cn_{dtype_suffix(cols.dtype, 'col2im_cn')}",
-        total,
-        (cols, x, np.int64(total), *_geometry_args(g, C, H, W)),
-    )
-    return x
+    geom = (n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return _col2im("col2im_cn", check_col2im_cn_args, cols, geom)

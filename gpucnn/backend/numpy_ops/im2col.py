@@ -89,78 +89,29 @@ def check_col2im_args(
     dw: int,
     oh: int,
     ow: int,
+    *,
+    op: str = "col2im",
 ) -> dict[str, int]:
-    """Validate col2im arguments (shared by both backends); returns the sizes as ints."""
+    """Validate col2im (``op="col2im_cn"``: batch-in-columns) arguments for both backends."""
     g = _check_geometry(
-        "col2im",
-        n=n,
-        c=c,
-        h=h,
-        w=w,
-        kh=kh,
-        kw=kw,
-        sh=sh,
-        sw=sw,
-        ph=ph,
-        pw=pw,
-        dh=dh,
-        dw=dw,
-        oh=oh,
+        op, n=n, c=c, h=h, w=w, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh,
         ow=ow,
-    )
-    expected = (g["n"], g["c"] * g["kh"] * g["kw"], g["oh"] * g["ow"])
+    )  # fmt: skip
+    rows, L = g["c"] * g["kh"] * g["kw"], g["oh"] * g["ow"]
+    if op == "col2im_cn":
+        expected, layout = (rows, g["n"] * L), "(C*kh*kw, N*oh*ow)"
+    else:
+        expected, layout = (g["n"], rows, L), "(N, C*kh*kw, oh*ow)"
     shape = tuple(int(s) for s in getattr(cols, "shape", ()))
     if shape != expected:
-        raise ValueError(
-            f"col2im: expected cols of shape (N, C*kh*kw, oh*ow) = {expected}, got {shape}"
-        )
-    _check_dtype("col2im", cols.dtype)
+        raise ValueError(f"{op}: expected cols of shape {layout} = {expected}, got {shape}")
+    _check_dtype(op, cols.dtype)
     return g
 
 
-def check_col2im_cn_args(
-    cols: Any,
-    n: int,
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    sh: int,
-    sw: int,
-    ph: int,
-    pw: int,
-    dh: int,
-    dw: int,
-    oh: int,
-    ow: int,
-) -> dict[str, int]:
-    """Validate col2im_cn arguments (shared by both backends); returns the sizes as ints."""
-    g = _check_geometry(
-        "col2im_cn",
-        n=n,
-        c=c,
-        h=h,
-        w=w,
-        kh=kh,
-        kw=kw,
-        sh=sh,
-        sw=sw,
-        ph=ph,
-        pw=pw,
-        dh=dh,
-        dw=dw,
-        oh=oh,
-        ow=ow,
-    )
-    expected = (g["c"] * g["kh"] * g["kw"], g["n"] * g["oh"] * g["ow"])
-    shape = tuple(int(s) for s in getattr(cols, "shape", ()))
-    if shape != expected:
-        raise ValueError(
-            f"col2im_cn: expected cols of shape (C*kh*kw, N*oh*ow) = {expected}, got {shape}"
-        )
-    _check_dtype("col2im_cn", cols.dtype)
-    return g
+def check_col2im_cn_args(*args: Any) -> dict[str, int]:
+    """Validate col2im_cn arguments (as :func:`check_col2im_args`)."""
+    return check_col2im_args(*args, op="col2im_cn")
 
 
 def _padded_extent(size: int, pad: int, k: int, s: int, d: int, o: int) -> int:
