@@ -142,3 +142,10 @@ def test_cuda_vs_numpy(dtype: type) -> None:
     np.testing.assert_allclose(B.to_numpy(yd), nb.bias_add_nchw(y.copy(), b), **_tol(dtype))
     db = B.to_numpy(be.bias_grad_nchw(be.asarray(y)))
     np.testing.assert_allclose(db, nb.bias_grad_nchw(y), **_tol(dtype))
+
+
+def test_bias_grad_of_an_empty_batch_is_zero() -> None:
+    from gpucnn.backend.numpy_ops.bias import bias_grad_nchw
+
+    db = bias_grad_nchw(np.zeros((0, 3, 4, 5), np.float32))
+    assert db.shape == (3,) and db.dtype == np.float32 and not db.any()

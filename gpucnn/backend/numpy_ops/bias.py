@@ -24,5 +24,6 @@ def bias_grad_nchw(dy: np.ndarray) -> np.ndarray:
     n, c = dy.shape[0], dy.shape[1]
     if dy.flags.c_contiguous:
         # (N, C, HW) summed over HW then N: two contiguous reductions, no temporaries of size dy.
-        return dy.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+        hw = int(np.prod(dy.shape[2:], dtype=np.int64))  # not -1: an empty batch has no size
+        return dy.reshape(n, c, hw).sum(axis=2).sum(axis=0)
     return dy.sum(axis=(0, 2, 3))
