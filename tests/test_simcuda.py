@@ -296,3 +296,26 @@ def test_simulated_modules_can_go_through_the_real_nvrtc_first(
     with pytest.raises(cp.cuda.compiler.CompileException, match="__builtin_inff"):
         cp.RawModule(code=src).get_function("k")
     cp.RawModule(code=_KSRC).get_function("axpy_f32")  # a clean source still compiles
+
+
+def test_launch_sites_are_recorded(axpy) -> None:
+    x, y = _dev(np.arange(4)), _dev(np.ones(4))
+    with cp.counting() as c:
+        axpy((1,), (4,), (x, y, np.float32(1), np.int64(4)))
+        _ = x + y
+    (site,) = c.sites["launches"]
+    assert "test_simcuda.py" in site and "test_simcuda.py" in next(iter(c.sites["cupy_kernels"]))
+
+
+def test_main_job_smoke_trains_on_the_simulated_device(tmp_path: Path) -> None:
+    """The README's command: GPUCNN_SIMULATE_CUDA=1 GPUCNN_BACKEND=cuda train_mnist.py --smoke."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, GPUCNN_SIMULATE_CUDA="1", GPUCNN_BACKEND="cuda")
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / "train_mnist.py"), "--smoke", "--out",
+         str(tmp_path), "--verbose", "2"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "backend: cuda" in out.stdout and "training time" in out.stdout
+    assert (tmp_path / "lenet5.npz").is_file()

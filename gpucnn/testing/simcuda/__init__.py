@@ -161,7 +161,7 @@ def _creation(name: str, shape_first: bool = True) -> Any:
         if name.startswith("empty"):
             _poison(r)  # uninitialised device memory (a reused pool block holds stale data)
         else:
-            _state.count("cupy_kernels", site=False)
+            _state.count("cupy_kernels")
         out = ndarray.__new__(ndarray)
         out._a, out._mem = r, _state.Block(r.nbytes)
         if _state.capturing() and not name.startswith("empty"):
@@ -286,7 +286,7 @@ class Generator:
 
     def _out(self, arr: np.ndarray) -> ndarray:
         _state.refuse_in_capture("random generation through CuPy's host-seeded generator")
-        _state.count("cupy_kernels", site=False)
+        _state.count("cupy_kernels")
         out = ndarray.__new__(ndarray)
         a = np.asarray(arr)
         out._a, out._mem = a, _state.Block(a.nbytes)

@@ -431,7 +431,7 @@ def _op(fn: Callable, args: tuple, kwargs: dict, label: str, inplace: bool = Fal
     if S.capturing() and writes:
         S.record_node(lambda: fn(*ua, **uk), label)
         if kernel:
-            S.count("cupy_kernels", site=False)
+            S.count("cupy_kernels")
         out = kwargs.get("out")
         return out[0] if isinstance(out, tuple) and len(out) == 1 else out
     if S.capturing():
@@ -441,7 +441,7 @@ def _op(fn: Callable, args: tuple, kwargs: dict, label: str, inplace: bool = Fal
         r = fn(*ua, **uk)
     if writes:
         if kernel:
-            S.count("cupy_kernels", site=False)
+            S.count("cupy_kernels")
         out = kwargs.get("out")
         return out[0] if isinstance(out, tuple) and len(out) == 1 else out
     roots = {id(_root(d._a)): d for d in devs}
@@ -449,7 +449,7 @@ def _op(fn: Callable, args: tuple, kwargs: dict, label: str, inplace: bool = Fal
     res = _wrap(r, roots, fresh)
     made = [f for f in fresh if f is not None]
     if made and kernel:
-        S.count("cupy_kernels", site=False)
+        S.count("cupy_kernels")
     if S.capturing() and made:
 
         def replay() -> None:

@@ -158,7 +158,7 @@ class Graph:
 
     def launch(self, stream: Any = None) -> None:
         """Replay every node (counted as one graph launch, not as separate kernels)."""
-        S.count("launches", site=False, name="<graph>")
+        S.count("launches", name="<graph>")
         for _label, fn in self.nodes:
             fn()
 
@@ -379,7 +379,7 @@ class RawKernel:
                 )
             else:
                 host.append(a)
-        S.count("launches", site=False, name=self.name)
+        S.count("launches", name=self.name)
         if S.capturing():
             frozen = tuple(host)
             S.record_node(lambda: kern(grid, block, frozen, shared_mem=shared_mem), self.name)
