@@ -32,7 +32,8 @@ import gpucnn
 from gpucnn import backend as _backend
 from gpucnn.backend.threads import set_num_threads
 from gpucnn.layers import Dense, Flatten
-from gpucnn.module import Module, Sequential
+from gpucnn.model import Sequential
+from gpucnn.module import Module
 from gpucnn.tensor import Function, Tensor
 
 SWISH_CU = r"""// swish.cu: swish activation y = x * sigmoid(x), forward and backward.

@@ -22,7 +22,8 @@ from gpucnn import (
 )
 from gpucnn.backend import BackendUnavailable
 from gpucnn.backend.threads import get_num_threads, set_num_threads
-from gpucnn.module import Module, ModuleList, Sequential, register_module
+from gpucnn.model import Model, Sequential
+from gpucnn.module import Module, ModuleList, register_module
 from gpucnn.random import manual_seed
 from gpucnn.saving import CheckpointError, load_model
 from gpucnn.tensor import (
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailable",
     "CheckpointError",
+    "Model",
     "Module",
     "ModuleList",
     "Sequential",

@@ -1,7 +1,9 @@
-"""The Keras-style model API every :class:`~gpucnn.Module` carries.
+"""``Model``: a :class:`~gpucnn.Module` with the Keras-style training API; ``Sequential``.
 
-``compile(optimizer, loss, metrics)``, ``fit``, ``evaluate``, ``predict``, ``summary``,
-``save``/``save_weights``/``load_weights``.
+``compile(optimizer, loss, metrics)``, ``fit``, ``evaluate``, ``predict``, ``train_on_batch``,
+``summary``, ``save``/``save_weights``/``load_weights``. A plain ``Module`` (a layer, a block)
+has none of them; subclass :class:`Model` (PyTorch style: layers in ``__init__``, a
+``forward``) or use :class:`Sequential` to train with them.
 
 Conventions:
 
@@ -41,11 +43,13 @@ import numpy as np
 
 from gpucnn import backend as _backend
 from gpucnn import metrics as _metrics
+from gpucnn.backend.device import is_array as _is_array
 from gpucnn.backend.device import is_device_array as _is_device_array
 from gpucnn.callbacks import Callback, CallbackList, History
+from gpucnn.module import Module, backend_name, deserialize, register_module, serialize
 from gpucnn.tensor import Tensor, no_grad
 
-__all__ = ["ModelMixin", "LOSSES", "OPTIMIZERS"]
+__all__ = ["Model", "Sequential", "LOSSES", "OPTIMIZERS", "move_optimizer_state"]
 
 LOSSES = (
     "sparse_categorical_crossentropy",
@@ -497,13 +501,34 @@ class _Progress:
             )
 
 
-# ----------------------------------------------------------------------------- mixin
+# ----------------------------------------------------------------------------- optimizer
 
 
-class ModelMixin:
-    """compile / fit / evaluate / predict / summary / save for any Module."""
+def move_optimizer_state(opt: Any, backend: str) -> None:
+    """Move every array in ``opt.state`` to ``backend`` (the optimizer copies them into its
+    flat buffers at its next step)."""
+    be = _backend.get_backend(backend_name(backend))
+    for st in getattr(opt, "state", {}).values():
+        for k, v in list(st.items()):
+            if _is_array(v):
+                st[k] = _backend.to_backend(v, be)
 
-    def __init__(self) -> None:
+
+# ----------------------------------------------------------------------------- Model
+
+
+class Model(Module):
+    """A Module that trains itself: compile / fit / evaluate / predict / summary / save.
+
+    Subclass it as a Module (assign layers in ``__init__`` after ``super().__init__()``, write
+    ``forward``), or use :class:`Sequential`.
+
+    Args:
+        name: a display name (default: snake_case class name plus a counter).
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name=name)
         self.optimizer: Any = None
         self.stop_training = False
         self.history: History | None = None
@@ -594,7 +619,7 @@ class ModelMixin:
             self._ensure_optimizer()
 
     def _output_activation(self) -> str | None:
-        leaves = [m for m in self.modules() if not list(m.children())]  # type: ignore[attr-defined]
+        leaves = [m for m in self.modules() if not list(m.children())]
         for m in reversed(leaves):
             act = getattr(m, "output_activation", None)
             if act is not None:
@@ -608,9 +633,9 @@ class ModelMixin:
         if self.optimizer is None:
             if self._optimizer_factory is None:
                 raise RuntimeError("no optimizer: call compile() first")
-            params = self.trainable_parameters()  # type: ignore[attr-defined]
+            params = self.trainable_parameters()
             if not params:
-                raise RuntimeError(f"{self.name}: the model has no trainable parameters")  # type: ignore[attr-defined]
+                raise RuntimeError(f"{self.name}: the model has no trainable parameters")
             self.optimizer = self._optimizer_factory(params)
             cfg = self._compile_config
             if cfg is not None and cfg["optimizer"]["class_name"] is None:
@@ -624,8 +649,8 @@ class ModelMixin:
 
     # ------------------------------------------------------------------ batches
     def _prepare_x(self, xb: Any) -> Tensor:
-        be = self.backend  # type: ignore[attr-defined]
-        dt = self.dtype  # type: ignore[attr-defined]
+        be = self.backend
+        dt = self.dtype
         if isinstance(xb, Tensor):
             t = xb.to(be) if xb.backend != be else xb
             return t if t.dtype == dt else Tensor(t.data.astype(dt))
@@ -635,7 +660,7 @@ class ModelMixin:
         return Tensor(arr)
 
     def _prepare_y(self, yb: Any, loss: _Loss) -> Any:
-        be = self.backend  # type: ignore[attr-defined]
+        be = self.backend
         arr = yb.data if isinstance(yb, Tensor) else yb
         if loss.sparse and not _is_arraylike(arr):
             arr = np.asarray(arr)
@@ -647,15 +672,15 @@ class ModelMixin:
             if arr.ndim == 2 and arr.shape[1] == 1:
                 arr = arr.reshape(-1)
             return arr.astype(np.int64) if arr.dtype != np.int64 else arr
-        if arr.dtype != self.dtype:  # type: ignore[attr-defined]
-            arr = arr.astype(self.dtype)  # type: ignore[attr-defined]
+        if arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
         return arr
 
     def _ensure_built_for(self, xb: Any) -> None:
-        if not self.built:  # type: ignore[attr-defined]
+        if not self.built:
             shape = tuple(xb.shape[1:])
-            self.check_input_shape(shape)  # type: ignore[attr-defined]
-            self.build(shape)  # type: ignore[attr-defined]
+            self.check_input_shape(shape)
+            self.build(shape)
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -710,7 +735,7 @@ class ModelMixin:
             raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
         if not 0.0 <= float(validation_split) < 1.0:
             raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
-        every = _update_every(update_freq, self.backend)  # type: ignore[attr-defined]
+        every = _update_every(update_freq, self.backend)
         train = _make_data(x, y, batch_size, "fit", steps_per_epoch)
         val = None
         if validation_data is not None:
@@ -740,7 +765,7 @@ class ModelMixin:
             raise ValueError("fit: y is required when x is an array")
         if isinstance(train, _ArrayData) and len(train.x):
             self._ensure_built_for(train.x[:1])
-        if self.built:  # type: ignore[attr-defined]
+        if self.built:
             self._ensure_optimizer()  # so callbacks see it from on_train_begin
 
         base_seed = seed
@@ -769,7 +794,7 @@ class ModelMixin:
             perm = None
             if isinstance(train, _ArrayData) and shuffle:
                 perm = np.random.default_rng([int(base_seed), epoch]).permutation(len(train.x))
-            self.train()  # type: ignore[attr-defined]
+            self.train()
             run.reset()
             total = train.num_batches()
             prog = _Progress(verbose, epoch, int(epochs), total)
@@ -785,7 +810,7 @@ class ModelMixin:
                     opt = self._ensure_optimizer()
                     xt = self._prepare_x(xb)
                     ya = self._prepare_y(yb, loss)
-                    out = self(xt)  # type: ignore[operator]
+                    out = self(xt)
                     _check_targets(loss, _host_or(yb, ya), tuple(out.shape), "fit")
                     value = loss(out, Tensor(ya))
                     opt.zero_grad()
@@ -829,8 +854,8 @@ class ModelMixin:
     def _run_eval(self, data: Any, loss: _Loss, metric_objs: list, where: str) -> dict:
         for m in metric_objs:
             m.reset()
-        was = self.training  # type: ignore[attr-defined]
-        self.eval()  # type: ignore[attr-defined]
+        was = self.training
+        self.eval()
         run = _Running(metric_objs)
         run.reset()
         try:
@@ -841,11 +866,11 @@ class ModelMixin:
                     self._ensure_built_for(xb)
                     xt = self._prepare_x(xb)
                     ya = self._prepare_y(yb, loss)
-                    out = self(xt)  # type: ignore[operator]
+                    out = self(xt)
                     _check_targets(loss, _host_or(yb, ya), tuple(out.shape), where)
                     run.add(loss(out, Tensor(ya)), int(xt.shape[0]), ya, out.data)
         finally:
-            self.train(was)  # type: ignore[attr-defined]
+            self.train(was)
         if run.seen == 0:
             raise ValueError(f"{where}: the data produced no batches")
         return run.read()[0]  # the pass's one host read
@@ -881,19 +906,19 @@ class ModelMixin:
         """Model outputs for ``x`` (array/Tensor (N, ...) or an iterable of batches), batched,
         in eval mode without gradients; a NumPy array (N, ...)."""
         data = _make_data(x, None, batch_size, "predict")
-        was = self.training  # type: ignore[attr-defined]
-        self.eval()  # type: ignore[attr-defined]
+        was = self.training
+        self.eval()
         outs: list[np.ndarray] = []
         try:
             with no_grad():
                 for xb, _ in data.batches(None):
                     self._ensure_built_for(xb)
-                    out = self(self._prepare_x(xb))  # type: ignore[operator]
+                    out = self(self._prepare_x(xb))
                     outs.append(out.numpy())
                     if verbose:
                         print(f"predict: {sum(len(o) for o in outs)} samples", end="\r")
         finally:
-            self.train(was)  # type: ignore[attr-defined]
+            self.train(was)
         if not outs:
             return np.zeros((0,), dtype=np.float32)
         return np.concatenate(outs, axis=0)
@@ -903,9 +928,9 @@ class ModelMixin:
         loss = self._require_compiled("train_on_batch")
         self._ensure_built_for(x)
         opt = self._ensure_optimizer()
-        self.train()  # type: ignore[attr-defined]
+        self.train()
         xt, ya = self._prepare_x(x), self._prepare_y(y, loss)
-        out = self(xt)  # type: ignore[operator]
+        out = self(xt)
         _check_targets(loss, _host_or(y, ya), tuple(out.shape), "train_on_batch")
         value = loss(out, Tensor(ya))
         opt.zero_grad()
@@ -932,39 +957,16 @@ class ModelMixin:
             shape = getattr(self, "input_shape", None) or self.__dict__.get("_build_input_shape")
         if shape is None:
             raise ValueError(
-                f"summary(): the input shape of {self.name} is unknown; pass input_shape=(C, H, "  # type: ignore[attr-defined]
+                f"summary(): the input shape of {self.name} is unknown; pass input_shape=(C, H, "
                 "W), give the first layer input_shape=..., or run a batch through it first"
             )
         shape = tuple(shape) if not (shape and isinstance(shape[0], (list, tuple))) else shape
-        if not self.built:  # type: ignore[attr-defined]
-            self.build(shape)  # type: ignore[attr-defined]
-        rows: list[tuple[str, str, int, int]] = []
-        from gpucnn.module import Sequential
-
-        if isinstance(self, Sequential):
-            s = shape
-            for layer in self.layers:
-                out = tuple(layer.output_shape(s))
-                rows.append((f"{layer.name} ({type(layer).__name__})", _shape_str(out),
-                             layer.count_params(), int(layer.flops(s))))
-                s = out
-        else:
-            table = self._trace_children(shape)  # type: ignore[attr-defined]
-            for _, child in self.named_children():  # type: ignore[attr-defined]
-                if id(child) in table:
-                    ins, out = table[id(child)]
-                    fl = int(child.flops(ins))
-                    out_s = _shape_str(out)
-                else:
-                    fl, out_s = 0, "(not called)"
-                rows.append((f"{child.name} ({type(child).__name__})", out_s,
-                             child.count_params(), fl))
-            own = sum(p.size for p in self._parameters.values() if p is not None)  # type: ignore[attr-defined]
-            if own:
-                rows.append(("(own parameters)", "", own, 0))
-        total = self.count_params()  # type: ignore[attr-defined]
-        trainable = self.count_params(True)  # type: ignore[attr-defined]
-        n_buf = sum(b.size for b in self.buffers())  # type: ignore[attr-defined]
+        if not self.built:
+            self.build(shape)
+        rows = self._summary_rows(shape)
+        total = self.count_params()
+        trainable = self.count_params(True)
+        n_buf = sum(b.size for b in self.buffers())
         # Columns grow to fit the longest entry (plus a space), so they never run together.
         w = [
             max(30, line_length - 62, *(len(r[0]) + 1 for r in rows)),
@@ -973,7 +975,7 @@ class ModelMixin:
             16,
         ]
         sep = "─" * sum(w)
-        lines = [f'Model: "{self.name}" ({type(self).__name__}), input (None, '  # type: ignore[attr-defined]
+        lines = [f'Model: "{self.name}" ({type(self).__name__}), input (None, '
                  f'{", ".join(map(str, shape))})', sep,
                  f"{'Layer (type)':<{w[0]}}{'Output Shape':<{w[1]}}{'Param #':>{w[2]}}"
                  f"{'FLOPs':>{w[3]}}", "═" * sum(w)]
@@ -992,6 +994,33 @@ class ModelMixin:
         if print_fn is not None:
             print_fn(text)
         return text
+
+    def _summary_rows(self, shape: Any) -> list[tuple[str, str, int, int]]:
+        """``(name (type), output shape, params, FLOPs)`` of each child, from a traced run."""
+        rows: list[tuple[str, str, int, int]] = []
+        table = self._trace_children(shape)
+        for _, child in self.named_children():
+            if id(child) in table:
+                ins, out = table[id(child)]
+                fl = int(child.flops(ins))
+                out_s = _shape_str(out)
+            else:
+                fl, out_s = 0, "(not called)"
+            rows.append((f"{child.name} ({type(child).__name__})", out_s,
+                         child.count_params(), fl))
+        own = sum(p.size for p in self._parameters.values() if p is not None)
+        if own:
+            rows.append(("(own parameters)", "", own, 0))
+        return rows
+
+    # ------------------------------------------------------------------ devices
+    def to(self, backend: str) -> Model:
+        """Move the parameters, buffers and the optimizer's state to ``backend`` (see
+        :meth:`Module.to`); training continues where it stopped. Returns ``self``."""
+        super().to(backend)
+        if self.optimizer is not None:
+            move_optimizer_state(self.optimizer, backend_name(backend))
+        return self
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Any) -> None:
@@ -1012,6 +1041,148 @@ class ModelMixin:
         from gpucnn.saving import load_weights
 
         load_weights(self, path, strict=strict)
+
+
+@register_module
+class Sequential(Model):
+    """A linear stack of layers (a :class:`Model`): ``forward`` calls them in order.
+
+    Args:
+        layers: initial layers (Modules).
+        name: display name.
+
+    If the first layer was given ``input_shape=(C, H, W)``, every added layer is built at once
+    (so :meth:`summary` works before any data) and inputs are checked against that shape.
+    """
+
+    def __init__(self, layers: Iterable[Module] | None = None, name: str | None = None) -> None:
+        super().__init__(name=name)
+        object.__setattr__(self, "_input_shape", None)
+        object.__setattr__(self, "_out_shape", None)
+        for layer in layers or ():
+            self.add(layer)
+
+    @property
+    def layers(self) -> list[Module]:
+        return list(self._modules.values())
+
+    @property
+    def input_shape(self) -> tuple | None:
+        """Per-sample input shape, when known (from ``input_shape=`` or the first build)."""
+        return self._input_shape
+
+    def add(self, layer: Module) -> Sequential:
+        """Append ``layer`` (built at once when the input shape is known)."""
+        if not isinstance(layer, Module):
+            raise TypeError(
+                f"Sequential.add: expected a layer (Module), got {type(layer).__name__}"
+            )
+        first = not self._modules
+        self._modules[str(len(self._modules))] = layer
+        if first and getattr(layer, "_input_shape_arg", None) is not None:
+            object.__setattr__(self, "_input_shape", tuple(layer._input_shape_arg))
+            object.__setattr__(self, "_out_shape", self._input_shape)
+        if self._out_shape is not None:
+            try:
+                if not layer.built:
+                    layer.check_input_shape(self._out_shape)
+                    layer.build(self._out_shape, backend=self._backend_name)
+                else:
+                    layer.check_input_shape(self._out_shape)
+                object.__setattr__(self, "_out_shape", tuple(layer.output_shape(self._out_shape)))
+            except Exception:
+                self._modules.pop(str(len(self._modules) - 1))
+                raise
+        return self
+
+    def pop(self) -> Module:
+        """Remove and return the last layer."""
+        if not self._modules:
+            raise IndexError("Sequential.pop: no layers")
+        layer = self._modules.pop(str(len(self._modules) - 1))
+        if self._input_shape is not None:
+            shape: Any = self._input_shape
+            for m in self.layers:
+                shape = tuple(m.output_shape(shape))
+            object.__setattr__(self, "_out_shape", shape)
+        return layer
+
+    def __getitem__(self, idx: int | slice) -> Any:
+        layers = self.layers
+        if isinstance(idx, slice):
+            return Sequential(layers[idx])
+        return layers[idx]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.layers)
+
+    def build(self, input_shape: Any, backend: str | None = None) -> None:
+        shape = tuple(input_shape)
+        if self._input_shape is None:
+            object.__setattr__(self, "_input_shape", shape)
+        be = backend or self._backend_name
+        for layer in self.layers:
+            layer.check_input_shape(shape)
+            if not layer.built:
+                layer.build(shape, backend=be)
+            shape = tuple(layer.output_shape(shape))
+        object.__setattr__(self, "_out_shape", shape)
+
+    def check_input_shape(self, shape: Any) -> None:
+        exp = self._input_shape
+        if exp is not None and tuple(shape) != tuple(exp):
+            raise ValueError(
+                f"{self.name} (Sequential): input shape mismatch: expected (None, "
+                f"{', '.join(map(str, exp))}), received (N, {', '.join(map(str, shape))})"
+            )
+        if exp is None and self.layers:
+            self.layers[0].check_input_shape(shape)
+
+    def _build_from_inputs(self, args: tuple) -> None:
+        first = args[0] if args else None
+        if not isinstance(first, Tensor):
+            raise TypeError(f"{self.name}: expected a Tensor input, got {type(first).__name__}")
+        self.check_input_shape(tuple(first.shape[1:]))
+        # layers build themselves lazily in forward (on the input's backend)
+
+    def forward(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def output_shape(self, input_shape: Any) -> Any:
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = tuple(layer.output_shape(shape))
+        return shape
+
+    def flops(self, input_shape: Any) -> int:
+        total, shape = 0, tuple(input_shape)
+        for layer in self.layers:
+            total += layer.flops(shape)
+            shape = tuple(layer.output_shape(shape))
+        return total
+
+    def _summary_rows(self, shape: Any) -> list[tuple[str, str, int, int]]:
+        rows: list[tuple[str, str, int, int]] = []
+        s = shape
+        for layer in self.layers:
+            out = tuple(layer.output_shape(s))
+            rows.append((f"{layer.name} ({type(layer).__name__})", _shape_str(out),
+                         layer.count_params(), int(layer.flops(s))))
+            s = out
+        return rows
+
+    def get_config(self) -> dict:
+        return {"layers": [serialize(m) for m in self.layers], "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> Module:
+        layers = [deserialize(s, custom_objects) for s in config.get("layers", [])]
+        return cls(layers, name=config.get("name"))
 
 
 def _shape_str(shape: Any) -> str:

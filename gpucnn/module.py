@@ -1,12 +1,15 @@
-"""``Module``: the base of every layer and model; ``Sequential``; ``ModuleList``; the registry.
+"""``Module``: the base of every layer and model; ``ModuleList``; the registry.
 
 Subclass :class:`Module`, assign :class:`~gpucnn.Parameter` s, sub-modules (or lists of them)
 as attributes in ``__init__`` and write ``forward``. Assignments are registered automatically,
 so ``parameters()``, ``state_dict()``, ``to()``, ``train()``/``eval()`` see them. Running
 statistics and other non-trained state go through :meth:`Module.register_buffer`.
 
-Every Module also carries the Keras-style model API (``compile``, ``fit``, ``evaluate``,
-``predict``, ``summary``, ``save``: see :mod:`gpucnn.model`).
+A Module knows nothing of training: the Keras-style API (``compile``, ``fit``, ``evaluate``,
+``predict``, ``summary``, ``save``) belongs to :class:`gpucnn.Model`, a Module subclass
+(:mod:`gpucnn.model`, with ``Sequential``). Subclass ``Model`` instead of ``Module`` to get it.
+This file imports only the tensor layer and the backend, never :mod:`gpucnn.model` or
+:mod:`gpucnn.saving`.
 
 Layers build lazily: their parameters are created on the first call from the input's shape
 and backend (``build(input_shape)``). Shapes given to ``build``, ``output_shape`` and
@@ -38,12 +41,10 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
-from gpucnn.model import ModelMixin
 from gpucnn.tensor import Parameter, Tensor, no_grad
 
 __all__ = [
     "Module",
-    "Sequential",
     "ModuleList",
     "register_module",
     "get_registered",
@@ -52,6 +53,15 @@ __all__ = [
 ]
 
 _BACKEND_ALIASES = {"cpu": "numpy", "np": "numpy", "numpy": "numpy", "gpu": "cuda", "cuda": "cuda"}
+
+
+def backend_name(backend: str) -> str:
+    """The canonical backend name ("numpy" or "cuda") of ``backend`` or an alias of it."""
+    name = _BACKEND_ALIASES.get(str(backend).lower())
+    if name is None:
+        raise ValueError(f"to(): unknown backend {backend!r}; use 'numpy' or 'cuda'")
+    return name
+
 
 # ----------------------------------------------------------------------------- registry
 
@@ -138,8 +148,9 @@ def _shape_of(a: Any) -> Any:
 # ----------------------------------------------------------------------------- Module
 
 
-class Module(ModelMixin):
-    """Base class of layers and models (PyTorch-style registration, Keras-style model API).
+class Module:
+    """Base class of layers and models: PyTorch-style registration of parameters, buffers and
+    sub-modules; modes, state dicts, devices, lazy building. No training API (see ``Model``).
 
     Args:
         name: a display name (default: snake_case class name plus a counter, as Keras).
@@ -157,7 +168,6 @@ class Module(ModelMixin):
         object.__setattr__(self, "_built", True)
         object.__setattr__(self, "_backend_name", None)
         object.__setattr__(self, "name", name or _auto_name(type(self)))
-        ModelMixin.__init__(self)
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, key: str, value: Any) -> None:
@@ -428,11 +438,10 @@ class Module(ModelMixin):
         """Move every parameter and buffer to ``backend`` ("numpy"/"cpu" or "cuda"/"gpu").
 
         The Parameter objects are kept (their ``.data`` is replaced), so optimizers that
-        hold them stay valid. Layers built later are created on ``backend``. Returns ``self``.
+        hold them stay valid (``Model.to`` also moves its optimizer's state). Layers built later
+        are created on ``backend``. Returns ``self``.
         """
-        name = _BACKEND_ALIASES.get(str(backend).lower())
-        if name is None:
-            raise ValueError(f"to(): unknown backend {backend!r}; use 'numpy' or 'cuda'")
+        name = backend_name(backend)
         be = _backend.get_backend(name)
         for m in self.modules():
             object.__setattr__(m, "_backend_name", name)
@@ -442,11 +451,6 @@ class Module(ModelMixin):
                 t.data = _backend.to_backend(t.data, be)
                 if t.grad is not None:
                     t.grad = Tensor(_backend.to_backend(t.grad.data, be))
-        opt = self.__dict__.get("optimizer")
-        if opt is not None:
-            from gpucnn.saving import move_optimizer_state
-
-            move_optimizer_state(opt, name)
         return self
 
     @property
@@ -693,140 +697,9 @@ class ModuleList(Module):
         return cls(mods, name=config.get("name"))
 
 
-@register_module
-class Sequential(Module):
-    """A linear stack of layers: ``forward`` calls them in order.
-
-    Args:
-        layers: initial layers (Modules).
-        name: display name.
-
-    If the first layer was given ``input_shape=(C, H, W)``, every added layer is built at once
-    (so :meth:`summary` works before any data) and inputs are checked against that shape.
-    """
-
-    def __init__(self, layers: Iterable[Module] | None = None, name: str | None = None) -> None:
-        super().__init__(name=name)
-        object.__setattr__(self, "_input_shape", None)
-        object.__setattr__(self, "_out_shape", None)
-        for layer in layers or ():
-            self.add(layer)
-
-    @property
-    def layers(self) -> list[Module]:
-        return list(self._modules.values())
-
-    @property
-    def input_shape(self) -> tuple | None:
-        """Per-sample input shape, when known (from ``input_shape=`` or the first build)."""
-        return self._input_shape
-
-    def add(self, layer: Module) -> Sequential:
-        """Append ``layer`` (built at once when the input shape is known)."""
-        if not isinstance(layer, Module):
-            raise TypeError(
-                f"Sequential.add: expected a layer (Module), got {type(layer).__name__}"
-            )
-        first = not self._modules
-        self._modules[str(len(self._modules))] = layer
-        if first and getattr(layer, "_input_shape_arg", None) is not None:
-            object.__setattr__(self, "_input_shape", tuple(layer._input_shape_arg))
-            object.__setattr__(self, "_out_shape", self._input_shape)
-        if self._out_shape is not None:
-            try:
-                if not layer.built:
-                    layer.check_input_shape(self._out_shape)
-                    layer.build(self._out_shape, backend=self._backend_name)
-                else:
-                    layer.check_input_shape(self._out_shape)
-                object.__setattr__(self, "_out_shape", tuple(layer.output_shape(self._out_shape)))
-            except Exception:
-                self._modules.pop(str(len(self._modules) - 1))
-                raise
-        return self
-
-    def pop(self) -> Module:
-        """Remove and return the last layer."""
-        if not self._modules:
-            raise IndexError("Sequential.pop: no layers")
-        layer = self._modules.pop(str(len(self._modules) - 1))
-        if self._input_shape is not None:
-            shape: Any = self._input_shape
-            for m in self.layers:
-                shape = tuple(m.output_shape(shape))
-            object.__setattr__(self, "_out_shape", shape)
-        return layer
-
-    def __getitem__(self, idx: int | slice) -> Any:
-        layers = self.layers
-        if isinstance(idx, slice):
-            return Sequential(layers[idx])
-        return layers[idx]
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self.layers)
-
-    def build(self, input_shape: Any, backend: str | None = None) -> None:
-        shape = tuple(input_shape)
-        if self._input_shape is None:
-            object.__setattr__(self, "_input_shape", shape)
-        be = backend or self._backend_name
-        for layer in self.layers:
-            layer.check_input_shape(shape)
-            if not layer.built:
-                layer.build(shape, backend=be)
-            shape = tuple(layer.output_shape(shape))
-        object.__setattr__(self, "_out_shape", shape)
-
-    def check_input_shape(self, shape: Any) -> None:
-        exp = self._input_shape
-        if exp is not None and tuple(shape) != tuple(exp):
-            raise ValueError(
-                f"{self.name} (Sequential): input shape mismatch: expected (None, "
-                f"{', '.join(map(str, exp))}), received (N, {', '.join(map(str, shape))})"
-            )
-        if exp is None and self.layers:
-            self.layers[0].check_input_shape(shape)
-
-    def _build_from_inputs(self, args: tuple) -> None:
-        first = args[0] if args else None
-        if not isinstance(first, Tensor):
-            raise TypeError(f"{self.name}: expected a Tensor input, got {type(first).__name__}")
-        self.check_input_shape(tuple(first.shape[1:]))
-        # layers build themselves lazily in forward (on the input's backend)
-
-    def forward(self, x: Any) -> Any:
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-    def output_shape(self, input_shape: Any) -> Any:
-        shape = tuple(input_shape)
-        for layer in self.layers:
-            shape = tuple(layer.output_shape(shape))
-        return shape
-
-    def flops(self, input_shape: Any) -> int:
-        total, shape = 0, tuple(input_shape)
-        for layer in self.layers:
-            total += layer.flops(shape)
-            shape = tuple(layer.output_shape(shape))
-        return total
-
-    def get_config(self) -> dict:
-        return {"layers": [serialize(m) for m in self.layers], "name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict, custom_objects: dict | None = None) -> Module:
-        layers = [deserialize(s, custom_objects) for s in config.get("layers", [])]
-        return cls(layers, name=config.get("name"))
-
-
 def apply_to_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
     """Apply ``fn`` to every Tensor inside nested lists/tuples (helper for multi-input layers)."""
     if isinstance(value, (list, tuple)):
         return type(value)(apply_to_tensors(fn, v) for v in value)
     return fn(value) if isinstance(value, Tensor) else value
+

@@ -19,6 +19,9 @@ Writes are atomic: the file is written to a temporary file in the same directory
 fsync'ed, then ``os.replace``'d over ``path`` (and the directory fsync'ed), so a crash mid-write
 leaves the previous checkpoint intact.
 
+This module imports :mod:`gpucnn.module` (for the registry) and never :mod:`gpucnn.model`:
+``Model.save`` calls in here, not the other way round.
+
 Architectures are rebuilt from the registry (:func:`gpucnn.register_module`): Sequential, the
 built-in layers and blocks, and any custom Module class registered with a ``get_config()``
 that returns its ``__init__`` keyword arguments. Other modules can still use
@@ -52,7 +55,6 @@ __all__ = [
     "save_weights",
     "load_weights",
     "read_checkpoint",
-    "move_optimizer_state",
 ]
 
 FORMAT = "gpucnn-checkpoint"
@@ -189,15 +191,6 @@ def read_checkpoint(path: Any) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- optimizer
-
-
-def move_optimizer_state(opt: Any, backend: str) -> None:
-    """Move every array in ``opt.state`` to ``backend`` (after ``Module.to``)."""
-    be = _backend.get_backend(backend)
-    for st in getattr(opt, "state", {}).values():
-        for k, v in list(st.items()):
-            if _is_array(v):
-                st[k] = _backend.to_backend(v, be)
 
 
 def _optimizer_kwargs(cls: type, defaults: dict) -> dict:
@@ -378,12 +371,8 @@ def load_model(
             opt_spec = meta.get("optimizer")
             if opt_spec is not None:
                 opt: Any = _build_optimizer(model, opt_spec, entries)
-            else:
-                o = comp["optimizer"]
-                name = {v[0]: k for k, v in __import__(
-                    "gpucnn.model", fromlist=["OPTIMIZERS"]).OPTIMIZERS.items()}.get(
-                    o.get("class_name"), "rmsprop")
-                opt = name
+            else:  # compiled with a named optimizer not created yet: its class, by name
+                opt = comp["optimizer"].get("class_name") or "rmsprop"
             model.compile(optimizer=opt, loss=loss, metrics=metrics,
                           from_logits=comp.get("from_logits"),
                           lr=(comp["optimizer"]["config"].get("lr") if isinstance(opt, str)

@@ -12,7 +12,7 @@ import gpucnn
 from gpucnn import callbacks as C
 from gpucnn import layers as L
 from gpucnn import optim
-from gpucnn.module import Sequential
+from gpucnn.model import Sequential
 from gpucnn.saving import load_model
 
 

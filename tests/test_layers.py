@@ -11,7 +11,8 @@ import gpucnn
 import gpucnn.functional as F
 from gpucnn import initializers as I
 from gpucnn import layers as L
-from gpucnn.module import Sequential, deserialize, serialize
+from gpucnn.model import Sequential
+from gpucnn.module import deserialize, serialize
 from gpucnn.tensor import Tensor
 
 

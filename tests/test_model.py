@@ -14,7 +14,7 @@ import gpucnn
 import gpucnn.functional as F
 from gpucnn import layers as L
 from gpucnn import optim
-from gpucnn.module import Module, Sequential
+from gpucnn.model import Model, Sequential
 from gpucnn.tensor import Tensor
 
 
@@ -259,8 +259,8 @@ def test_compile_optimizer_forms() -> None:
     assert built.optimizer is opt and opt.lr == 0.05
 
 
-def test_generic_module_fits_and_summarises() -> None:
-    class Net(Module):
+def test_pytorch_style_model_subclass_fits_and_summarises() -> None:
+    class Net(Model):  # layers in __init__, a forward: the Keras API comes with Model
         def __init__(self) -> None:
             super().__init__()
             self.conv = L.Conv2D(4, 3, padding="same", activation="relu")
@@ -693,3 +693,48 @@ def test_simulated_device_fit_syncs_only_at_reads() -> None:
     bad[1] = (bad[1][0], xp.asarray(np.full(16, 9, np.int64)))
     with pytest.raises(ValueError, match=r"cross_entropy: target value 9 is out of range"):
         m.fit(bad, epochs=1, verbose=0, update_freq=5)
+
+
+def test_model_to_moves_optimizer_state_and_training_continues_identically(monkeypatch) -> None:
+    """Model.to moves the optimizer's state arrays with the weights (through
+    gpucnn.model.move_optimizer_state, not the checkpoint module): a model trained an epoch,
+    moved to the cuda backend (where there is one) and back to numpy, then trained on, ends
+    bit-identical to one that never moved."""
+    import gpucnn.model as model_mod
+    from gpucnn import backend as B
+    from gpucnn.backend.device import is_array
+
+    x, y = _toy(64)
+
+    def trained() -> Sequential:
+        m = _plain_mlp().to("numpy")
+        m.compile(optim.Adam(m.parameters(), lr=0.01), "sparse_categorical_crossentropy")
+        m.fit(x, y, batch_size=16, epochs=1, verbose=0, seed=0)
+        return m
+
+    def state_backends(m: Sequential) -> set[str]:
+        return {B.backend_of(v).name for st in m.optimizer.state.values() for v in st.values()
+                if is_array(v)}
+
+    moved, ref = trained(), trained()
+    calls: list[str] = []
+    real = model_mod.move_optimizer_state
+    monkeypatch.setattr(model_mod, "move_optimizer_state",
+                        lambda opt, be: (calls.append(be), real(opt, be)))
+    target = "cuda" if B.cuda_available() else "numpy"
+    assert moved.to(target) is moved
+    assert {p.backend for p in moved.parameters()} == {target}
+    assert state_backends(moved) == {target}
+    moved.to("cpu")
+    assert calls == [target, "numpy"]
+    assert {p.backend for p in moved.parameters()} == {"numpy"}
+    assert state_backends(moved) == {"numpy"}
+    for m in (moved, ref):
+        m.fit(x, y, batch_size=16, epochs=3, initial_epoch=1, verbose=0, seed=0)
+    for a, b in zip(moved.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    s1, s2 = moved.optimizer.state_dict()["state"], ref.optimizer.state_dict()["state"]
+    for k in s2:
+        for name, v in s2[k].items():
+            np.testing.assert_array_equal(B.to_numpy(s1[k][name]) if is_array(v) else s1[k][name],
+                                          B.to_numpy(v) if is_array(v) else v)

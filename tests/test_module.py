@@ -8,10 +8,10 @@ import pytest
 import gpucnn
 import gpucnn.functional as F
 from gpucnn import layers as L
+from gpucnn.model import Sequential
 from gpucnn.module import (
     Module,
     ModuleList,
-    Sequential,
     deserialize,
     register_module,
     serialize,
@@ -254,3 +254,113 @@ def test_generic_module_build_and_output_shape() -> None:
 def test_repr_lists_children() -> None:
     r = repr(Sequential([L.Dense(2), L.ReLU()]))
     assert "(0): Dense" in r and "(1): ReLU" in r
+
+
+# ----------------------------------------------------------------------------- Module vs Model
+
+_TRAINING_API = ("compile", "fit", "evaluate", "predict", "train_on_batch", "summary", "save",
+                 "save_weights", "load_weights", "optimizer", "history", "stop_training")
+
+
+def test_module_has_no_training_api() -> None:
+    net = Net()
+    for attr in _TRAINING_API:
+        assert not hasattr(Module, attr), attr
+        with pytest.raises(AttributeError, match=f"no attribute '{attr}'"):
+            getattr(net, attr)
+    blocks = (L.ResidualBlock(4), L.InceptionBlock(2, 2, 3, 1, 2, 2))
+    for layer in (L.Dense(3), L.Conv2D(2, 3), *blocks, ModuleList([L.Dense(2)])):
+        assert not isinstance(layer, gpucnn.Model), type(layer).__name__
+        assert not hasattr(layer, "fit"), type(layer).__name__
+
+
+def test_module_subclass_stays_plain_and_model_subclass_trains() -> None:
+    class Plain(Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.d(x)
+
+    class Trained(gpucnn.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.d(x)
+
+    p = Plain()
+    assert not isinstance(p, gpucnn.Model)
+    with pytest.raises(AttributeError, match="no attribute 'fit'"):
+        _ = p.fit
+    t = Trained()
+    assert isinstance(t, Module) and isinstance(t, gpucnn.Model)
+    assert t.optimizer is None and t.completed_epochs == 0
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    t.compile("sgd", "sparse_categorical_crossentropy", lr=0.1)
+    t.fit(x, np.arange(8) % 2, batch_size=4, epochs=1, verbose=0)
+    assert t.completed_epochs == 1 and t.predict(x).shape == (8, 2)
+
+
+def test_sequential_and_the_zoo_are_models() -> None:
+    from gpucnn import model as model_mod
+    from gpucnn import models
+
+    assert gpucnn.Sequential is Sequential is model_mod.Sequential
+    assert issubclass(Sequential, gpucnn.Model) and issubclass(gpucnn.Model, Module)
+    assert isinstance(Sequential([L.Dense(2)]), gpucnn.Model)
+    assert isinstance(models.lenet5(), gpucnn.Model)
+    assert issubclass(models.CifarResNet, gpucnn.Model) and issubclass(models.ResNet, gpucnn.Model)
+    assert not issubclass(models.BasicBlock, gpucnn.Model)  # a block stays a plain Module
+    import gpucnn.module as module_mod
+
+    assert not hasattr(module_mod, "Sequential")  # it lives in gpucnn.model only
+
+
+def test_module_imports_neither_model_nor_saving() -> None:
+    """gpucnn.module loads with gpucnn.model and gpucnn.saving blocked (the package's
+    __init__, which imports both, is bypassed), and neither module.py nor saving.py has an
+    import statement naming gpucnn.model (the module <-> model <-> saving cycle is gone)."""
+    import ast
+    import pathlib
+    import subprocess
+    import sys
+
+    pkg = pathlib.Path(gpucnn.__file__).parent
+    code = (
+        "import sys, types\n"
+        f"pkg = types.ModuleType('gpucnn'); pkg.__path__ = [{str(pkg)!r}]\n"
+        "sys.modules['gpucnn'] = pkg\n"
+        "sys.modules['gpucnn.model'] = None\n"
+        "sys.modules['gpucnn.saving'] = None\n"
+        "import numpy as np\n"
+        "from gpucnn.module import Module, ModuleList\n"
+        "from gpucnn.tensor import Parameter\n"
+        "class M(Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = Parameter(np.ones(3, np.float32))\n"
+        "m = M().to('numpy')\n"
+        "assert list(m.state_dict()) == ['w'] and not hasattr(m, 'fit')\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GPUCNN_SIMULATE_CUDA"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
+
+    def imported(path: pathlib.Path) -> set[str]:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+        return names
+
+    mod, sav = imported(pkg / "module.py"), imported(pkg / "saving.py")
+    assert not {"gpucnn.model", "gpucnn.saving"} & mod, mod
+    assert "gpucnn.model" not in sav, sav

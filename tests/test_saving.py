@@ -13,7 +13,8 @@ import gpucnn
 import gpucnn.functional as F
 from gpucnn import layers as L
 from gpucnn import optim, saving
-from gpucnn.module import Module, Sequential, register_module
+from gpucnn.model import Model, Sequential
+from gpucnn.module import register_module
 from gpucnn.saving import CheckpointError, load_model
 from gpucnn.tensor import Tensor
 
@@ -206,7 +207,7 @@ def test_lazily_built_model_saves_its_input_shape(tmp_path) -> None:
 
 
 @register_module
-class TwoPath(Module):
+class TwoPath(Model):
     def __init__(self, width: int = 4, name: str | None = None) -> None:
         super().__init__(name=name)
         self.width = width
@@ -221,7 +222,7 @@ class TwoPath(Module):
         return {"width": self.width, "name": self.name}
 
 
-class Unregistered(Module):
+class Unregistered(Model):
     def __init__(self) -> None:
         super().__init__()
         self.d = L.Dense(2)

@@ -11,7 +11,8 @@ from gpucnn.layers.base import Layer, pair
 from gpucnn.layers.conv import Conv2D
 from gpucnn.layers.normalization import BatchNormalization
 from gpucnn.layers.pooling import MaxPooling2D
-from gpucnn.module import Sequential, register_module
+from gpucnn.model import Sequential
+from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
 
 __all__ = ["ResidualBlock", "InceptionBlock"]

@@ -1,8 +1,9 @@
 """Model zoo: LeNet-5, a small LeNet, CIFAR and ImageNet ResNets, a small Inception, VGG-11.
 
 Every builder takes ``num_classes`` and ``in_channels``, returns a built, registered
-:class:`~gpucnn.Module` (``model.save`` / :func:`gpucnn.saving.load_model` work) whose output
-is logits ``(N, num_classes)`` for NCHW input. :func:`get_model` looks builders up by name.
+:class:`~gpucnn.Model` (``compile``/``fit``, ``model.save`` / :func:`gpucnn.saving.load_model`
+work) whose output is logits ``(N, num_classes)`` for NCHW input. :func:`get_model` looks
+builders up by name.
 
 =================  =====================  ===============================================
 name               input (C, H, W)        parameters (defaults)
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gpucnn.model import Model
 from gpucnn.models.inception import (
     INCEPTION_SMALL_STEM,
     INCEPTION_SMALL_WIDTHS,
@@ -40,7 +42,6 @@ from gpucnn.models.resnet import (
     resnet56,
 )
 from gpucnn.models.vgg import VGG11_CONFIG, vgg11
-from gpucnn.module import Module
 
 __all__ = [
     "BasicBlock",
@@ -62,7 +63,7 @@ __all__ = [
     "vgg11",
 ]
 
-_BUILDERS: dict[str, Callable[..., Module]] = {
+_BUILDERS: dict[str, Callable[..., Model]] = {
     "lenet5": lenet5,
     "seed_lenet": seed_lenet,
     "resnet20": resnet20,
@@ -76,7 +77,7 @@ _BUILDERS: dict[str, Callable[..., Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def get_model(name: str, **kwargs: Any) -> Module:
+def get_model(name: str, **kwargs: Any) -> Model:
     """Build the model called ``name`` (case-insensitive, ``-`` = ``_``) with ``kwargs``
     (``num_classes``, ``in_channels``, and the builder's own options).
 

@@ -17,7 +17,8 @@ from gpucnn.layers import (
     InceptionBlock,
     MaxPooling2D,
 )
-from gpucnn.module import Module, Sequential
+from gpucnn.model import Sequential
+from gpucnn.module import Module
 
 __all__ = ["INCEPTION_SMALL_STEM", "INCEPTION_SMALL_WIDTHS", "inception_small"]
 

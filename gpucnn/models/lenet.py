@@ -8,7 +8,7 @@ are built at once (``count_params()``/``summary()`` work before any data) and se
 from __future__ import annotations
 
 from gpucnn.layers import AveragePooling2D, Conv2D, Dense, Flatten, MaxPooling2D
-from gpucnn.module import Sequential
+from gpucnn.model import Sequential
 
 __all__ = ["lenet5", "seed_lenet"]
 

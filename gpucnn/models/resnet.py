@@ -23,7 +23,8 @@ from typing import Any
 
 import gpucnn.functional as F
 from gpucnn.layers import BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, MaxPooling2D
-from gpucnn.module import Module, Sequential, register_module
+from gpucnn.model import Model, Sequential
+from gpucnn.module import Module, register_module
 from gpucnn.tensor import Tensor
 
 __all__ = [
@@ -136,8 +137,9 @@ def _build_chain(mods: Sequence[Module], shape: tuple, backend: str | None) -> t
     return shape
 
 
-class _Net(Module):
-    """Shared plumbing: build from shapes layer by layer (no dummy forward pass)."""
+class _Net(Model):
+    """A Model (compile, fit, ...); shared plumbing: build from shapes layer by layer (no
+    dummy forward pass)."""
 
     def _chain(self) -> list[Module]:
         raise NotImplementedError

@@ -16,7 +16,8 @@ from gpucnn.layers import (
     Flatten,
     MaxPooling2D,
 )
-from gpucnn.module import Module, Sequential
+from gpucnn.model import Sequential
+from gpucnn.module import Module
 
 __all__ = ["VGG11_CONFIG", "vgg11"]
 
