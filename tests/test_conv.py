@@ -9,6 +9,12 @@ import pytest
 
 import gpucnn.functional as F
 from gpucnn import backend as B
+from gpucnn.backend import geometry as geo_mod
+from gpucnn.backend.cuda_ops import conv as cconv
+from gpucnn.backend.numpy_ops import conv as nconv
+from gpucnn.backend.numpy_ops.conv import batch_inner as bi_mod
+from gpucnn.backend.numpy_ops.conv import frame as frame_mod
+from gpucnn.backend.numpy_ops.conv import winograd as wg_mod
 from gpucnn.functional.conv import conv2d_output_size, same_padding
 from gpucnn.tensor import Tensor, no_grad
 from gpucnn.testing.gradcheck import gradient_check
@@ -300,19 +306,18 @@ def test_input_grad_paths_agree(
     monkeypatch: pytest.MonkeyPatch, xs: tuple, ws: tuple, kw: dict
 ) -> None:
     """dx of stride-1 convs via im2col(dy) + GEMM equals the GEMM + col2im route."""
-    import gpucnn.functional.conv as conv_mod
 
     rng = np.random.default_rng(9)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
     y = F.conv2d(Tensor(x), Tensor(w), **kw)
     g = rng.standard_normal(y.shape)
     taken = []
-    orig = conv_mod._use_transposed_path
+    orig = geo_mod.use_transposed_path
     monkeypatch.setattr(
-        conv_mod, "_use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
+        geo_mod, "use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
     )
     _, fast = _ours(x, w, None, g, **kw)
-    monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: False)
+    monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: False)
     _, slow = _ours(x, w, None, g, **kw)
     assert taken == [kw.get("padding") != 3]
     np.testing.assert_allclose(fast[0], slow[0], rtol=1e-12, atol=1e-12)
@@ -336,20 +341,19 @@ WIDE_CASES = (
 
 def _run_paths(monkeypatch, xs, ws, kw, dtype=np.float64):  # noqa: ANN001, ANN202
     """(wide-path results, generic-path results, whether the wide path ran)."""
-    import gpucnn.functional.conv as conv_mod
 
     # this compares the frame route with the generic one: keep the batch-innermost route out
-    monkeypatch.setattr(conv_mod, "_use_batch_inner_path", lambda *a: False)
+    monkeypatch.setattr(bi_mod, "_use_batch_inner_path", lambda *a: False)
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
     with no_grad():
         shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
     g = rng.standard_normal(shape).astype(dtype)
     ran = []
-    orig = conv_mod._wide_forward
-    monkeypatch.setattr(conv_mod, "_wide_forward", lambda *a: ran.append(1) or orig(*a))
+    orig = frame_mod._wide_forward
+    monkeypatch.setattr(frame_mod, "_wide_forward", lambda *a: ran.append(1) or orig(*a))
     y, grads = _ours(x, w, b, g, **kw)
-    monkeypatch.setattr(conv_mod, "_use_wide_path", lambda *a: False)
+    monkeypatch.setattr(frame_mod, "_use_wide_path", lambda *a: False)
     ry, rgrads = _ours(x, w, b, g, **kw)
     monkeypatch.undo()
     return [y, *grads], [ry, *rgrads], bool(ran)
@@ -359,16 +363,15 @@ def _run_paths(monkeypatch, xs, ws, kw, dtype=np.float64):  # noqa: ANN001, ANN2
 @pytest.mark.parametrize("xs, ws, kw", WIDE_CASES, ids=_ids(WIDE_CASES))
 def test_wide_path_matches_generic_path(monkeypatch: pytest.MonkeyPatch, xs, ws, kw) -> None:  # noqa: ANN001
     """NumPy's frame-layout route (forward, dx either way, dW, db) equals im2col + col2im."""
-    import gpucnn.functional.conv as conv_mod
 
     # small chunks so a multi-sample batch takes several (and a partial last) chunk
-    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(frame_mod, "_CHUNK_BYTES", 1)
     wide, ref, ran = _run_paths(monkeypatch, xs, ws, kw)
     # the wide route runs unless the conv is a plain 1x1 (no im2col at all) or garbage
     # columns would outnumber real ones (Wq = ow + (kw-1)*dw // sw > 2*ow)
     sw, dw = (
-        conv_mod._pair(kw.get("stride", 1), "s")[1],
-        conv_mod._pair(kw.get("dilation", 1), "d")[1],
+        geo_mod.pair(kw.get("stride", 1), "s")[1],
+        geo_mod.pair(kw.get("dilation", 1), "d")[1],
     )
     ow = wide[0].shape[3]
     plain_1x1 = ws[2:] == (1, 1) and (wide[0].shape[2:] == xs[2:]) and sw == 1
@@ -395,10 +398,9 @@ def test_wide_path_float32_stays_float32(monkeypatch: pytest.MonkeyPatch, xs, ws
 
 
 def test_wide_path_skipped_when_mostly_garbage() -> None:
-    import gpucnn.functional.conv as conv_mod
 
-    assert conv_mod._use_wide_path(kw=3, sw=1, dw=1, ow=8)  # Wq = 10
-    assert not conv_mod._use_wide_path(kw=3, sw=1, dw=4, ow=2)  # Wq = 10 > 2 * 2
+    assert frame_mod._use_wide_path(kw=3, sw=1, dw=1, ow=8)  # Wq = 10
+    assert not frame_mod._use_wide_path(kw=3, sw=1, dw=4, ow=2)  # Wq = 10 > 2 * 2
 
 
 def test_wide_path_empty_batch_and_torch_parity_resnet_shape() -> None:
@@ -428,7 +430,6 @@ BATCH_INNER_CASES = WIDE_CASES + [
 
 def _run_routes(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True)):  # noqa: ANN001, ANN202
     """(batch-innermost results, generic results): output then the grads that were asked for."""
-    import gpucnn.functional.conv as conv_mod
 
     rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
@@ -444,7 +445,7 @@ def _run_routes(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(Tru
             taken.append(route)
             return route
 
-        monkeypatch.setattr(conv_mod, "_numpy_route", pick)
+        monkeypatch.setattr(nconv, "_numpy_route", pick)
         ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
         y = F.conv2d(*ts, **kw)
         y.backward(g)
@@ -459,9 +460,8 @@ def _run_routes(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(Tru
 def test_batch_inner_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -> None:  # noqa: ANN001
     """NumPy's batch-innermost route (y, dx by either route, dW, db) equals im2col + col2im,
     whatever the chunking over output rows (one row per chunk, partial last chunk, one)."""
-    import gpucnn.functional.conv as conv_mod
 
-    monkeypatch.setattr(conv_mod, "_BATCH_INNER_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(bi_mod, "_BATCH_INNER_CHUNK_BYTES", chunk)
     fast, ref = _run_routes(monkeypatch, xs, ws, kw)
     for a, r in zip(fast, ref):
         assert a.shape == r.shape and a.dtype == r.dtype
@@ -478,17 +478,16 @@ def test_batch_inner_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -
 )
 def test_batch_inner_dx_routes_agree(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
     """dx as a batch-innermost correlation of dy equals the GEMM + scatter-add route."""
-    import gpucnn.functional.conv as conv_mod
 
-    monkeypatch.setattr(conv_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bi_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
     taken = []
-    orig = conv_mod._use_transposed_path
+    orig = geo_mod.use_transposed_path
     monkeypatch.setattr(
-        conv_mod, "_use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
+        geo_mod, "use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
     )
     transposed, ref = _run_routes(monkeypatch, xs, ws, kw)
     assert taken[0]  # the batch-innermost backward really took the transposed route
-    monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: False)
+    monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: False)
     scatter, _ = _run_routes(monkeypatch, xs, ws, kw)
     for a, b, r in zip(transposed, scatter, ref):
         np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
@@ -526,10 +525,9 @@ def test_batch_inner_path_partial_grads(monkeypatch, bias, needs) -> None:  # no
 
 
 def test_batch_inner_gradient_check(monkeypatch) -> None:  # noqa: ANN001
-    import gpucnn.functional.conv as conv_mod
 
-    monkeypatch.setattr(conv_mod, "_numpy_route", lambda *a: "batch_inner")
-    monkeypatch.setattr(conv_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
+    monkeypatch.setattr(nconv, "_numpy_route", lambda *a: "batch_inner")
+    monkeypatch.setattr(bi_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((3, 2, 5, 6)), rng.standard_normal((4, 2, 3, 2)), None
     b = rng.standard_normal(4)
@@ -539,9 +537,8 @@ def test_batch_inner_gradient_check(monkeypatch) -> None:  # noqa: ANN001
 
 def test_batch_inner_route_selection() -> None:
     """Small images with many garbage frame columns take the batch-innermost route."""
-    import gpucnn.functional.conv as conv_mod
 
-    route = conv_mod._numpy_route
+    route = nconv._numpy_route
     assert route(128, 3, 1, 1, 8, False) == "batch_inner"  # ResNet 8x8: 2/10 garbage
     assert route(128, 5, 1, 1, 10, False) == "batch_inner"  # LeNet conv2: 4/14
     assert route(128, 3, 2, 1, 8, False) == "batch_inner"  # 16 -> 8 stride 2: 1/9
@@ -555,7 +552,6 @@ def test_batch_inner_route_selection() -> None:
 def test_batch_inner_torch_parity_and_empty_batch() -> None:
     """The default routing sends these shapes through the batch-innermost path; PyTorch agrees."""
     torch = pytest.importorskip("torch")
-    import gpucnn.functional.conv as conv_mod
 
     y = F.conv2d(Tensor(np.zeros((0, 3, 6, 6))), Tensor(np.ones((4, 3, 3, 3))), padding=1)
     assert y.shape == (0, 4, 6, 6)
@@ -568,9 +564,9 @@ def test_batch_inner_torch_parity_and_empty_batch() -> None:
     ]:
         geo = {k: v for k, v in kw.items() if k != "groups"}
         (oh, ow), n = conv2d_output_size(xs[2], xs[3], ws[2:], **geo), xs[0]
-        stride = conv_mod._pair(kw.get("stride", 1), "s")[1]
-        dil = conv_mod._pair(kw.get("dilation", 1), "d")[1]
-        assert conv_mod._numpy_route(n, ws[3], stride, dil, ow, False) == "batch_inner"
+        stride = geo_mod.pair(kw.get("stride", 1), "s")[1]
+        dil = geo_mod.pair(kw.get("dilation", 1), "d")[1]
+        assert nconv._numpy_route(n, ws[3], stride, dil, ow, False) == "batch_inner"
         x, w, b = (rng.standard_normal(s) for s in (xs, ws, ws[:1]))
         g = rng.standard_normal((n, ws[0], oh, ow))
         ours = _ours(x, w, b, g, **kw)
@@ -598,13 +594,12 @@ WINOGRAD_CASES = [
 
 def _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True)):  # noqa: ANN001, ANN202
     """(Winograd results, generic results, Winograd calls): the output, then the grads asked for."""
-    import gpucnn.functional.conv as conv_mod
 
     calls = []
     for name in ("_winograd_forward", "_winograd_input_grad"):
-        orig = getattr(conv_mod, name)
+        orig = getattr(wg_mod, name)
         monkeypatch.setattr(
-            conv_mod, name, lambda *a, _n=name, _f=orig: calls.append(_n) or _f(*a)
+            wg_mod, name, lambda *a, _n=name, _f=orig: calls.append(_n) or _f(*a)
         )
     rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
@@ -614,7 +609,7 @@ def _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(T
     arrays = [x, w, b] if bias else [x, w]
     out = {}
     for route in ("winograd", "generic"):
-        monkeypatch.setattr(conv_mod, "_numpy_route", lambda *a, r=route: r)
+        monkeypatch.setattr(nconv, "_numpy_route", lambda *a, r=route: r)
         ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
         y = F.conv2d(*ts, **kw)
         y.backward(g)
@@ -629,7 +624,7 @@ def _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(T
 def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk, keep) -> None:  # noqa: ANN001
     """Winograd forward, dx and dW (db as elsewhere) equal im2col + col2im, one tile row per
     chunk or all at once, with the transformed input kept by the forward or recomputed."""
-    from gpucnn.functional import _winograd
+    from gpucnn.backend.numpy_ops.conv import winograd as _winograd
 
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", chunk)
     monkeypatch.setattr(_winograd, "KEEP_MAX_BYTES", (1 << 40) if keep else 0)
@@ -649,7 +644,7 @@ def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk, keep
 def test_winograd_batch_chunks_match_generic_path(monkeypatch, xs, ws, kw, run) -> None:  # noqa: ANN001
     """Tile rows split over batch chunks of ``run`` samples (uneven last chunk included): the
     output and every gradient still equal im2col + col2im."""
-    from gpucnn.functional import _winograd
+    from gpucnn.backend.numpy_ops.conv import winograd as _winograd
 
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)
     monkeypatch.setattr(_winograd, "MIN_BATCH_RUN", run)
@@ -668,7 +663,7 @@ def test_winograd_batch_chunks_match_generic_path(monkeypatch, xs, ws, kw, run) 
 def test_winograd_weight_grad_kept_equals_recomputed(monkeypatch, hw, pads, run) -> None:  # noqa: ANN001
     """weight_grad from the V the forward kept equals weight_grad from P4 (odd sizes, batch
     chunks included) and the kept V is exactly the input transform of each chunk."""
-    from gpucnn.functional import _winograd as wg
+    from gpucnn.backend.numpy_ops.conv import winograd as wg
 
     monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
     monkeypatch.setattr(wg, "MIN_BATCH_RUN", run)
@@ -692,7 +687,7 @@ def test_winograd_kept_buffers_pooled(monkeypatch) -> None:  # noqa: ANN001
     """A kept V's buffer goes back to the pool when the KeptInput dies and the next one of that
     size reuses it; over POOL_MAX_BYTES the oldest buffers are dropped (a size no longer used
     cannot block the pool); clear_buffers empties it."""
-    from gpucnn.functional import _winograd as wg
+    from gpucnn.backend.numpy_ops.conv import winograd as wg
 
     monkeypatch.setattr(wg, "_pool", [])
     shape, chunks = (2, 2, 3, 2, 3, 4), [(0, 1, 0, 4), (1, 2, 0, 4)]
@@ -719,11 +714,10 @@ def test_winograd_kept_buffers_pooled(monkeypatch) -> None:  # noqa: ANN001
 
 def test_winograd_kept_v_survives_retain_graph() -> None:
     """backward twice on a retained graph: the kept V is still there the second time."""
-    import gpucnn.functional.conv as conv_mod
 
     rng = np.random.default_rng(5)
     n, c, h = 128, 32, 8
-    assert conv_mod._numpy_route(n, 3, 1, 1, h, False, 3, 1, 1, c, c, 1) == "winograd"
+    assert nconv._numpy_route(n, 3, 1, 1, h, False, 3, 1, 1, c, c, 1) == "winograd"
     x = Tensor(rng.standard_normal((n, c, h, h)))
     w = Tensor(rng.standard_normal((c, c, 3, 3)) * 0.1, requires_grad=True)
     y = (F.conv2d(x, w, padding=1) ** 2).sum()
@@ -737,7 +731,7 @@ def test_winograd_kept_v_survives_retain_graph() -> None:
 
 def test_winograd_batch_per_chunk_rule() -> None:
     """No split while one tile row fits CHUNK_BYTES; otherwise chunks of >= MIN_BATCH_RUN."""
-    from gpucnn.functional import _winograd as wg
+    from gpucnn.backend.numpy_ops.conv import winograd as wg
 
     assert wg.batch_per_chunk(32, 8, 128, 4) == wg.CHUNK_BYTES // (16 * 32 * 8 * 4)
     assert wg.batch_per_chunk(1, 1, 128, 4) == 128
@@ -793,13 +787,12 @@ def test_winograd_forced_on_unsupported_conv_falls_back(monkeypatch, xs, ws, kw)
 
 
 def test_winograd_gradient_check(monkeypatch) -> None:  # noqa: ANN001
-    import gpucnn.functional.conv as conv_mod
-    from gpucnn.functional import _winograd
+    from gpucnn.backend.numpy_ops.conv import winograd as _winograd
 
     calls = []
-    orig = conv_mod._winograd_input_grad
-    monkeypatch.setattr(conv_mod, "_numpy_route", lambda *a: "winograd")
-    monkeypatch.setattr(conv_mod, "_winograd_input_grad", lambda *a: calls.append(1) or orig(*a))
+    orig = wg_mod._winograd_input_grad
+    monkeypatch.setattr(nconv, "_numpy_route", lambda *a: "winograd")
+    monkeypatch.setattr(wg_mod, "_winograd_input_grad", lambda *a: calls.append(1) or orig(*a))
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(21)
     x, w, b = (rng.standard_normal(s) for s in ((2, 3, 5, 6), (2, 3, 3, 3), (2,)))
@@ -811,9 +804,8 @@ def test_winograd_gradient_check(monkeypatch) -> None:  # noqa: ANN001
 def test_winograd_route_selection() -> None:
     """ResNet's 3x3 stride-1 convs with >= 32 channels and >= 8-wide images (batch 128) take
     Winograd; others keep their routes."""
-    import gpucnn.functional.conv as conv_mod
 
-    route = conv_mod._numpy_route
+    route = nconv._numpy_route
     assert route(128, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "winograd"  # r64
     assert route(128, 3, 1, 1, 16, False, 3, 1, 1, 32, 32, 1) == "winograd"  # r32
     assert route(128, 3, 1, 1, 32, False, 3, 1, 1, 16, 16, 1) == "wide"  # r16: transforms
@@ -835,10 +827,9 @@ def test_winograd_route_selection() -> None:
 def test_winograd_resnet_shapes_float32_and_torch(xs, ws) -> None:  # noqa: ANN001
     """Default routing sends ResNet-20's 3x3 convs through Winograd: float32 stays within 1e-5
     (relative to the largest value) of float64, and float64 matches PyTorch."""
-    import gpucnn.functional.conv as conv_mod
 
     n, c, h, w = xs
-    assert conv_mod._numpy_route(n, 3, 1, 1, w, False, 3, 1, 1, c, ws[0], 1) == "winograd"
+    assert nconv._numpy_route(n, 3, 1, 1, w, False, 3, 1, 1, c, ws[0], 1) == "winograd"
     rng = np.random.default_rng(31)
     x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws) * 0.1, rng.standard_normal(ws[0])
     g = rng.standard_normal((n, ws[0], h, w))
@@ -911,13 +902,12 @@ def _cuda_route(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
 
 def _geom(xs: tuple, ws: tuple, kw: dict) -> tuple:
     """Conv2dFunction's ``ctx.geom`` for a case (what the route rules look at)."""
-    import gpucnn.functional.conv as conv_mod
 
     n, c, h, w = xs
     o, cg, kh, kwd = ws
-    s = conv_mod._pair(kw.get("stride", 1), "stride")
-    d = conv_mod._pair(kw.get("dilation", 1), "dilation")
-    pads = conv_mod._resolve_padding(kw.get("padding", 0), (kh, kwd), s, d)
+    s = geo_mod.pair(kw.get("stride", 1), "stride")
+    d = geo_mod.pair(kw.get("dilation", 1), "dilation")
+    pads = geo_mod.resolve_padding(kw.get("padding", 0), (kh, kwd), s, d)
     oh, ow = conv2d_output_size(h, w, (kh, kwd), s, pads, d)
     pointwise = (kh, kwd) == (1, 1) and s == (1, 1) and pads == (0, 0, 0, 0)
     g = kw.get("groups", 1)
@@ -979,16 +969,15 @@ def test_cuda_route_matches_numpy_emulated(monkeypatch, xs, ws, kw, dx) -> None:
     """The CUDA route (forward, dx by col2im_cn or by the flipped-kernel correlation, dW, db)
     through the emulated kernels equals the NumPy backend; it launches only the
     batch-in-columns im2col kernels."""
-    import gpucnn.functional.conv as conv_mod
 
     geom = _geom(xs, ws, kw)
     if dx != "rule":
         forced = dx == "transposed" and _transposed_dx_applies(geom)
-        monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: forced)
+        monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: forced)
     taken = []
-    orig = conv_mod._cuda_input_grad_as_conv
+    orig = cconv._cuda_input_grad_as_conv
     monkeypatch.setattr(
-        conv_mod, "_cuda_input_grad_as_conv", lambda *a: taken.append(1) or orig(*a)
+        cconv, "_cuda_input_grad_as_conv", lambda *a: taken.append(1) or orig(*a)
     )
     got, ref, launched = _cuda_vs_numpy(xs, ws, kw)
     for a, r in zip(got, ref):
@@ -1121,11 +1110,10 @@ def test_cuda_route_gemms_are_2d_without_copies(monkeypatch, xs, ws, kw, dx) -> 
     takes without a copy and where CuPy honours TF32): one per group for y, dW and dx; no
     array of the size of the columns (im2col_cn of x, or of dy on the transposed dx route) is
     ever copied: the only copies are the NCHW <-> (O, N*L) layout changes and the flipped W."""
-    import gpucnn.functional.conv as conv_mod
 
     geom = _geom(xs, ws, kw)
     forced = dx == "transposed" and _transposed_dx_applies(geom)
-    monkeypatch.setattr(conv_mod, "_use_transposed_path", lambda geom: forced)
+    monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: forced)
     xp = _RecordingXp()
     got, ref, _ = _cuda_vs_numpy(xs, ws, kw, xp=xp)
     for a, r in zip(got, ref):

@@ -10,6 +10,7 @@ import numpy as np
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
+from gpucnn.backend.geometry import conv2d_output_size
 from gpucnn.layers.base import Layer, pair
 from gpucnn.layers.core import _act_flops, _act_name
 from gpucnn.module import register_module
@@ -110,10 +111,9 @@ class Conv2D(Layer):
 
     def output_shape(self, input_shape: Any) -> tuple:
         _, h, w = (int(s) for s in input_shape)
-        pt, pb, pl, pr = self._pads(h, w)
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-        oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        oh, ow = conv2d_output_size(
+            h, w, self.kernel_size, self.strides, self._pads(h, w), self.dilation_rate
+        )
         return (self.filters, oh, ow)
 
     def check_input_shape(self, shape: Any) -> None:

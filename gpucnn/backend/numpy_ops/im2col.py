@@ -8,7 +8,7 @@ chooses ``oh``/``ow``, which expresses any bottom/right padding.
 The "batch-in-columns" variants :func:`im2col_cn` / :func:`col2im_cn` hold the same entries as
 one 2-D matrix ``cols2 (C*kh*kw, N*oh*ow)``, ``cols2[r, n*oh*ow + l] = cols[n, r, l]``: the
 convolution GEMMs of the CUDA backend are then plain 2-D products (see
-:mod:`gpucnn.functional.conv`).
+:mod:`gpucnn.backend.cuda_ops.conv`).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def col2im_cn(
 
 
 # --------------------------------------------------------------------------------------------
-# NumPy-only "frame" (wide) layout, used by functional/conv.py on the NumPy backend.
+# NumPy-only "frame" (wide) layout, used by the NumPy convolution routes (numpy_ops/conv/).
 #
 # The generic im2col above copies runs of only ``ow`` elements (one output row), which makes
 # NumPy's copy loop the bottleneck. The frame layout makes every copy a run of ``oh*Wq``
@@ -413,7 +413,7 @@ def _wide_col2im(
 
 
 # --------------------------------------------------------------------------------------------
-# NumPy-only "batch-innermost" (CHWN) layout, used by functional/conv.py on the NumPy backend
+# NumPy-only "batch-innermost" (CHWN) layout, used by the NumPy convolution routes (numpy_ops/conv/)
 # for small images.
 #
 # The frame layout above still copies rows of ``Wq`` elements and, worse, multiplies

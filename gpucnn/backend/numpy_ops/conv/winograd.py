@@ -1,6 +1,7 @@
 """Winograd F(2x2, 3x3) for the NumPy backend's 3x3, stride-1, dilation-1 convolutions.
 
-Private helpers of :mod:`gpucnn.functional.conv` (NumPy arrays only). Every 2x2 block of outputs
+The Winograd route of :mod:`gpucnn.backend.numpy_ops.conv` (NumPy arrays only). Every 2x2
+block of outputs
 ("tile") of a 3x3 correlation reads a 4x4 input tile ``d`` (tiles overlap by 2); with
 
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
@@ -30,6 +31,7 @@ pooled buffers) so the backward does not transform the input again.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -393,3 +395,123 @@ def weight_grad(src: np.ndarray | KeptInput, dyt: np.ndarray) -> np.ndarray:
 
 # Signs of the last row and column of A put back on S (see :func:`weight_grad`).
 _SIGNS = np.outer([1.0, 1.0, 1.0, -1.0], [1.0, 1.0, 1.0, -1.0]).reshape(4, 4, 1, 1)
+
+
+# ------------------------------------------------------------------ the route
+
+
+def _winograd_applies(
+    kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int], groups: int
+) -> bool:
+    """Whether Winograd F(2x2, 3x3) computes this convolution at all: a 3x3 kernel, stride 1,
+    dilation 1, one group (any padding)."""
+    return (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+
+
+def _use_winograd(
+    n: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    dh: int,
+    dw: int,
+    c: int,
+    o: int,
+    groups: int,
+    ow: int,
+) -> bool:
+    """Whether the NumPy backend runs this convolution (forward and ``dx``) as Winograd
+    F(2x2, 3x3): it applies (:func:`_winograd_applies`) and it measured faster (the rule
+    constants below)."""
+    if not _winograd_applies(kh, kw, (sh, sw), (dh, dw), groups):
+        return False
+    if min(c, o) < _WINOGRAD_MIN_CHANNELS or ow < _WINOGRAD_MIN_WIDTH:
+        return False
+    return n * ((ow + 1) // 2) >= _WINOGRAD_MIN_RUN
+
+
+# Rule constants of :func:`_use_winograd`. The transforms cost a fixed number of NumPy passes
+# per tile and channel while the GEMMs save 20 of 36 multiplies per tile and channel pair, so
+# the channel count must be large enough for the saving to outweigh the transforms; the passes
+# run over ``tw*N`` contiguous elements (``tw`` tiles per row) and the polyphase input carries
+# one extra tile row and column, which dominates tiny images. Measured fwd+bwd, float32, one
+# BLAS thread, time relative to PyTorch (winograd / batch_inner / wide), padding 1:
+# 64->64 8x8 N=128: 1.33 / 1.78 / 2.10; 32->32 16x16 N=128: 1.55 / 1.77 / 1.66;
+# 16->16 32x32 N=128: 1.98 / 2.07 / 1.80 (too few channels); 64->64 8x8 N=16 (runs of 64):
+# 1.58 / 1.52; N=4: 2.0 / 0.85; 128->128 4x4 N=128 (2 tiles a row): 2.3 / 2.2.
+_WINOGRAD_MIN_CHANNELS = 24
+_WINOGRAD_MIN_WIDTH = 7
+_WINOGRAD_MIN_RUN = 128
+
+
+def _winograd_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    pads: tuple[int, int],
+    oh: int,
+    ow: int,
+    keep: bool = False,
+) -> tuple[np.ndarray, Any]:
+    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), saved)``.
+
+    ``x`` is transposed once into the zero-padded, batch-innermost polyphase ``P4`` of
+    this module and run through
+    :func:`conv3x3`; the ``(O, oh, ow, N)`` part of the tiles is
+    transposed to NCHW with the bias added in the same pass. ``pads`` are the top/left pads.
+    ``saved`` is what the weight gradient needs when ``keep`` (else None): the transformed
+    input itself (a :class:`~KeptInput`, the backward skips the
+    input transform) up to :data:`~KEEP_MAX_BYTES`, else ``P4``.
+    """
+    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner
+
+    n, o, dt = x.shape[0], weight.shape[0], x.dtype
+    th, tw = tiles(oh), tiles(ow)
+    shape = (x.shape[1], 2, th + 1, 2, tw + 1, n)
+    keep_v = keep and KeptInput.nbytes(shape, dt.itemsize) <= KEEP_MAX_BYTES
+    p4 = polyphase_nchw(x, pads[0], pads[1], th, tw, scratch=not (keep and not keep_v))
+    yt, kept = conv3x3(p4, filter_transform(weight), keep=keep_v)
+    y = np.empty((n, o, oh, ow), dtype=dt)
+    add = None if bias is None else bias.astype(dt, copy=False).reshape(o, 1, 1)
+    _from_batch_inner(yt[:, :oh, :ow], y, add=add)
+    return y, (kept if keep_v else p4 if keep else None)
+
+
+def _winograd_backward(
+    gy: np.ndarray,
+    p4: Any,
+    weight: np.ndarray | None,
+    geom: tuple,
+    need_x: bool,
+    need_w: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """NumPy ``(dx, dW)`` of :func:`_winograd_forward`: ``dy`` transposed once to
+    ``dyt (O, oh, ow, N)``; ``dW`` by the transposed Winograd transform over what the forward
+    saved (its transformed input, or ``P4``: :func:`weight_grad`),
+    ``dx`` by Winograd on the padded ``dy`` with the flipped kernel
+    (:func:`_winograd_input_grad`)."""
+    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
+
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    if not (need_x or need_w):
+        return None, None
+    # scratch (reused across calls: no page faults on fresh pages); it does not escape
+    dyt = _buffer("dyt", o * oh * ow * n, gy.dtype).reshape(o, oh, ow, n)
+    _to_batch_inner(gy, dyt)
+    gw = weight_grad(p4, dyt) if need_w else None
+    gx = None
+    if need_x:
+        gx = np.empty((n, c, h, w), gy.dtype)
+        _from_batch_inner(_winograd_input_grad(dyt, weight, geom), gx)
+    return gx, gw
+
+
+def _winograd_input_grad(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np.ndarray:
+    """``dx (C, H, W, N)`` of a stride-1 3x3 convolution from ``dyt (O, oh, ow, N)`` by
+    Winograd: the correlation of ``dy`` padded by ``2 - pad`` (top/left; the pads must be
+    <= 2) with the flipped, transposed kernel (see :func:`_batch_inner_transposed`)."""
+
+    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    p4 = polyphase(dyt, 2 - pt, 2 - pl, tiles(h), tiles(w))
+    return conv3x3(p4, flipped_filter_transform(weight))[0][:, :h, :w]
