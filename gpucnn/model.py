@@ -13,8 +13,12 @@ Conventions:
   ``Activation("softmax"/"sigmoid")`` or ``activation="softmax"/"sigmoid"`` on the last
   layer) compile detects it (``from_logits=None``) and the loss takes the log of the
   (clipped) probabilities instead; pass ``from_logits=True/False`` to override.
-* Inputs are NCHW (or (N, features)); NumPy arrays are moved batch by batch to the model's
-  backend and cast to its dtype (float32 by default; integer images are cast, not scaled).
+* Inputs are NCHW (or (N, features)). In-memory arrays are batched by a
+  :class:`gpucnn.data.DataLoader` on the model's backend and cast to its dtype (float32 by
+  default; integer images are cast, not scaled): pinned, prefetched uploads of host arrays on
+  CUDA; device arrays (or cuda Tensors) are batched where they are, never copied to the host.
+  ``fit``, ``train_on_batch``, ``evaluate`` and ``predict`` run one train step and one eval step
+  (``Model._train_step`` / ``Model._eval_step``).
 * Host reads: a training step does not synchronise with the device. The running loss and
   metric sums stay on the device and are read (all together, with the losses' deferred
   target checks, in one transfer: :func:`_host_read`) every ``update_freq`` steps, at the last
@@ -100,6 +104,13 @@ def _host_read(values: Sequence[Any]) -> list[float]:
     return [float(v) for v in _loss_module().read_host(values)]
 
 
+def _scalar(value: Tensor) -> Any:
+    """A (scalar) loss Tensor's value as a 0-d array (no host read)."""
+    if value.size != 1:
+        raise ValueError(f"item(): tensor has {value.size} elements, expected 1")
+    return value.data.reshape(())
+
+
 class _Running:
     """Running sums of one pass over the data, kept where the data is: the sample-weighted loss
     (float64 0-d array, updated in place) and the metrics' sums; samples seen (host int)."""
@@ -122,9 +133,7 @@ class _Running:
     def add(self, value: Tensor, n: int, y: Any, out: Any) -> Any:
         """Add a batch: its (scalar) loss ``value`` for ``n`` samples, and the metrics of
         ``out`` against ``y``. Returns the loss as a 0-d array. No host read."""
-        if value.size != 1:
-            raise ValueError(f"item(): tensor has {value.size} elements, expected 1")
-        v = value.data.reshape(())
+        v = _scalar(value)
         xp = _backend.backend_of(v).xp
         acc = self.loss_sum
         if acc is None or _is_device_array(acc) != _is_device_array(v):
@@ -343,26 +352,94 @@ def _is_arraylike(a: Any) -> bool:
     return isinstance(a, (np.ndarray, Tensor)) or _is_device_array(a)
 
 
-def _host(a: Any) -> np.ndarray:
+def _raw_array(a: Any) -> Any:
+    """``a`` as an array where it already is (host or device; a Tensor's array), else NumPy."""
     if isinstance(a, Tensor):
-        return a.numpy()
-    return _backend.to_numpy(a) if _is_arraylike(a) else np.asarray(a)
+        return a.data
+    return a if _is_arraylike(a) else np.asarray(a)
+
+
+def _loader_prefetch() -> int:
+    """Batches the DataLoader of :class:`_ArrayData` prepares ahead. On the simulated device
+    (no real asynchrony to overlap with) it builds each batch at ``next()`` instead, so the
+    device events of a step (the per-step budgets the tests count) do not depend on thread
+    timing."""
+    from gpucnn.backend.device import simulated
+
+    return 0 if simulated() else 2
 
 
 class _ArrayData:
-    """Batches from in-memory arrays (host copies), optionally shuffled per epoch."""
+    """In-memory arrays (NumPy, device arrays, Tensors' arrays; never copied to the host),
+    batched by a :class:`gpucnn.data.DataLoader` on the model's backend and dtype: pinned,
+    prefetched uploads of host data on CUDA; device data is indexed where it is. Shuffled
+    epochs use the loader's seeded order, ``default_rng([seed, epoch]).permutation(n)``."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray | None, batch_size: int) -> None:
+    def __init__(self, x: Any, y: Any | None, batch_size: int) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
+        self._loader: Any = None
+        self._key: tuple | None = None
 
     def num_batches(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
-    def batches(self, perm: np.ndarray | None = None) -> Iterator[tuple]:
-        n, bs = len(self.x), self.batch_size
-        for s in range(0, n, bs):
-            idx = perm[s : s + bs] if perm is not None else slice(s, s + bs)
-            yield self.x[idx], (None if self.y is None else self.y[idx])
+    def split(self, at: int) -> tuple[_ArrayData, _ArrayData]:
+        """The first ``at`` samples and the rest (views: no copy)."""
+        y = self.y
+        return (_ArrayData(self.x[:at], None if y is None else y[:at], self.batch_size),
+                _ArrayData(self.x[at:], None if y is None else y[at:], self.batch_size))
+
+    def host_targets(self, backend: str) -> np.ndarray | None:
+        """The host targets when batches reach the step on the device: their checks are done
+        once on the whole host array (free) instead of deferred per device batch."""
+        return self.y if isinstance(self.y, np.ndarray) and backend != "numpy" else None
+
+    def loader(self, backend: str, dtype: Any, shuffle: bool, seed: int | None) -> Any:
+        """The DataLoader for these arrays (kept across epochs: its CUDA stream and pinned
+        rings are reused)."""
+        from gpucnn.data import DataLoader
+
+        key = (backend, np.dtype(dtype).str, bool(shuffle), seed)
+        if self._loader is None or self._key != key:
+            arrays = (self.x,) if self.y is None else (self.x, self.y)
+            self._loader = DataLoader(arrays, batch_size=self.batch_size, shuffle=shuffle,
+                                      seed=seed, backend=backend, dtype=dtype,
+                                      prefetch=_loader_prefetch())
+            self._key = key
+        return self._loader
+
+    def batches(self, backend: str, dtype: Any, epoch: int = 0, shuffle: bool = False,
+                seed: int | None = None) -> Iterator[tuple]:
+        """One epoch's ``(x, y)`` batches (``y`` None without targets)."""
+        loader = self.loader(backend, dtype, shuffle, seed if shuffle else None)
+        loader.set_epoch(epoch)
+        return _Pairs(iter(loader))
+
+
+class _Pairs:
+    """``(x, y)`` pairs from a DataLoader iterator. Keeps no reference to a batch it handed
+    out (a generator's loop variable would, across the next upload)."""
+
+    def __init__(self, it: Any) -> None:
+        self._it = it
+
+    def __iter__(self) -> _Pairs:
+        return self
+
+    def __next__(self) -> tuple:
+        b = next(self._it)
+        return b[0], (b[1] if len(b) > 1 else None)
+
+    def close(self) -> None:
+        """Stop the loader's thread now (an abandoned or failed pass)."""
+        self._it.close()
+
+
+def _close(batches: Any) -> None:
+    """Close an iteration over batches (a :class:`_Pairs` or a generator) if it can be."""
+    close = getattr(batches, "close", None)
+    if callable(close):
+        close()
 
 
 class _IterData:
@@ -379,7 +456,7 @@ class _IterData:
         except TypeError:
             return None
 
-    def batches(self, perm: Any = None) -> Iterator[tuple]:
+    def batches(self) -> Iterator[tuple]:
         for i, b in enumerate(self.loader):
             if self.steps is not None and i >= self.steps:
                 break
@@ -427,16 +504,17 @@ def _make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = 
                 f"{type(x).__name__}"
             )
         return _IterData(x, steps)
-    xa = _host(x)
+    xa = _raw_array(x)
     if xa.ndim == 0:
         raise ValueError(f"{where}: x must have a batch dimension, got a scalar")
     ya = None
     if y is not None:
-        ya = _host(y)
+        ya = _raw_array(y)
         if ya.ndim == 0 or len(ya) != len(xa):
             raise ValueError(
                 f"{where}: x and y have different numbers of samples: x has {len(xa)} "
-                f"(shape {xa.shape}), y has {len(ya) if ya.ndim else 0} (shape {ya.shape})"
+                f"(shape {tuple(xa.shape)}), y has {len(ya) if ya.ndim else 0} "
+                f"(shape {tuple(ya.shape)})"
             )
     return _ArrayData(xa, ya, int(batch_size))
 
@@ -449,7 +527,20 @@ def _fmt_logs(logs: dict) -> str:
                       for k, v in logs.items())
 
 
+def _postfix(logs: dict, rate: float) -> dict:
+    """The progress bar's numbers."""
+    return {**{k: f"{v:.4f}" for k, v in logs.items()}, "img/s": f"{rate:.0f}"}
+
+
+def _line(head: str, dt: float, logs: dict, rate: float | None = None) -> str:
+    """One summary line (``fit(verbose=2)``'s epochs, ``evaluate(verbose=1)``)."""
+    text = f"{head} - {dt:.1f}s - {_fmt_logs(logs)}"
+    return text if rate is None else f"{text} - {rate:.0f} img/s"
+
+
 class _Progress:
+    """``fit``'s progress display: a bar per epoch (``verbose=1``) or one :func:`_line`."""
+
     def __init__(self, verbose: int, epoch: int, epochs: int, total: int | None) -> None:
         self.verbose, self.epoch, self.epochs = verbose, epoch, epochs
         self.t0 = time.perf_counter()
@@ -473,9 +564,7 @@ class _Progress:
         if self.bar is not None:
             if logs is not None:
                 rate = seen / max(time.perf_counter() - self.t0, 1e-9)
-                post = {k: f"{v:.4f}" for k, v in logs.items()}
-                post["img/s"] = f"{rate:.0f}"
-                self.bar.set_postfix(post, refresh=False)
+                self.bar.set_postfix(_postfix(logs, rate), refresh=False)
             self.bar.update(1)
 
     def abort(self) -> None:
@@ -488,17 +577,11 @@ class _Progress:
         dt = time.perf_counter() - self.t0
         rate = seen / max(dt, 1e-9)
         if self.bar is not None:
-            post = {k: f"{v:.4f}" for k, v in logs.items()}
-            post["img/s"] = f"{rate:.0f}"
-            self.bar.set_postfix(post, refresh=True)
+            self.bar.set_postfix(_postfix(logs, rate), refresh=True)
             self.bar.close()
         elif self.verbose == 2:
-            print(
-                f"Epoch {self.epoch + 1}/{self.epochs} - {dt:.1f}s - {_fmt_logs(logs)} - "
-                f"{rate:.0f} img/s",
-                file=sys.stdout,
-                flush=True,
-            )
+            print(_line(f"Epoch {self.epoch + 1}/{self.epochs}", dt, logs, rate),
+                  file=sys.stdout, flush=True)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -642,6 +725,10 @@ class Model(Module):
                 cfg["optimizer"]["class_name"] = type(self.optimizer).__name__
         return self.optimizer
 
+    def _metric_objects(self, loss: _Loss) -> list:
+        """Fresh metric objects of the compiled metrics (accumulated by :class:`_Running`)."""
+        return [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
+
     def _require_compiled(self, where: str) -> _Loss:
         if self._loss is None:
             raise RuntimeError(f"{where}: the model is not compiled; call compile(...) first")
@@ -681,6 +768,58 @@ class Model(Module):
             shape = tuple(xb.shape[1:])
             self.check_input_shape(shape)
             self.build(shape)
+
+    # ------------------------------------------------------------------ the steps
+    def _batches(self, data: Any, epoch: int = 0, shuffle: bool = False,
+                 seed: int | None = None) -> Iterator[tuple]:
+        """``(x, y)`` batches of ``data`` (``y`` None when absent); arrays through the
+        DataLoader on this model's backend and dtype."""
+        if isinstance(data, _ArrayData):
+            return data.batches(self.backend, self.dtype, epoch, shuffle, seed)
+        return data.batches()
+
+    def _forward_loss(self, xb: Any, yb: Any, loss: _Loss, where: str,
+                      y_all: np.ndarray | None = None) -> tuple[int, Any, Tensor, Tensor]:
+        """Forward ``xb`` and the loss against ``yb``: ``(n, prepared targets, output, loss)``.
+        ``y_all``: the pass's whole host targets, checked here (once) instead of per batch."""
+        if yb is None:
+            raise ValueError(f"{where}: the data gave batches without targets; yield (x, y)")
+        if y_all is not None and loss.sparse:
+            _loss_module().check_integer_targets("loss 'sparse_categorical_crossentropy'",
+                                                 y_all)
+        xt = self._prepare_x(xb)
+        ya = self._prepare_y(yb, loss)
+        out = self(xt)
+        if y_all is not None:
+            _check_targets(loss, _host_or(y_all, y_all), (len(y_all), *out.shape[1:]), where)
+        _check_targets(loss, _host_or(yb, ya), tuple(out.shape), where)
+        return int(xt.shape[0]), ya, out, loss(out, Tensor(ya))
+
+    def _train_step(self, xb: Any, yb: Any, loss: _Loss, run: _Running | None, where: str,
+                    y_all: np.ndarray | None = None) -> tuple[int, Any]:
+        """THE training step (``fit``, ``train_on_batch``): forward, loss, backward, optimizer
+        step, and the batch added to ``run`` (when given). Returns ``(n, batch loss as a 0-d
+        array)``; no host read."""
+        self._ensure_built_for(xb)
+        opt = self._ensure_optimizer()
+        n, ya, out, value = self._forward_loss(xb, yb, loss, where, y_all)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        return n, (_scalar(value) if run is None else run.add(value, n, ya, out.data))
+
+    def _eval_step(self, xb: Any, yb: Any, loss: _Loss | None, run: _Running | None,
+                   where: str, y_all: np.ndarray | None = None) -> Tensor:
+        """THE evaluation step (``evaluate``, validation, ``predict``; the caller sets eval
+        mode): the forward without gradients and, when ``run`` is given, the loss and metrics
+        added to it. Returns the output."""
+        with no_grad():
+            self._ensure_built_for(xb)
+            if run is None:
+                return self(self._prepare_x(xb))
+            n, ya, out, value = self._forward_loss(xb, yb, loss, where, y_all)
+            run.add(value, n, ya, out.data)
+        return out
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -757,10 +896,7 @@ class Model(Module):
                     f"fit: validation_split={validation_split} leaves {split_at} training and "
                     f"{n - split_at} validation samples out of {n}"
                 )
-            val = _ArrayData(train.x[split_at:], train.y[split_at:] if train.y is not None
-                             else None, train.batch_size)
-            train = _ArrayData(train.x[:split_at], train.y[:split_at] if train.y is not None
-                               else None, train.batch_size)
+            train, val = train.split(split_at)
         if isinstance(train, _ArrayData) and train.y is None:
             raise ValueError("fit: y is required when x is an array")
         if isinstance(train, _ArrayData) and len(train.x):
@@ -782,7 +918,7 @@ class Model(Module):
         cbs = CallbackList([*(callbacks or []), history], self, params)  # History last
         self.history = history
         self.stop_training = False
-        metric_objs = [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
+        metric_objs = self._metric_objects(loss)
         run = _Running(metric_objs)
         keys = ["loss", *(m.name for m in metric_objs)]
         cbs.on_train_begin({})
@@ -791,33 +927,21 @@ class Model(Module):
             cbs.on_epoch_begin(epoch, {})
             if isinstance(train, _IterData):
                 train.set_epoch(epoch)
-            perm = None
-            if isinstance(train, _ArrayData) and shuffle:
-                perm = np.random.default_rng([int(base_seed), epoch]).permutation(len(train.x))
             self.train()
             run.reset()
             total = train.num_batches()
             prog = _Progress(verbose, epoch, int(epochs), total)
             logs = {}
+            y_all = train.host_targets(self.backend) if isinstance(train, _ArrayData) else None
+            batches: Any = None
             try:
-                for step, (xb, yb) in enumerate(train.batches(perm)):
-                    if yb is None:
-                        raise ValueError(
-                            "fit: the data gave batches without targets; yield (x, y)"
-                        )
+                batches = self._batches(train, epoch, shuffle, int(base_seed))
+                step = -1  # counted by hand: enumerate would keep the last batch alive
+                for xb, yb in batches:
+                    step += 1
                     cbs.on_train_batch_begin(step, {})
-                    self._ensure_built_for(xb)
-                    opt = self._ensure_optimizer()
-                    xt = self._prepare_x(xb)
-                    ya = self._prepare_y(yb, loss)
-                    out = self(xt)
-                    _check_targets(loss, _host_or(yb, ya), tuple(out.shape), "fit")
-                    value = loss(out, Tensor(ya))
-                    opt.zero_grad()
-                    value.backward()
-                    opt.step()
-                    n = int(xt.shape[0])
-                    lv = run.add(value, n, ya, out.data)
+                    n, lv = self._train_step(xb, yb, loss, run, "fit", y_all)
+                    y_all = None  # checked once per epoch
                     batch_logs = _BatchLogs(run, lv, n, step, keys)
                     refresh = (every is not None and (step + 1) % every == 0) or (
                         total is not None and step + 1 >= total
@@ -829,7 +953,7 @@ class Model(Module):
                     batch_logs.close()
                     # Drop this step's arrays before the next upload, so the memory pool
                     # serves the next step from them (one generation of buffers, not two).
-                    xt = ya = out = value = lv = batch_logs = None  # type: ignore[assignment]
+                    xb = yb = lv = batch_logs = None  # type: ignore[assignment]
                     if self.stop_training:
                         break
                 if run.seen == 0:
@@ -839,6 +963,9 @@ class Model(Module):
             except BaseException:
                 prog.abort()
                 raise
+            finally:
+                _close(batches)  # stop an abandoned epoch's loader thread now
+                batches = None
             if val is not None:
                 vlogs = self._run_eval(val, loss, metric_objs, "fit(validation)")
                 logs.update({f"val_{k}": v for k, v in vlogs.items()})
@@ -852,24 +979,20 @@ class Model(Module):
 
     # ------------------------------------------------------------------ evaluate / predict
     def _run_eval(self, data: Any, loss: _Loss, metric_objs: list, where: str) -> dict:
-        for m in metric_objs:
-            m.reset()
+        """One pass of :meth:`_eval_step` over ``data``: the logs, in one host read."""
         was = self.training
         self.eval()
         run = _Running(metric_objs)
         run.reset()
+        y_all = data.host_targets(self.backend) if isinstance(data, _ArrayData) else None
+        batches: Any = None
         try:
-            with no_grad():
-                for xb, yb in data.batches(None):
-                    if yb is None:
-                        raise ValueError(f"{where}: batches without targets; yield (x, y)")
-                    self._ensure_built_for(xb)
-                    xt = self._prepare_x(xb)
-                    ya = self._prepare_y(yb, loss)
-                    out = self(xt)
-                    _check_targets(loss, _host_or(yb, ya), tuple(out.shape), where)
-                    run.add(loss(out, Tensor(ya)), int(xt.shape[0]), ya, out.data)
+            batches = self._batches(data)
+            for xb, yb in batches:
+                self._eval_step(xb, yb, loss, run, where, y_all)
+                y_all = xb = yb = None  # type: ignore[assignment]
         finally:
+            _close(batches)
             self.train(was)
         if run.seen == 0:
             raise ValueError(f"{where}: the data produced no batches")
@@ -892,11 +1015,11 @@ class Model(Module):
         data = _make_data(x, y, batch_size, "evaluate")
         if isinstance(data, _ArrayData) and data.y is None:
             raise ValueError("evaluate: y is required when x is an array")
-        metric_objs = [_metrics.get(m, loss.name, loss.from_logits) for m in self._metric_specs]
+        metric_objs = self._metric_objects(loss)
         t0 = time.perf_counter()
         logs = self._run_eval(data, loss, metric_objs, "evaluate")
         if verbose:
-            print(f"evaluate - {time.perf_counter() - t0:.1f}s - {_fmt_logs(logs)}")
+            print(_line("evaluate", time.perf_counter() - t0, logs))
         if return_dict:
             return logs
         vals = list(logs.values())
@@ -909,15 +1032,15 @@ class Model(Module):
         was = self.training
         self.eval()
         outs: list[np.ndarray] = []
+        batches: Any = None
         try:
-            with no_grad():
-                for xb, _ in data.batches(None):
-                    self._ensure_built_for(xb)
-                    out = self(self._prepare_x(xb))
-                    outs.append(out.numpy())
-                    if verbose:
-                        print(f"predict: {sum(len(o) for o in outs)} samples", end="\r")
+            batches = self._batches(data)
+            for xb, _ in batches:
+                outs.append(self._eval_step(xb, None, None, None, "predict").numpy())
+                if verbose:
+                    print(f"predict: {sum(len(o) for o in outs)} samples", end="\r")
         finally:
+            _close(batches)
             self.train(was)
         if not outs:
             return np.zeros((0,), dtype=np.float32)
@@ -926,19 +1049,9 @@ class Model(Module):
     def train_on_batch(self, x: Any, y: Any) -> float:
         """One optimisation step on one batch; returns the loss."""
         loss = self._require_compiled("train_on_batch")
-        self._ensure_built_for(x)
-        opt = self._ensure_optimizer()
         self.train()
-        xt, ya = self._prepare_x(x), self._prepare_y(y, loss)
-        out = self(xt)
-        _check_targets(loss, _host_or(y, ya), tuple(out.shape), "train_on_batch")
-        value = loss(out, Tensor(ya))
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        if value.size != 1:
-            raise ValueError(f"item(): tensor has {value.size} elements, expected 1")
-        return _host_read([value.data])[0]
+        _, lv = self._train_step(x, y, loss, None, "train_on_batch")
+        return _host_read([lv])[0]
 
     # ------------------------------------------------------------------ summary
     def summary(self, input_shape: Any = None, print_fn: Callable[[str], Any] | None = print,

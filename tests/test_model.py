@@ -129,7 +129,9 @@ def test_validation_split_rows_never_trained_on() -> None:
     m = _mlp()
     seen: list[np.ndarray] = []
     orig = m._prepare_x
-    m._prepare_x = lambda xb: (seen.append(np.asarray(xb).copy()), orig(xb))[1]
+    # batches reach the step on the model's backend: the spy copies them to the host
+    m._prepare_x = lambda xb: (seen.append(gpucnn.backend.to_numpy(xb).copy()),
+                               orig(xb))[1]
     m.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_split=0.25)
     # per epoch: 4 training batches (8, 8, 8, 6), then 2 validation batches (8, 2)
     assert len(seen) == 12
@@ -738,3 +740,134 @@ def test_model_to_moves_optimizer_state_and_training_continues_identically(monke
         for name, v in s2[k].items():
             np.testing.assert_array_equal(B.to_numpy(s1[k][name]) if is_array(v) else s1[k][name],
                                           B.to_numpy(v) if is_array(v) else v)
+
+
+# ----------------------------------------------------------------------------- one training loop
+
+
+def test_fit_feeds_arrays_through_the_dataloader_in_the_documented_order(monkeypatch) -> None:
+    """fit/evaluate/predict on arrays iterate a gpucnn.data.DataLoader; fit's epoch e visits
+    the samples in ``default_rng([seed, e]).permutation(n)`` order, with the last partial
+    batch, and validation_split holds out the last samples."""
+    from gpucnn.data import DataLoader
+
+    iters: list = []
+    real_iter = DataLoader.__iter__
+
+    def spy(self):
+        iters.append((self.batch_size, self.shuffle, self.num_samples))
+        return real_iter(self)
+
+    monkeypatch.setattr(DataLoader, "__iter__", spy)
+    x, y = _toy(40)
+    x[:, 5] = np.arange(40)  # each sample carries its index
+    m = _plain_mlp()
+    m.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
+    seen: list = []
+    orig = m._prepare_x
+    m._prepare_x = lambda xb: (seen.append(gpucnn.backend.to_numpy(xb)[:, 5].astype(int)),
+                               orig(xb))[1]
+    m.fit(x, y, batch_size=8, epochs=2, verbose=0, seed=5, validation_split=0.25)
+    # per epoch: the training loader (30 samples, shuffled) then the validation one (10)
+    assert iters == [(8, True, 30), (8, False, 10)] * 2
+    for e in range(2):
+        batches = seen[e * 6:e * 6 + 4]
+        assert [len(b) for b in batches] == [8, 8, 8, 6]
+        np.testing.assert_array_equal(np.concatenate(batches),
+                                      np.random.default_rng([5, e]).permutation(30))
+        np.testing.assert_array_equal(np.concatenate(seen[e * 6 + 4:e * 6 + 6]),
+                                      np.arange(30, 40))
+    iters.clear()
+    m.evaluate(x, y, batch_size=16)
+    m.predict(x, batch_size=16)
+    assert iters == [(16, False, 40), (16, False, 40)]
+
+
+def test_fit_evaluate_predict_train_on_batch_share_the_steps(monkeypatch) -> None:
+    calls: list = []
+    real_train, real_eval = Model._train_step, Model._eval_step
+
+    def train_spy(self, xb, yb, loss, run, where, *a):
+        calls.append(("train", where, len(xb)))
+        return real_train(self, xb, yb, loss, run, where, *a)
+
+    def eval_spy(self, xb, yb, loss, run, where, *a):
+        calls.append(("eval", where, len(xb)))
+        return real_eval(self, xb, yb, loss, run, where, *a)
+
+    monkeypatch.setattr(Model, "_train_step", train_spy)
+    monkeypatch.setattr(Model, "_eval_step", eval_spy)
+    x, y = _toy(20)
+    m = _plain_mlp()
+    m.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_data=(x[:5], y[:5]))
+    assert calls == [("train", "fit", 8), ("train", "fit", 8), ("train", "fit", 4),
+                     ("eval", "fit(validation)", 5)]
+    calls.clear()
+    loss = m.train_on_batch(x[:6], y[:6])
+    assert isinstance(loss, float) and np.isfinite(loss)
+    res = m.evaluate(x, y, batch_size=16, return_dict=True)
+    out = m.predict(x, batch_size=16)
+    assert calls == [("train", "train_on_batch", 6), ("eval", "evaluate", 16),
+                     ("eval", "evaluate", 4), ("eval", "predict", 16), ("eval", "predict", 4)]
+    assert out.shape == (20, 3) and set(res) == {"loss", "accuracy"}
+
+
+def test_device_dataset_is_never_copied_to_the_host() -> None:
+    """Device arrays passed to fit/evaluate stay on the device: the only device->host copies
+    are the packed progress reads (fit: every update_freq steps and the epoch's last step;
+    evaluate: one), and predict's outputs (one per batch)."""
+    from gpucnn.testing import simulated_device
+
+    x, y = _toy(32)
+    with simulated_device() as sim:
+        m = _plain_mlp()
+        m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        xd, yd = sim.asarray(x), sim.asarray(y)
+        with sim.counting() as c:
+            h = m.fit(xd, yd, batch_size=8, epochs=2, verbose=0, update_freq=3)
+        assert c.d2h == 2 * 2, c.sites["d2h"]  # steps 3 and 4 of each epoch
+        assert len(h.history["loss"]) == 2 and np.isfinite(h.history["loss"]).all()
+        with sim.counting() as c:
+            res = m.evaluate(xd, yd, batch_size=16, return_dict=True)
+        assert c.d2h == 1, c.sites["d2h"]
+        with sim.counting() as c:
+            out = m.predict(xd, batch_size=16)
+        assert c.d2h == 2, c.sites["d2h"]  # the outputs
+        with sim.counting() as c:  # a validation split of device arrays stays there too
+            m.fit(xd, yd, batch_size=8, epochs=1, verbose=0, update_freq="epoch",
+                  validation_split=0.25)
+        assert c.d2h == 2, c.sites["d2h"]  # the epoch's read, the validation pass's read
+    assert out.shape == (32, 3) and np.isfinite(res["loss"])
+
+
+def test_fit_epoch_on_the_device_uploads_each_batch_once_and_allocates_nothing() -> None:
+    """The whole epoch, the DataLoader's uploads included (test_sim_budgets counts inside a
+    step, the loader builds the next batch between steps): host syncs only at the progress
+    reads, one upload per array per batch, no device allocation once the pool is warm."""
+    from gpucnn.callbacks import Callback
+    from gpucnn.testing import simulated_device
+
+    class PerEpoch(Callback):
+        def __init__(self, sim) -> None:  # noqa: ANN001 - the simcuda module
+            super().__init__()
+            self.sim, self.rows = sim, []
+
+        def on_epoch_begin(self, epoch, logs=None) -> None:  # noqa: ANN001
+            self.before = self.sim.counters().snapshot()
+
+        def on_epoch_end(self, epoch, logs=None) -> None:  # noqa: ANN001
+            after = self.sim.counters().snapshot()
+            self.rows.append({k: after[k] - self.before[k]
+                              for k in ("syncs", "allocations", "h2d", "d2h")})
+
+    x, y = _toy(40)
+    with simulated_device() as sim:
+        m = _plain_mlp()
+        m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        rec = PerEpoch(sim)
+        m.fit(x, y, batch_size=8, epochs=3, verbose=0, update_freq=2, callbacks=[rec])
+    for r in rec.rows:  # 5 steps: reads at steps 2, 4 and 5
+        assert r["syncs"] == 3 and r["d2h"] == 3, rec.rows
+    for r in rec.rows[1:]:  # (the first epoch also uploads the model's first-step state)
+        assert r["h2d"] == 2 * 5 and r["allocations"] == 0, rec.rows

@@ -24,11 +24,12 @@ after it (a GPU-side wait, not a host sync). Device memory from the side stream'
 recycled only after the caller's stream has passed an event recorded when the batch was
 already out of use: the worker's stream waits on the event the caller records at each
 ``next()`` (and at ``iter()``, covering the previous epoch's batches), and a window of
-``prefetch + 3`` batches is kept alive. "The caller's stream" is the current stream of the
-iterating thread; keep a batch beyond its loop iteration only if you do not queue more GPU
-work on it afterwards. Iterators of one loader that run at the same time share its stream and
-rings (their workers take turns building batches). The ring is released, after its stream has
-finished, only when the loader is garbage-collected.
+``prefetch + 3`` batches is kept alive (none with ``prefetch=0``: a batch is then built in
+``next()`` after that event, so memory freed before it is already out of use). "The caller's
+stream" is the current stream of the iterating thread; keep a batch beyond its loop iteration
+only if you do not queue more GPU work on it afterwards. Iterators of one loader that run at
+the same time share its stream and rings (their workers take turns building batches). The ring
+is released, after its stream has finished, only when the loader is garbage-collected.
 """
 
 from __future__ import annotations
@@ -225,8 +226,11 @@ class _LoaderIterator:
         self._nbatches = len(loader)
         self._i = 0
         self._cuda: _CudaState | None = None
+        # prefetch=0 builds each batch in next(), after the caller's event: memory freed so far
+        # is already safe to reuse, so no window is kept (the pool serves the next batch from
+        # the one just dropped, as a caller uploading batch by batch would get).
         self._window: collections.deque = collections.deque(
-            maxlen=max(loader.prefetch, 0) + 3
+            maxlen=loader.prefetch + 3 if loader.prefetch > 0 else 0
         )
         make = loader._batch_maker(order, aug_seed, be)
         setup = None
