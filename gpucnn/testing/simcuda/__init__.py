@@ -25,7 +25,6 @@ It cannot show real asynchrony, races inside a warp, FMA/denormal numerics or sp
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -44,7 +43,6 @@ from gpucnn.testing.simcuda._state import (
 from gpucnn.testing.simcuda._surface import check_keywords
 
 __version__ = "14.0.0+gpucnn.simulated"
-SIMULATED = True
 
 # dtypes and constants: NumPy's objects, as CuPy re-exports them
 for _name in (
@@ -397,18 +395,6 @@ def counting() -> Iterator[Counters]:
 def capturing() -> bool:
     """Whether a stream capture is in progress."""
     return _state.capturing()
-
-
-def surface() -> dict[str, Any]:
-    """Every public name of the stand-in with its object (for the API check against CuPy)."""
-    skip = {"annotations", "contextlib", "inspect", "np", "Any", "Iterator", "SimpleNamespace",
-            "SIMULATED", "counters", "totals", "reset_counters", "counting", "capturing", "surface",
-            "Counters", "SimulatedDeviceError", "StreamCaptureError", "CREATION", "FUNCTIONS",
-            "SYNC_FUNCTIONS", "GEMM_FUNCTIONS", "cupyx", "check_keywords"}
-    return {
-        k: v for k, v in globals().items()
-        if not k.startswith("_") and k not in skip and not inspect.ismodule(v) or k == "cuda"
-    }
 
 
 __all__ = [

@@ -322,10 +322,6 @@ def _from_host(a: np.ndarray) -> ndarray:
     return out
 
 
-def _is_index_list(x: Any) -> bool:
-    return isinstance(x, list)
-
-
 def _index_key(key: Any) -> Any:
     """An index with device arrays unwrapped; host index arrays are uploaded (counted)."""
     items = key if isinstance(key, tuple) else (key,)
@@ -335,7 +331,7 @@ def _index_key(key: Any) -> Any:
             if k.dtype == np.bool_:
                 S.host_sync("boolean-mask indexing (a data-dependent shape)")
             out.append(k)
-        elif isinstance(k, np.ndarray) or _is_index_list(k):
+        elif isinstance(k, (np.ndarray, list)):
             S.count("h2d")  # CuPy moves host index arrays to the device
             S.refuse_in_capture("indexing with a host array (a host->device copy)")
             arr = np.asarray(k)

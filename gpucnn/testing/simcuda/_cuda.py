@@ -10,7 +10,6 @@ arrays, NumPy scalars of the C width) and, during capture, are recorded for repl
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -257,11 +256,6 @@ MemoryPool = S.MemoryPool
 PinnedMemoryPool = S.PinnedMemoryPool
 
 
-def get_allocator() -> Any:
-    """The default pool's ``malloc``."""
-    return S.POOL.malloc
-
-
 # --------------------------------------------------------------------------- compiler / kernels
 
 
@@ -389,9 +383,3 @@ class RawKernel:
             S.record_node(lambda: kern(grid, block, frozen, shared_mem=shared_mem), self.name)
             return
         kern(grid, block, tuple(host), shared_mem=shared_mem)
-
-
-@contextlib.contextmanager
-def profile() -> Any:
-    """No-op profiler range."""
-    yield
