@@ -163,28 +163,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     if B.simulated():
         print("cuda device: SIMULATED (GPUCNN_SIMULATE_CUDA=1): a CuPy stand-in whose kernels "
               "run through the host emulator on the CPU; no GPU is used")
-    cupy = None
-    try:
-        from gpucnn.backend.device import cupy_module
+    from gpucnn.backend import device
 
-        cupy = cupy_module()
+    try:
+        version = device.device_version()
     except Exception as exc:
         print(f"cupy: not importable ({type(exc).__name__}: {exc}); install 'gpucnn[cuda12]' or "
               "'gpucnn[cuda13]' on a machine with an NVIDIA GPU")
-    if cupy is not None:
-        print(f"cupy: {cupy.__version__}")
+    else:
+        print(f"cupy: {version}")
         try:
-            rt = cupy.cuda.runtime
-            print(f"cuda runtime: {rt.runtimeGetVersion()} | driver: {rt.driverGetVersion()}")
-            for i in range(rt.getDeviceCount()):
-                props = rt.getDeviceProperties(i)
-                name = props["name"].decode() if isinstance(props["name"], bytes) \
-                    else props["name"]
-                with cupy.cuda.Device(i):
-                    free, total = rt.memGetInfo()
-                print(f"device {i}: {name}, compute capability {props['major']}."
-                      f"{props['minor']}, memory {total / 2**30:.1f} GiB "
-                      f"({free / 2**30:.1f} GiB free)")
+            for line in device.device_report():
+                print(line)
         except Exception as exc:
             print(f"cuda devices: unavailable ({type(exc).__name__}: {exc})")
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend.device import cupy_module
+from gpucnn.backend.device import device_rng
 
 _seed: int | None = None
 _generators: dict[str, Any] = {}
@@ -65,13 +65,13 @@ def initial_seed() -> int | None:
 
 
 def generator(backend: str = "numpy") -> Any:
-    """The shared generator of ``backend`` (a NumPy or CuPy ``Generator``), seeded once."""
+    """The shared generator of ``backend`` (a NumPy or device ``Generator``), seeded once."""
     gen = _generators.get(backend)
     if gen is None:
         if backend == "numpy":
             gen = np.random.default_rng(_seed)
         elif backend == "cuda":
-            gen = cupy_module().random.default_rng(_seed)
+            gen = device_rng(_seed)
         else:
             raise ValueError(f"unknown backend {backend!r}")
         _generators[backend] = gen

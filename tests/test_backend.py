@@ -332,3 +332,46 @@ def test_tf32_gemm_close_to_fp32() -> None:
         B.set_tf32(False)
     np.testing.assert_allclose(exact, ref, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(fast, ref, rtol=5e-2, atol=5e-2)
+
+
+def test_twins_do_not_import_each_other() -> None:
+    """A CUDA launcher and its NumPy twin share argument checks through
+    ``gpucnn.backend.geometry`` / ``gpucnn.backend.checks``, never by importing each other."""
+    import ast
+    from pathlib import Path
+
+    root = Path(B.__file__).parent
+    for here, other in (("cuda_ops", "numpy_ops"), ("numpy_ops", "cuda_ops")):
+        for path in sorted((root / here).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                bad = [n for n in names if f"gpucnn.backend.{other}" in n]
+                assert not bad, f"{path.relative_to(root)} imports {bad}"
+
+
+def test_only_the_backend_and_testing_reach_cupy() -> None:
+    """Above ``gpucnn/backend`` (and ``gpucnn/testing``) nothing imports CuPy or asks for its
+    module: device arrays, streams, events, uploads and generators come from
+    ``gpucnn.backend.device``."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(B.__file__).parent.parent
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).as_posix()
+        if rel.startswith(("backend/", "testing/")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.split(".")[0] in
+                            ("cupy", "cupyx")], rel  # fmt: skip
+            elif isinstance(node, ast.ImportFrom):
+                mod = (node.module or "").split(".")[0]
+                assert mod not in ("cupy", "cupyx"), rel
+                assert not {"cupy_module", "cupyx_module"} & {a.name for a in node.names}, rel
+            elif isinstance(node, ast.Attribute):
+                assert node.attr not in ("cupy_module", "cupyx_module"), rel

@@ -1,4 +1,6 @@
-"""functional.conv2d: gradient checks for every index-math option, PyTorch parity, errors."""
+"""functional.conv2d: gradient checks for every index-math option, PyTorch parity, errors; each
+NumPy algorithm against the reference through the public primitives; the CUDA primitives and
+the CUDA autograd route on the host emulator."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import gpucnn.functional as F
 from gpucnn import backend as B
 from gpucnn.backend import geometry as geo_mod
 from gpucnn.backend.cuda_ops import conv as cconv
+from gpucnn.backend.geometry import Conv2dGeometry, ConvSaved, transposed_path_applies
 from gpucnn.backend.numpy_ops import conv as nconv
 from gpucnn.backend.numpy_ops.conv import batch_inner as bi_mod
 from gpucnn.backend.numpy_ops.conv import frame as frame_mod
+from gpucnn.backend.numpy_ops.conv import reference
 from gpucnn.backend.numpy_ops.conv import winograd as wg_mod
 from gpucnn.functional.conv import conv2d_output_size, same_padding
 from gpucnn.tensor import Tensor, no_grad
@@ -293,37 +297,215 @@ def test_cuda_matches_numpy(dtype: type, seed: int) -> None:
         np.testing.assert_allclose(a, c, **tol)
 
 
+# ------------------------------------------------------------------ NumPy algorithms vs reference
+#
+# Each NumPy algorithm runs through the public primitives (``nconv.conv2d_forward`` with
+# ``algorithm=`` and ``workspace_bytes=``, ``nconv.conv2d_backward`` with ``input_grad=``) and
+# is compared with :mod:`gpucnn.backend.numpy_ops.conv.reference` (im2col + GEMM, dx by
+# col2im). ``workspace_bytes=0`` gives the smallest chunks: one sample (frame), one output row
+# (batch-innermost) or one tile row (Winograd) per chunk.
+
+
+def _case(xs: tuple, ws: tuple, kw: dict, dtype: type = np.float64) -> tuple:
+    """``(geom, x, w, b, dy)`` of a case, random and reproducible."""
+    g = Conv2dGeometry.create(xs, ws, **kw)
+    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
+    dy = rng.standard_normal(g.output_shape).astype(dtype)
+    return g, x, w, b, dy
+
+
+def _reference(g: Conv2dGeometry, x, w, b, dy) -> tuple:  # noqa: ANN001
+    """``(y, dx, dW)`` by the reference: im2col + GEMM, dx by GEMM + col2im."""
+    y, cols = reference.forward(x, w, b, g)
+    dx, dw = reference.backward(dy, cols, w, g, True, True, "col2im")
+    return y, dx, dw
+
+
+def _dx_paths(g: Conv2dGeometry, algorithm: str) -> list:
+    """Every ``input_grad`` an algorithm takes for ``g`` (``None``: the rule)."""
+    if algorithm == "winograd":  # its dx is always its own transposed correlation
+        return [None, "transposed"]
+    return [None, "col2im"] + (["transposed"] if transposed_path_applies(g) else [])
+
+
+def _assert_close(got, want, tol: float, scaled: bool = False, what: str = "") -> None:  # noqa: ANN001
+    """Same shape and dtype, and within ``tol`` (``atol`` relative to the largest value of
+    ``want`` when ``scaled``)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    atol = tol * np.abs(want).max() if scaled and want.size else tol
+    np.testing.assert_allclose(got, want, rtol=tol, atol=atol, err_msg=what)
+
+
+def _check_algorithm(
+    xs: tuple,
+    ws: tuple,
+    kw: dict,
+    algorithm: str,
+    workspace_bytes: int | None = None,
+    dtype: type = np.float64,
+    tol: float = 1e-11,
+    scaled: bool = False,
+) -> ConvSaved:
+    """``algorithm``'s y, and its dx by every path it has, and dW equal the reference's;
+    returns what its forward saved."""
+    g, x, w, b, dy = _case(xs, ws, kw, dtype)
+    want = _reference(g, x, w, b, dy)
+    y, saved = nconv.conv2d_forward(
+        x, w, b, g, algorithm=algorithm, workspace_bytes=workspace_bytes
+    )
+    assert saved.algorithm == algorithm
+    _assert_close(y, want[0], tol, scaled, "y")
+    for path in _dx_paths(g, algorithm):
+        dx, dw = nconv.conv2d_backward(dy, g, saved, True, True, input_grad=path)
+        _assert_close(dx, want[1], tol, scaled, f"dx, input_grad={path}")
+        _assert_close(dw, want[2], tol, scaled, f"dW, input_grad={path}")
+    return saved
+
+
+def _primitive_gradient_check(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    g: Conv2dGeometry,
+    algorithm: str,
+    workspace_bytes: int | None = 0,
+    eps: float = 1e-6,
+) -> None:
+    """``conv2d_backward`` of one algorithm (every dx path) against float64 central differences
+    of its ``conv2d_forward``: the gradients of ``sum(r * y)`` for a fixed random ``r``."""
+    r = np.random.default_rng(0).standard_normal(g.output_shape)
+
+    def loss() -> float:
+        y = nconv.conv2d_forward(
+            x, w, b, g, False, False, algorithm=algorithm, workspace_bytes=workspace_bytes
+        )[0]
+        return float((y * r).sum())
+
+    numeric = []
+    for a in [x, w] + ([] if b is None else [b]):
+        num = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            old = a[i]
+            a[i] = old + eps
+            fp = loss()
+            a[i] = old - eps
+            fm = loss()
+            a[i] = old
+            num[i] = (fp - fm) / (2 * eps)
+        numeric.append(num)
+    y, saved = nconv.conv2d_forward(
+        x, w, b, g, algorithm=algorithm, workspace_bytes=workspace_bytes
+    )
+    assert saved.algorithm == algorithm
+    if b is not None:  # y is linear in b: this checks the bias the forward fused in
+        np.testing.assert_allclose(r.sum(axis=(0, 2, 3)), numeric[2], rtol=1e-5, atol=1e-6)
+    for path in _dx_paths(g, algorithm):
+        dx, dw = nconv.conv2d_backward(r, g, saved, True, True, input_grad=path)
+        for name, got, num in (("dx", dx, numeric[0]), ("dW", dw, numeric[1])):
+            np.testing.assert_allclose(
+                got, num, rtol=1e-5, atol=1e-6, err_msg=f"{algorithm} {name}, input_grad={path}"
+            )
+
+
 @pytest.mark.parametrize(
-    "xs, ws, kw",
+    "algorithm, xs, ws, kw, bias",
     [
-        ((2, 4, 6, 5), (4, 4, 3, 3), dict(padding=1)),
-        ((1, 3, 7, 6), (3, 3, 2, 2), dict(padding="same", dilation=2)),
-        ((2, 4, 5, 5), (4, 2, 3, 2), dict(padding=(1, 0), groups=2)),
-        ((1, 2, 6, 6), (2, 2, 3, 3), dict(padding=3)),  # pads wider than the kernel: col2im
+        ("batch_inner", (3, 2, 5, 6), (4, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2)), True),
+        ("batch_inner", (3, 2, 5, 6), (4, 2, 3, 2), dict(padding="same", dilation=2), True),
+        ("winograd", (2, 3, 5, 6), (2, 3, 3, 3), dict(padding=1), True),
+        ("winograd", (2, 3, 5, 6), (2, 3, 3, 3), dict(padding=(0, 2)), False),
+        ("frame", (2, 2, 5, 6), (3, 2, 3, 2), dict(padding=(0, 1, 2, 1), dilation=(2, 1)), True),
+        ("frame", (2, 4, 5, 5), (4, 2, 3, 3), dict(padding=1, groups=2), False),
+        ("reference", (2, 3, 5, 6), (6, 1, 3, 3), dict(groups=3, padding=1, stride=2), True),
+    ],
+    ids=[
+        "batch_inner-strided_pair_pads",
+        "batch_inner-same_dilated",
+        "winograd-pad1",
+        "winograd-pair_pads_no_bias",
+        "frame-uneven_pads_dilated",
+        "frame-grouped_no_bias",
+        "reference-depthwise_x2_strided",
     ],
 )
-def test_input_grad_paths_agree(
-    monkeypatch: pytest.MonkeyPatch, xs: tuple, ws: tuple, kw: dict
-) -> None:
-    """dx of stride-1 convs via im2col(dy) + GEMM equals the GEMM + col2im route."""
-
-    rng = np.random.default_rng(9)
-    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
-    y = F.conv2d(Tensor(x), Tensor(w), **kw)
-    g = rng.standard_normal(y.shape)
-    taken = []
-    orig = geo_mod.use_transposed_path
-    monkeypatch.setattr(
-        geo_mod, "use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
-    )
-    _, fast = _ours(x, w, None, g, **kw)
-    monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: False)
-    _, slow = _ours(x, w, None, g, **kw)
-    assert taken == [kw.get("padding") != 3]
-    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-12, atol=1e-12)
+def test_algorithm_gradient_check(algorithm, xs, ws, kw, bias) -> None:  # noqa: ANN001
+    """Each algorithm's own forward/backward pair (smallest chunks) is consistent."""
+    g, x, w, b, _ = _case(xs, ws, kw)
+    _primitive_gradient_check(x, w, b if bias else None, g, algorithm)
 
 
-# ------------------------------------------------------------------ NumPy wide (frame) path
+@pytest.mark.parametrize("algorithm", ["reference", "frame", "batch_inner"])
+@pytest.mark.parametrize(
+    "xs, ws, kw, rule",
+    [
+        ((2, 4, 6, 5), (4, 4, 3, 3), dict(padding=1), "transposed"),
+        ((1, 3, 7, 6), (3, 3, 2, 2), dict(padding="same", dilation=2), "transposed"),
+        ((2, 4, 5, 5), (4, 2, 3, 2), dict(padding=(1, 0), groups=2), "transposed"),
+        ((1, 2, 6, 6), (2, 2, 3, 3), dict(padding=3), "col2im"),  # pads wider than the kernel
+    ],
+)
+def test_input_grad_paths_agree(xs, ws, kw, rule, algorithm) -> None:  # noqa: ANN001
+    """dx of stride-1 convs via im2col(dy) + GEMM ("transposed") equals GEMM + col2im on each
+    algorithm that has both; the rule takes the transposed path where the pads fit inside
+    the kernel, and asking for it where they do not is an error."""
+    g, x, w, b, dy = _case(xs, ws, kw)
+    assert geo_mod.input_grad_path(g) == rule
+    dx_ref = _reference(g, x, w, b, dy)[1]
+    saved = nconv.conv2d_forward(x, w, b, g, need_dw=False, algorithm=algorithm)[1]
+    for path in (None, "col2im", "transposed"):
+        if path == "transposed" and rule == "col2im":
+            with pytest.raises(ValueError, match="input_grad='transposed' needs stride 1"):
+                nconv.conv2d_backward(dy, g, saved, True, False, input_grad=path)
+            continue
+        dx, dw = nconv.conv2d_backward(dy, g, saved, True, False, input_grad=path)
+        assert dw is None
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", nconv.ALGORITHMS)
+@pytest.mark.parametrize(
+    "bias, need_dx, need_dw",
+    [(True, False, True), (True, True, False), (False, True, False), (True, False, False)],
+    ids=["no_dx", "only_dx", "no_bias_only_dx", "none"],
+)
+@pytest.mark.parametrize("xs", [(3, 4, 6, 6), (3, 4, 6, 7)], ids=["6x6", "6x7"])
+def test_algorithm_partial_grads(xs, bias, need_dx, need_dw, algorithm) -> None:  # noqa: ANN001
+    """Each algorithm keeps and computes exactly the gradients that are needed."""
+    g, x, w, b, dy = _case(xs, (5, 4, 3, 3), dict(padding=1))
+    b = b if bias else None
+    y_ref, dx_ref, dw_ref = _reference(g, x, w, b, dy)
+    y, saved = nconv.conv2d_forward(x, w, b, g, need_dx, need_dw, algorithm=algorithm)
+    assert saved.algorithm == algorithm
+    assert (saved.weight is None) == (not need_dx) and (saved.data is None) == (not need_dw)
+    _assert_close(y, y_ref, 1e-10, scaled=True)
+    dx, dw = nconv.conv2d_backward(dy, g, saved, need_dx, need_dw)
+    assert (dx is None) == (not need_dx) and (dw is None) == (not need_dw)
+    for got, want in ((dx, dx_ref), (dw, dw_ref)):
+        if got is not None:
+            _assert_close(got, want, 1e-10, scaled=True)
+
+
+@pytest.mark.parametrize("algorithm", nconv.ALGORITHMS)
+def test_algorithm_empty_batch(algorithm: str) -> None:
+    """An empty batch through each algorithm gives empty ``y``/``dx`` and a zero ``dW`` (as
+    PyTorch); a plain 1x1 conv of an empty batch through autograd too."""
+    xt = Tensor(np.zeros((0, 3, 6, 6)), requires_grad=True)
+    wt = Tensor(np.ones((4, 3, 1, 1)), requires_grad=True)
+    F.conv2d(xt, wt).sum().backward()
+    assert xt.grad.shape == (0, 3, 6, 6)
+    np.testing.assert_array_equal(wt.grad.numpy(), np.zeros((4, 3, 1, 1)))
+    g = Conv2dGeometry.create((0, 3, 6, 6), (4, 3, 3, 3), padding=1)
+    x, w, b = np.zeros((0, 3, 6, 6)), np.ones((4, 3, 3, 3)), np.ones(4)
+    for ws in (None, 0):
+        y, saved = nconv.conv2d_forward(x, w, b, g, algorithm=algorithm, workspace_bytes=ws)
+        assert y.shape == (0, 4, 6, 6)
+        dx, dw = nconv.conv2d_backward(np.zeros(y.shape), g, saved, True, True)
+        assert dx.shape == (0, 3, 6, 6)
+        np.testing.assert_array_equal(dw, np.zeros((4, 3, 3, 3)))
+
+
+# ------------------------------------------------------------------ NumPy frame (wide) algorithm
 
 WIDE_CASES = (
     GRAD_CASES
@@ -339,46 +521,18 @@ WIDE_CASES = (
 )
 
 
-def _run_paths(monkeypatch, xs, ws, kw, dtype=np.float64):  # noqa: ANN001, ANN202
-    """(wide-path results, generic-path results, whether the wide path ran)."""
-
-    # this compares the frame route with the generic one: keep the batch-innermost route out
-    monkeypatch.setattr(bi_mod, "_use_batch_inner_path", lambda *a: False)
-    rng = np.random.default_rng(sum(xs) + sum(ws))
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
-    with no_grad():
-        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
-    g = rng.standard_normal(shape).astype(dtype)
-    ran = []
-    orig = frame_mod._wide_forward
-    monkeypatch.setattr(frame_mod, "_wide_forward", lambda *a: ran.append(1) or orig(*a))
-    y, grads = _ours(x, w, b, g, **kw)
-    monkeypatch.setattr(frame_mod, "_use_wide_path", lambda *a: False)
-    ry, rgrads = _ours(x, w, b, g, **kw)
-    monkeypatch.undo()
-    return [y, *grads], [ry, *rgrads], bool(ran)
-
-
-@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("xs, ws, kw", WIDE_CASES, ids=_ids(WIDE_CASES))
-def test_wide_path_matches_generic_path(monkeypatch: pytest.MonkeyPatch, xs, ws, kw) -> None:  # noqa: ANN001
-    """NumPy's frame-layout route (forward, dx either way, dW, db) equals im2col + col2im."""
-
-    # small chunks so a multi-sample batch takes several (and a partial last) chunk
-    monkeypatch.setattr(frame_mod, "_CHUNK_BYTES", 1)
-    wide, ref, ran = _run_paths(monkeypatch, xs, ws, kw)
-    # the wide route runs unless the conv is a plain 1x1 (no im2col at all) or garbage
-    # columns would outnumber real ones (Wq = ow + (kw-1)*dw // sw > 2*ow)
-    sw, dw = (
-        geo_mod.pair(kw.get("stride", 1), "s")[1],
-        geo_mod.pair(kw.get("dilation", 1), "d")[1],
-    )
-    ow = wide[0].shape[3]
-    plain_1x1 = ws[2:] == (1, 1) and (wide[0].shape[2:] == xs[2:]) and sw == 1
-    assert ran == (not plain_1x1 and ow + (ws[3] - 1) * dw // sw <= 2 * ow)
-    for a, r in zip(wide, ref):
-        assert a.shape == r.shape and a.dtype == r.dtype
-        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+def test_frame_matches_reference(xs, ws, kw) -> None:  # noqa: ANN001
+    """The frame-layout algorithm (y, dx by every path, dW), one sample per chunk so that a
+    multi-sample batch takes several chunks, equals the reference; where neither Winograd nor
+    the batch-innermost layout takes a conv, the rule runs it on the frame layout unless it is
+    a plain 1x1 (no im2col at all) or garbage columns would outnumber real ones
+    (``Wq = ow + (kw-1)*dw // sw > 2*ow``)."""
+    _check_algorithm(xs, ws, kw, "frame", workspace_bytes=0)
+    g = Conv2dGeometry.create(xs, ws, **kw)
+    if not (wg_mod.applies_well(g) or bi_mod.applies_well(g)):
+        wide = not g.pointwise and g.ow + (g.kw - 1) * g.dw // g.sw <= 2 * g.ow
+        assert nconv.conv2d_algorithm(g) == ("frame" if wide else "reference")
 
 
 @pytest.mark.parametrize(
@@ -389,18 +543,16 @@ def test_wide_path_matches_generic_path(monkeypatch: pytest.MonkeyPatch, xs, ws,
         ((5, 8, 9, 9), (16, 8, 3, 3), dict(padding=1, stride=2)),
     ],
 )
-def test_wide_path_float32_stays_float32(monkeypatch: pytest.MonkeyPatch, xs, ws, kw) -> None:  # noqa: ANN001
-    wide, ref, ran = _run_paths(monkeypatch, xs, ws, kw, dtype=np.float32)
-    assert ran
-    for a, r in zip(wide, ref):
-        assert a.dtype == np.float32
-        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * np.abs(r).max())
+def test_frame_float32_stays_float32(xs, ws, kw) -> None:  # noqa: ANN001
+    _check_algorithm(xs, ws, kw, "frame", dtype=np.float32, tol=1e-4, scaled=True)
 
 
-def test_wide_path_skipped_when_mostly_garbage() -> None:
-
-    assert frame_mod._use_wide_path(kw=3, sw=1, dw=1, ow=8)  # Wq = 10
-    assert not frame_mod._use_wide_path(kw=3, sw=1, dw=4, ow=2)  # Wq = 10 > 2 * 2
+def test_frame_skipped_when_mostly_garbage() -> None:
+    g = Conv2dGeometry.create((1, 1, 10, 10), (1, 1, 3, 3))
+    assert g.ow == 8 and frame_mod.applies_well(g)  # Wq = 10
+    g = Conv2dGeometry.create((1, 1, 10, 10), (1, 1, 3, 3), dilation=4)
+    assert g.ow == 2 and not frame_mod.applies_well(g)  # Wq = 10 > 2 * 2
+    assert nconv.conv2d_algorithm(g) == "reference"
 
 
 def test_wide_path_empty_batch_and_torch_parity_resnet_shape() -> None:
@@ -416,7 +568,7 @@ def test_wide_path_empty_batch_and_torch_parity_resnet_shape() -> None:
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
 
 
-# ------------------------------------------------------------------ NumPy batch-innermost path
+# ------------------------------------------------------------------ NumPy batch-innermost algorithm
 
 BATCH_INNER_CASES = WIDE_CASES + [
     ((5, 3, 9, 7), (4, 3, 3, 3), dict(padding=1)),  # odd batch, odd sizes, transposed dx
@@ -428,44 +580,14 @@ BATCH_INNER_CASES = WIDE_CASES + [
 ]
 
 
-def _run_routes(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True)):  # noqa: ANN001, ANN202
-    """(batch-innermost results, generic results): output then the grads that were asked for."""
-
-    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
-    with no_grad():
-        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
-    g = rng.standard_normal(shape).astype(dtype)
-    arrays = [x, w, b] if bias else [x, w]
-    out = {}
-    for route in ("batch_inner", "generic"):
-        taken = []
-
-        def pick(*a, route=route, taken=taken):  # noqa: ANN001, ANN202
-            taken.append(route)
-            return route
-
-        monkeypatch.setattr(nconv, "_numpy_route", pick)
-        ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
-        y = F.conv2d(*ts, **kw)
-        y.backward(g)
-        assert taken == [route]
-        out[route] = [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
-    return out["batch_inner"], out["generic"]
-
-
-@pytest.mark.filterwarnings("ignore:Using padding='same'")
-@pytest.mark.parametrize("chunk", [1, 3000, 1 << 30], ids=["row_chunks", "uneven_chunks", "one"])
+@pytest.mark.parametrize(
+    "workspace", [0, 3000, 1 << 30], ids=["row_chunks", "uneven_chunks", "one"]
+)
 @pytest.mark.parametrize("xs, ws, kw", BATCH_INNER_CASES, ids=_ids(BATCH_INNER_CASES))
-def test_batch_inner_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -> None:  # noqa: ANN001
-    """NumPy's batch-innermost route (y, dx by either route, dW, db) equals im2col + col2im,
-    whatever the chunking over output rows (one row per chunk, partial last chunk, one)."""
-
-    monkeypatch.setattr(bi_mod, "_BATCH_INNER_CHUNK_BYTES", chunk)
-    fast, ref = _run_routes(monkeypatch, xs, ws, kw)
-    for a, r in zip(fast, ref):
-        assert a.shape == r.shape and a.dtype == r.dtype
-        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
+def test_batch_inner_matches_reference(xs, ws, kw, workspace) -> None:  # noqa: ANN001
+    """The batch-innermost algorithm (y, dx by every path, dW) equals the reference whatever
+    the chunking over output rows (one row per chunk, partial last chunk, one chunk)."""
+    _check_algorithm(xs, ws, kw, "batch_inner", workspace_bytes=workspace)
 
 
 @pytest.mark.parametrize(
@@ -476,22 +598,16 @@ def test_batch_inner_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk) -
         ((3, 4, 6, 6), (4, 2, 3, 3), dict(padding=1, groups=2)),
     ],
 )
-def test_batch_inner_dx_routes_agree(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
-    """dx as a batch-innermost correlation of dy equals the GEMM + scatter-add route."""
-
-    monkeypatch.setattr(bi_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
-    taken = []
-    orig = geo_mod.use_transposed_path
-    monkeypatch.setattr(
-        geo_mod, "use_transposed_path", lambda geom: taken.append(orig(geom)) or taken[-1]
-    )
-    transposed, ref = _run_routes(monkeypatch, xs, ws, kw)
-    assert taken[0]  # the batch-innermost backward really took the transposed route
-    monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: False)
-    scatter, _ = _run_routes(monkeypatch, xs, ws, kw)
-    for a, b, r in zip(transposed, scatter, ref):
-        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
-        np.testing.assert_allclose(b, r, rtol=1e-11, atol=1e-11)
+def test_batch_inner_dx_routes_agree(xs, ws, kw) -> None:  # noqa: ANN001
+    """dx as a batch-innermost correlation of dy (the rule's pick here) equals the GEMM +
+    scatter-add route and the reference, one output row per chunk."""
+    g, x, w, b, dy = _case(xs, ws, kw)
+    assert geo_mod.input_grad_path(g) == "transposed"
+    dx_ref = _reference(g, x, w, b, dy)[1]
+    saved = nconv.conv2d_forward(x, w, b, g, algorithm="batch_inner", workspace_bytes=0)[1]
+    for path in ("transposed", "col2im"):
+        dx = nconv.conv2d_backward(dy, g, saved, True, False, input_grad=path)[0]
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-11, err_msg=path)
 
 
 @pytest.mark.parametrize(
@@ -502,55 +618,38 @@ def test_batch_inner_dx_routes_agree(monkeypatch, xs, ws, kw) -> None:  # noqa: 
         ((8, 8, 8, 8), (16, 8, 3, 3), dict(stride=2, padding=1)),  # ResNet transition
     ],
 )
-def test_batch_inner_path_float32(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
-    fast, ref = _run_routes(monkeypatch, xs, ws, kw, dtype=np.float32)
-    for a, r in zip(fast, ref):
-        assert a.dtype == np.float32
-        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * np.abs(r).max())
+def test_batch_inner_float32(xs, ws, kw) -> None:  # noqa: ANN001
+    _check_algorithm(xs, ws, kw, "batch_inner", dtype=np.float32, tol=1e-4, scaled=True)
+
+
+def _g(xs: tuple, ws: tuple, **kw) -> Conv2dGeometry:  # noqa: ANN003
+    return Conv2dGeometry.create(xs, ws, **kw)
 
 
 @pytest.mark.parametrize(
-    "bias, needs",
-    [(True, (False, True, True)), (True, (True, False, False)), (False, (True, False))],
-    ids=["no_dx", "only_dx", "no_bias_only_dx"],
+    "geom, algorithm",
+    [
+        # (tests/test_conv_primitives.py::test_numpy_algorithm_rule has the benchmark shapes)
+        (_g((128, 16, 8, 8), (16, 16, 3, 3), padding=1), "batch_inner"),  # 2/10 garbage
+        (_g((128, 3, 10, 10), (4, 3, 3, 3), dilation=4), "batch_inner"),  # mostly garbage
+        (_g((1, 3, 10, 10), (4, 3, 3, 3), dilation=4), "reference"),  # ... and short runs
+        (_g((128, 64, 8, 8), (64, 64, 3, 3), padding=2, dilation=2), "batch_inner"),  # dilated
+        (_g((128, 64, 8, 8), (64, 64, 5, 5), padding=2), "batch_inner"),  # 5x5
+        (_g((128, 64, 8, 8), (64, 64, 3, 3), padding=3), "batch_inner"),  # pads > 2
+        (_g((16, 64, 8, 8), (64, 64, 3, 3), padding=1), "batch_inner"),  # runs of 64 tiles
+        (_g((128, 128, 4, 4), (128, 128, 3, 3), padding=1), "batch_inner"),  # 4x4 images
+    ],
+    ids=["few_channels", "garbage", "garbage_n1", "dilated", "5x5", "pad3", "n16", "4x4"],
 )
-def test_batch_inner_path_partial_grads(monkeypatch, bias, needs) -> None:  # noqa: ANN001
-    """The batch-innermost backward computes exactly the gradients that are needed."""
-    fast, ref = _run_routes(
-        monkeypatch, (3, 4, 6, 6), (5, 4, 3, 3), dict(padding=1), bias=bias, needs=needs
-    )
-    assert len(fast) == 1 + sum(needs)
-    for a, r in zip(fast, ref):
-        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
-
-
-def test_batch_inner_gradient_check(monkeypatch) -> None:  # noqa: ANN001
-
-    monkeypatch.setattr(nconv, "_numpy_route", lambda *a: "batch_inner")
-    monkeypatch.setattr(bi_mod, "_BATCH_INNER_CHUNK_BYTES", 1)
-    rng = np.random.default_rng(5)
-    x, w, b = rng.standard_normal((3, 2, 5, 6)), rng.standard_normal((4, 2, 3, 2)), None
-    b = rng.standard_normal(4)
-    gradient_check(lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 2)), [x, w, b])
-    gradient_check(lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=2), [x, w, b])
-
-
-def test_batch_inner_route_selection() -> None:
-    """Small images with many garbage frame columns take the batch-innermost route."""
-
-    route = nconv._numpy_route
-    assert route(128, 3, 1, 1, 8, False) == "batch_inner"  # ResNet 8x8: 2/10 garbage
-    assert route(128, 5, 1, 1, 10, False) == "batch_inner"  # LeNet conv2: 4/14
-    assert route(128, 3, 2, 1, 8, False) == "batch_inner"  # 16 -> 8 stride 2: 1/9
-    assert route(128, 3, 1, 1, 32, False) == "wide"  # 32x32: 2/34 garbage
-    assert route(2, 3, 1, 1, 8, False) == "wide"  # copy runs of N*ow = 16 only
-    assert route(128, 3, 1, 4, 2, False) == "batch_inner"  # mostly garbage
-    assert route(1, 3, 1, 4, 2, False) == "generic"
-    assert route(128, 1, 1, 1, 8, True) == "generic"  # plain 1x1: no im2col at all
+def test_numpy_algorithm_rule_more_shapes(geom: Conv2dGeometry, algorithm: str) -> None:
+    """Small images with many garbage frame columns take the batch-innermost layout; 3x3
+    stride-1 convs take Winograd only with >= 24 channels, >= 7-wide images, pads <= 2 and
+    enough tiles per run."""
+    assert nconv.conv2d_algorithm(geom) == algorithm
 
 
 def test_batch_inner_torch_parity_and_empty_batch() -> None:
-    """The default routing sends these shapes through the batch-innermost path; PyTorch agrees."""
+    """The default rule sends these shapes through the batch-innermost layout; PyTorch agrees."""
     torch = pytest.importorskip("torch")
 
     y = F.conv2d(Tensor(np.zeros((0, 3, 6, 6))), Tensor(np.ones((4, 3, 3, 3))), padding=1)
@@ -562,13 +661,10 @@ def test_batch_inner_torch_parity_and_empty_batch() -> None:
         ((9, 8, 8, 8), (16, 8, 3, 3), dict(padding=1, stride=2)),
         ((9, 4, 6, 7), (6, 2, 2, 3), dict(padding="same", groups=2, dilation=(2, 1))),
     ]:
-        geo = {k: v for k, v in kw.items() if k != "groups"}
-        (oh, ow), n = conv2d_output_size(xs[2], xs[3], ws[2:], **geo), xs[0]
-        stride = geo_mod.pair(kw.get("stride", 1), "s")[1]
-        dil = geo_mod.pair(kw.get("dilation", 1), "d")[1]
-        assert nconv._numpy_route(n, ws[3], stride, dil, ow, False) == "batch_inner"
+        geom = Conv2dGeometry.create(xs, ws, **kw)
+        assert nconv.conv2d_algorithm(geom) == "batch_inner"
         x, w, b = (rng.standard_normal(s) for s in (xs, ws, ws[:1]))
-        g = rng.standard_normal((n, ws[0], oh, ow))
+        g = rng.standard_normal(geom.output_shape)
         ours = _ours(x, w, b, g, **kw)
         theirs = _torch_conv(torch, x, w, b, g, **kw)
         for a, r in zip([ours[0], *ours[1]], [theirs[0], *theirs[1]]):
@@ -586,76 +682,41 @@ WINOGRAD_CASES = [
     ((1, 6, 3, 3), (2, 6, 3, 3), dict()),  # 1x1 output: one partial tile
     ((2, 3, 4, 5), (2, 3, 3, 3), dict(padding=(2, 0))),  # asymmetric pair
     ((2, 3, 5, 6), (4, 3, 3, 3), dict(padding=(0, 1, 2, 1))),  # (top, bottom, left, right)
-    ((1, 2, 6, 6), (3, 2, 3, 3), dict(padding=3)),  # pads > 2: batch-innermost route
+    ((1, 2, 6, 6), (3, 2, 3, 3), dict(padding=3)),  # pads > 2: Winograd does not apply
     ((3, 70, 5, 4), (33, 70, 3, 3), dict(padding=1)),  # many channels
     ((2, 17, 10, 11), (70, 17, 3, 3), dict(padding=1)),
 ]
 
 
-def _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True)):  # noqa: ANN001, ANN202
-    """(Winograd results, generic results, Winograd calls): the output, then the grads asked for."""
-
-    calls = []
-    for name in ("_winograd_forward", "_winograd_input_grad"):
-        orig = getattr(wg_mod, name)
-        monkeypatch.setattr(
-            wg_mod, name, lambda *a, _n=name, _f=orig: calls.append(_n) or _f(*a)
-        )
-    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
-    with no_grad():
-        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
-    g = rng.standard_normal(shape).astype(dtype)
-    arrays = [x, w, b] if bias else [x, w]
-    out = {}
-    for route in ("winograd", "generic"):
-        monkeypatch.setattr(nconv, "_numpy_route", lambda *a, r=route: r)
-        ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
-        y = F.conv2d(*ts, **kw)
-        y.backward(g)
-        out[route] = [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
-    return out["winograd"], out["generic"], calls
-
-
-@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("keep", [True, False], ids=["kept_v", "recomputed_v"])
-@pytest.mark.parametrize("chunk", [1, 1 << 30], ids=["row_chunks", "one_chunk"])
+@pytest.mark.parametrize("workspace", [0, 1 << 30], ids=["row_chunks", "one_chunk"])
 @pytest.mark.parametrize("xs, ws, kw", WINOGRAD_CASES, ids=_ids(WINOGRAD_CASES))
-def test_winograd_path_matches_generic_path(monkeypatch, xs, ws, kw, chunk, keep) -> None:  # noqa: ANN001
-    """Winograd forward, dx and dW (db as elsewhere) equal im2col + col2im, one tile row per
-    chunk or all at once, with the transformed input kept by the forward or recomputed."""
-    from gpucnn.backend.numpy_ops.conv import winograd as _winograd
+def test_winograd_matches_reference(monkeypatch, xs, ws, kw, workspace, keep) -> None:  # noqa: ANN001
+    """Winograd forward, dx and dW equal the reference, one tile row per chunk or all at once,
+    with the transformed input kept by the forward or recomputed from P4 (KEEP_MAX_BYTES:
+    the cap on what the forward keeps, no parameter of the primitive)."""
+    monkeypatch.setattr(wg_mod, "KEEP_MAX_BYTES", (1 << 40) if keep else 0)
+    g = Conv2dGeometry.create(xs, ws, **kw)
+    if kw.get("padding") == 3:  # top/left pads > 2 (dx would need negative pads)
+        assert not wg_mod.applies(g)
+        x, w = np.zeros(xs), np.zeros(ws)
+        with pytest.raises(ValueError, match="algorithm 'winograd' needs a 3x3 kernel"):
+            nconv.conv2d_forward(x, w, None, g, algorithm="winograd", workspace_bytes=workspace)
+        return
+    saved = _check_algorithm(xs, ws, kw, "winograd", workspace, tol=1e-10, scaled=True)
+    assert isinstance(saved.data, wg_mod.KeptInput) == keep
 
-    monkeypatch.setattr(_winograd, "CHUNK_BYTES", chunk)
-    monkeypatch.setattr(_winograd, "KEEP_MAX_BYTES", (1 << 40) if keep else 0)
-    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
-    if kw.get("padding") == 3:  # top/left pads > 2 (dx would need negative pads): fallback
-        assert calls == []
-    else:
-        assert calls == ["_winograd_forward", "_winograd_input_grad"]
-    for a, r in zip(fast, ref):
-        assert a.shape == r.shape and a.dtype == r.dtype
-        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
 
-
-@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("run", [1, 2])
 @pytest.mark.parametrize("xs, ws, kw", WINOGRAD_CASES[:6], ids=_ids(WINOGRAD_CASES[:6]))
-def test_winograd_batch_chunks_match_generic_path(monkeypatch, xs, ws, kw, run) -> None:  # noqa: ANN001
-    """Tile rows split over batch chunks of ``run`` samples (uneven last chunk included): the
-    output and every gradient still equal im2col + col2im."""
-    from gpucnn.backend.numpy_ops.conv import winograd as _winograd
-
-    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(_winograd, "MIN_BATCH_RUN", run)
-    assert _winograd.batch_per_chunk(4, 3, 5, 8) == run
+def test_winograd_batch_chunks_match_reference(monkeypatch, xs, ws, kw, run) -> None:  # noqa: ANN001
+    """Tile rows split over batch chunks of ``run`` samples (uneven last chunk included;
+    MIN_BATCH_RUN is the rule's floor, no parameter): the output and every gradient still
+    equal the reference."""
+    monkeypatch.setattr(wg_mod, "MIN_BATCH_RUN", run)
+    assert wg_mod.batch_per_chunk(4, 3, 5, 8, 0) == run
     xs = (5,) + tuple(xs[1:])
-    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
-    if kw.get("padding") != 3:
-        assert calls == ["_winograd_forward", "_winograd_input_grad"]
-    for a, r in zip(fast, ref):
-        assert a.shape == r.shape and a.dtype == r.dtype
-        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+    _check_algorithm(xs, ws, kw, "winograd", workspace_bytes=0, tol=1e-10, scaled=True)
 
 
 @pytest.mark.parametrize("hw, pads", [((6, 7), (1, 1)), ((5, 5), (0, 2)), ((8, 8), (2, 0))])
@@ -663,9 +724,7 @@ def test_winograd_batch_chunks_match_generic_path(monkeypatch, xs, ws, kw, run) 
 def test_winograd_weight_grad_kept_equals_recomputed(monkeypatch, hw, pads, run) -> None:  # noqa: ANN001
     """weight_grad from the V the forward kept equals weight_grad from P4 (odd sizes, batch
     chunks included) and the kept V is exactly the input transform of each chunk."""
-    from gpucnn.backend.numpy_ops.conv import winograd as wg
-
-    monkeypatch.setattr(wg, "CHUNK_BYTES", 1)
+    wg = wg_mod
     monkeypatch.setattr(wg, "MIN_BATCH_RUN", run)
     rng = np.random.default_rng(run + hw[0])
     n, c, o = 5, 3, 4
@@ -675,20 +734,19 @@ def test_winograd_weight_grad_kept_equals_recomputed(monkeypatch, hw, pads, run)
     th, tw = wg.tiles(oh), wg.tiles(ow)
     p4 = wg.polyphase_nchw(x, pads[0], pads[1], th, tw)
     u = wg.filter_transform(rng.standard_normal((o, c, 3, 3)))
-    _, kept = wg.conv3x3(p4, u, keep=True)
+    _, kept = wg.conv3x3(p4, u, keep=True, chunk_bytes=0)
     assert kept is not None and len(kept.chunks) == (th if run >= n else th * -(-n // run))
     for i, (t0, t1, n0, n1) in enumerate(kept.chunks):
         np.testing.assert_array_equal(kept.chunk(i), wg._input_transform(p4[..., n0:n1], t0, t1))
     dyt = rng.standard_normal((o, oh, ow, n))
-    np.testing.assert_allclose(wg.weight_grad(kept, dyt), wg.weight_grad(p4, dyt), rtol=1e-12)
+    np.testing.assert_allclose(wg.weight_grad(kept, dyt, 0), wg.weight_grad(p4, dyt, 0), rtol=1e-12)
 
 
 def test_winograd_kept_buffers_pooled(monkeypatch) -> None:  # noqa: ANN001
     """A kept V's buffer goes back to the pool when the KeptInput dies and the next one of that
     size reuses it; over POOL_MAX_BYTES the oldest buffers are dropped (a size no longer used
     cannot block the pool); clear_buffers empties it."""
-    from gpucnn.backend.numpy_ops.conv import winograd as wg
-
+    wg = wg_mod
     monkeypatch.setattr(wg, "_pool", [])
     shape, chunks = (2, 2, 3, 2, 3, 4), [(0, 1, 0, 4), (1, 2, 0, 4)]
     a = wg.KeptInput(shape, chunks, np.dtype(np.float32))
@@ -717,7 +775,8 @@ def test_winograd_kept_v_survives_retain_graph() -> None:
 
     rng = np.random.default_rng(5)
     n, c, h = 128, 32, 8
-    assert nconv._numpy_route(n, 3, 1, 1, h, False, 3, 1, 1, c, c, 1) == "winograd"
+    geom = Conv2dGeometry.create((n, c, h, h), (c, c, 3, 3), padding=1)
+    assert nconv.conv2d_algorithm(geom) == "winograd"
     x = Tensor(rng.standard_normal((n, c, h, h)))
     w = Tensor(rng.standard_normal((c, c, 3, 3)) * 0.1, requires_grad=True)
     y = (F.conv2d(x, w, padding=1) ** 2).sum()
@@ -731,8 +790,7 @@ def test_winograd_kept_v_survives_retain_graph() -> None:
 
 def test_winograd_batch_per_chunk_rule() -> None:
     """No split while one tile row fits CHUNK_BYTES; otherwise chunks of >= MIN_BATCH_RUN."""
-    from gpucnn.backend.numpy_ops.conv import winograd as wg
-
+    wg = wg_mod
     assert wg.batch_per_chunk(32, 8, 128, 4) == wg.CHUNK_BYTES // (16 * 32 * 8 * 4)
     assert wg.batch_per_chunk(1, 1, 128, 4) == 128
     assert wg.batch_per_chunk(4096, 64, 128, 4) == wg.MIN_BATCH_RUN
@@ -746,27 +804,8 @@ def test_winograd_batch_per_chunk_rule() -> None:
         ((1, 32, 5, 5), (8, 32, 3, 3), dict(padding=2)),
     ],
 )
-def test_winograd_path_float32(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
-    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw, dtype=np.float32)
-    assert calls == ["_winograd_forward", "_winograd_input_grad"]
-    for a, r in zip(fast, ref):
-        assert a.dtype == np.float32
-        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
-
-
-@pytest.mark.parametrize(
-    "bias, needs",
-    [(True, (False, True, True)), (True, (True, False, False)), (False, (True, False))],
-    ids=["no_dx", "only_dx", "no_bias_only_dx"],
-)
-def test_winograd_path_partial_grads(monkeypatch, bias, needs) -> None:  # noqa: ANN001
-    fast, ref, calls = _run_winograd(
-        monkeypatch, (3, 4, 6, 7), (5, 4, 3, 3), dict(padding=1), bias=bias, needs=needs
-    )
-    assert calls == ["_winograd_forward"] + ["_winograd_input_grad"] * needs[0]
-    assert len(fast) == 1 + sum(needs)
-    for a, r in zip(fast, ref):
-        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+def test_winograd_float32(xs, ws, kw) -> None:  # noqa: ANN001
+    _check_algorithm(xs, ws, kw, "winograd", dtype=np.float32, tol=1e-4, scaled=True)
 
 
 @pytest.mark.parametrize(
@@ -778,58 +817,26 @@ def test_winograd_path_partial_grads(monkeypatch, bias, needs) -> None:  # noqa:
         ((2, 4, 8, 8), (4, 4, 5, 5), dict(padding=2)),
     ],
 )
-def test_winograd_forced_on_unsupported_conv_falls_back(monkeypatch, xs, ws, kw) -> None:  # noqa: ANN001
-    """Strided, grouped, dilated or non-3x3 convs forced onto "winograd" run batch-innermost."""
-    fast, ref, calls = _run_winograd(monkeypatch, xs, ws, kw)
-    assert calls == []
-    for a, r in zip(fast, ref):
-        np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10 * np.abs(r).max())
+def test_winograd_requested_on_unsupported_conv_raises(xs, ws, kw) -> None:  # noqa: ANN001
+    """Strided, grouped, dilated or non-3x3 convs: "winograd" is refused, and the rule never
+    picks it."""
+    g, x, w, b, _ = _case(xs, ws, kw)
+    assert not wg_mod.applies(g) and nconv.conv2d_algorithm(g) != "winograd"
+    with pytest.raises(ValueError, match="algorithm 'winograd' needs a 3x3 kernel, stride 1"):
+        nconv.conv2d_forward(x, w, b, g, algorithm="winograd")
 
 
-def test_winograd_gradient_check(monkeypatch) -> None:  # noqa: ANN001
-    from gpucnn.backend.numpy_ops.conv import winograd as _winograd
-
-    calls = []
-    orig = wg_mod._winograd_input_grad
-    monkeypatch.setattr(nconv, "_numpy_route", lambda *a: "winograd")
-    monkeypatch.setattr(wg_mod, "_winograd_input_grad", lambda *a: calls.append(1) or orig(*a))
-    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 1)
-    rng = np.random.default_rng(21)
-    x, w, b = (rng.standard_normal(s) for s in ((2, 3, 5, 6), (2, 3, 3, 3), (2,)))
-    gradient_check(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
-    gradient_check(lambda x, w: F.conv2d(x, w, padding=(0, 2)), [x, w])
-    assert calls
-
-
-def test_winograd_route_selection() -> None:
-    """ResNet's 3x3 stride-1 convs with >= 32 channels and >= 8-wide images (batch 128) take
-    Winograd; others keep their routes."""
-
-    route = nconv._numpy_route
-    assert route(128, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "winograd"  # r64
-    assert route(128, 3, 1, 1, 16, False, 3, 1, 1, 32, 32, 1) == "winograd"  # r32
-    assert route(128, 3, 1, 1, 32, False, 3, 1, 1, 16, 16, 1) == "wide"  # r16: transforms
-    assert route(128, 3, 2, 1, 8, False, 3, 2, 1, 32, 64, 1) == "batch_inner"  # stride 2
-    assert route(128, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 2) == "batch_inner"  # grouped
-    assert route(128, 3, 1, 2, 8, False, 3, 1, 2, 64, 64, 1) == "batch_inner"  # dilated
-    assert route(128, 5, 1, 1, 8, False, 5, 1, 1, 64, 64, 1) == "batch_inner"  # 5x5
-    assert route(2, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "wide"  # few tiles per run
-    assert route(16, 3, 1, 1, 8, False, 3, 1, 1, 64, 64, 1) == "batch_inner"  # runs of 64
-    assert route(128, 3, 1, 1, 4, False, 3, 1, 1, 128, 128, 1) == "batch_inner"  # 4x4 images
-    assert route(128, 3, 1, 1, 8, False) == "batch_inner"  # no channel info: never Winograd
-
-
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize(
     "xs, ws",
     [((16, 32, 16, 16), (32, 32, 3, 3)), ((32, 64, 8, 8), (64, 64, 3, 3))],
     ids=["r32", "r64"],
 )
 def test_winograd_resnet_shapes_float32_and_torch(xs, ws) -> None:  # noqa: ANN001
-    """Default routing sends ResNet-20's 3x3 convs through Winograd: float32 stays within 1e-5
+    """The default rule sends ResNet-20's 3x3 convs through Winograd: float32 stays within 1e-5
     (relative to the largest value) of float64, and float64 matches PyTorch."""
-
     n, c, h, w = xs
-    assert nconv._numpy_route(n, 3, 1, 1, w, False, 3, 1, 1, c, ws[0], 1) == "winograd"
+    assert nconv.conv2d_algorithm(Conv2dGeometry.create(xs, ws, padding=1)) == "winograd"
     rng = np.random.default_rng(31)
     x, wt, b = rng.standard_normal(xs), rng.standard_normal(ws) * 0.1, rng.standard_normal(ws[0])
     g = rng.standard_normal((n, ws[0], h, w))
@@ -866,21 +873,20 @@ def test_from_batch_inner_tiled_transpose(monkeypatch, tile, bias, crop) -> None
     np.testing.assert_array_equal(out, ref)
 
 
-# ------------------------------------------------------------------ CUDA route (host emulator)
+# ------------------------------------------------------------------ CUDA (host emulator)
 #
-# The CUDA branch of Conv2dFunction (im2col_cn, 2-D GEMMs, col2im_cn) run on the CPU: a Backend
-# named "cuda" over the cuda_ops launchers, their kernels built by the host emulator from the
-# same .cu files, NumPy (or a recording proxy of it) as ``xp``.
+# The CUDA primitives (im2col_cn, 2-D GEMMs, col2im_cn) run on the CPU: their kernels built by
+# the host emulator from the same .cu files, NumPy (or a recording proxy of it) as ``xp``, the
+# dx path chosen by ``input_grad=``. The autograd route (Conv2dFunction on the cuda backend,
+# bias gradient included) runs on the simulated CUDA device (gpucnn.testing.simulated_device).
 
 
 @contextlib.contextmanager
-def _cuda_route(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
-    """conv2d through its CUDA branch on the emulator; yields the kernel names launched."""
+def _emulated(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
+    """The cuda_ops launchers on the emulator over ``xp``; yields the kernel names launched."""
     emulator = pytest.importorskip("gpucnn.testing.emulator")
     if not emulator.compiler_available():
         pytest.skip("no host C++ compiler: the kernel emulator cannot run")
-    import gpucnn.functional.conv as conv_mod
-    from gpucnn.backend import Backend
     from gpucnn.backend.runtime import KernelRuntime, use_runtime
 
     launched: list[str] = []
@@ -889,35 +895,9 @@ def _cuda_route(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
         launched.append(name)
         return emulator.get_emulated_kernel(family, name, defines)
 
-    be = Backend("cuda", xp, "gpucnn.backend.cuda_ops")
     rt = KernelRuntime(xp, get_kernel, grid_cap=grid_cap, block=block, name="emulated cuda")
-    orig = conv_mod._backend
-    conv_mod._backend = lambda a: be
-    try:
-        with use_runtime(rt):
-            yield launched
-    finally:
-        conv_mod._backend = orig
-
-
-def _geom(xs: tuple, ws: tuple, kw: dict) -> tuple:
-    """Conv2dFunction's ``ctx.geom`` for a case (what the route rules look at)."""
-
-    n, c, h, w = xs
-    o, cg, kh, kwd = ws
-    s = geo_mod.pair(kw.get("stride", 1), "stride")
-    d = geo_mod.pair(kw.get("dilation", 1), "dilation")
-    pads = geo_mod.resolve_padding(kw.get("padding", 0), (kh, kwd), s, d)
-    oh, ow = conv2d_output_size(h, w, (kh, kwd), s, pads, d)
-    pointwise = (kh, kwd) == (1, 1) and s == (1, 1) and pads == (0, 0, 0, 0)
-    g = kw.get("groups", 1)
-    return (n, c, h, w, o, cg, kh, kwd, *s, pads[0], pads[2], *d, oh, ow, g, pointwise)
-
-
-def _transposed_dx_applies(geom: tuple) -> bool:
-    """Whether dx can run as the flipped-kernel correlation (stride 1, pads inside the kernel)."""
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
-    return not pointwise and (sh, sw) == (1, 1) and pt <= dh * (kh - 1) and pl <= dw * (kw - 1)
+    with use_runtime(rt):
+        yield launched
 
 
 CUDA_CASES = (
@@ -941,56 +921,49 @@ CUDA_CASES = (
 )
 
 
-def _cuda_vs_numpy(xs, ws, kw, dtype=np.float64, bias=True, needs=(True, True, True), **route):  # noqa: ANN001, ANN202
-    """(CUDA-route results, NumPy-backend results, kernels launched): y then requested grads."""
-    rng = np.random.default_rng(sum(xs) + sum(ws) + len(kw))
-    x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, ws, ws[:1]))
-    with no_grad():
-        shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
-    g = rng.standard_normal(shape).astype(dtype)
-    arrays = [x, w, b] if bias else [x, w]
+def _cuda_primitives(g: Conv2dGeometry, x, w, b, dy, input_grad=None, **launch) -> tuple:  # noqa: ANN001, ANN003
+    """``(y, dx, dW, db, saved, forward kernels, backward kernels)`` by the CUDA primitives
+    (``cconv.conv2d_forward`` / ``conv2d_backward``, ``bias_grad_nchw``) on the emulator."""
+    from gpucnn.backend.cuda_ops.bias import bias_grad_nchw
 
-    def run() -> list:
-        ts = [Tensor(a, requires_grad=r) for a, r in zip(arrays, needs)]
-        y = F.conv2d(*ts, **kw)
-        y.backward(g)
-        return [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
-
-    ref = run()
-    with _cuda_route(**route) as launched:
-        got = run()
-    return got, ref, launched
+    with _emulated(**launch) as launched:
+        y, saved = cconv.conv2d_forward(x, w, b, g)
+        forward = set(launched)
+        launched.clear()
+        dx, dw = cconv.conv2d_backward(dy, g, saved, True, True, input_grad=input_grad)
+        backward = set(launched)
+        db = bias_grad_nchw(dy)
+    return y, dx, dw, db, saved, forward, backward
 
 
-@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("dx", ["rule", "col2im", "transposed"])
 @pytest.mark.parametrize("xs, ws, kw", CUDA_CASES, ids=_ids(CUDA_CASES))
-def test_cuda_route_matches_numpy_emulated(monkeypatch, xs, ws, kw, dx) -> None:  # noqa: ANN001
-    """The CUDA route (forward, dx by col2im_cn or by the flipped-kernel correlation, dW, db)
-    through the emulated kernels equals the NumPy backend; it launches only the
-    batch-in-columns im2col kernels."""
-
-    geom = _geom(xs, ws, kw)
-    if dx != "rule":
-        forced = dx == "transposed" and _transposed_dx_applies(geom)
-        monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: forced)
-    taken = []
-    orig = cconv._cuda_input_grad_as_conv
-    monkeypatch.setattr(
-        cconv, "_cuda_input_grad_as_conv", lambda *a: taken.append(1) or orig(*a)
-    )
-    got, ref, launched = _cuda_vs_numpy(xs, ws, kw)
-    for a, r in zip(got, ref):
-        assert a.shape == r.shape and a.dtype == r.dtype
-        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
-    if dx == "transposed":
-        assert bool(taken) == _transposed_dx_applies(geom)
-    elif dx == "col2im":
-        assert not taken
-    names = set(launched)
-    assert not names & {"im2col_f64", "col2im_f64"}, "the CUDA route uses the _cn kernels"
-    pointwise_one = geom[-1] and xs[0] == 1
-    assert ("im2col_cn_f64" in names) == (not pointwise_one or bool(taken))
+def test_cuda_primitives_match_reference_emulated(xs, ws, kw, dx) -> None:  # noqa: ANN001
+    """The CUDA primitives (forward, dx by col2im_cn or by the flipped-kernel correlation, dW;
+    db by bias_grad_nchw) through the emulated kernels equal the NumPy reference; they launch
+    only the batch-in-columns im2col kernels: im2col_cn for y unless x is its own columns
+    (1x1, one sample), then im2col_cn of dy for the transposed dx, col2im_cn for the other."""
+    g, x, w, b, dy = _case(xs, ws, kw)
+    path = None if dx == "rule" else dx
+    if path == "transposed" and not transposed_path_applies(g):
+        with _emulated():
+            saved = cconv.conv2d_forward(x, w, b, g)[1]
+            with pytest.raises(ValueError, match="input_grad='transposed' needs stride 1"):
+                cconv.conv2d_backward(dy, g, saved, True, True, input_grad=path)
+        return
+    y, gx, gw, db, saved, forward, backward = _cuda_primitives(g, x, w, b, dy, path)
+    assert saved.algorithm == "im2col_gemm"
+    want = _reference(g, x, w, b, dy) + (dy.sum(axis=(0, 2, 3)),)
+    for name, got, ref in zip(("y", "dx", "dW", "db"), (y, gx, gw, db), want):
+        _assert_close(got, ref, 1e-11, what=name)
+    assert not (forward | backward) & {"im2col_f64", "col2im_f64"}, "CUDA uses the _cn kernels"
+    x_is_cols = g.pointwise and g.n == 1
+    assert ("im2col_cn_f64" in forward) == (not x_is_cols)
+    if geo_mod.input_grad_path(g, path) == "transposed":
+        assert "im2col_cn_f64" in backward and "col2im_cn_f64" not in backward
+    else:
+        assert "im2col_cn_f64" not in backward  # dW from the saved columns
+        assert ("col2im_cn_f64" in backward) == (not x_is_cols)
 
 
 @pytest.mark.parametrize(
@@ -1001,12 +974,36 @@ def test_cuda_route_matches_numpy_emulated(monkeypatch, xs, ws, kw, dx) -> None:
         ((4, 8, 5, 5), (16, 8, 1, 1), dict()),
     ],
 )
-def test_cuda_route_float32_emulated(xs, ws, kw) -> None:  # noqa: ANN001
-    got, ref, launched = _cuda_vs_numpy(xs, ws, kw, dtype=np.float32, grid_cap=None, block=128)
-    assert "im2col_cn_f32" in launched
-    for a, r in zip(got, ref):
+def test_cuda_primitives_float32_emulated(xs, ws, kw) -> None:  # noqa: ANN001
+    g, x, w, b, dy = _case(xs, ws, kw, np.float32)
+    *got, _, forward, _ = _cuda_primitives(g, x, w, b, dy, grid_cap=None, block=128)
+    assert "im2col_cn_f32" in forward
+    want = _reference(g, x, w, b, dy) + (dy.sum(axis=(0, 2, 3)),)
+    for a, r in zip(got, want):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(r).max()))
+
+
+@pytest.fixture
+def simulated_cuda(emulator):  # noqa: ANN001, ANN201
+    """``run(fn, *args)``: ``fn(*args)`` with the cuda backend active on the simulated CUDA
+    device (the autograd route of conv2d on the cuda backend, its kernels on the host
+    emulator)."""
+    from gpucnn.testing import simulated_device
+
+    def run(fn, *args):  # noqa: ANN001, ANN002, ANN202
+        with simulated_device():
+            return fn(*args)
+
+    return run
+
+
+def _autograd(arrays: list, needs: tuple, kw: dict, g: np.ndarray, name: str) -> list:
+    """F.conv2d + backward on backend ``name``: y then the grads of the tensors that need one."""
+    ts = [Tensor(B.to_backend(a, name), requires_grad=r) for a, r in zip(arrays, needs)]
+    y = F.conv2d(*ts, **kw)
+    y.backward(B.to_backend(g, name))
+    return [y.numpy()] + [t.grad.numpy() for t in ts if t.requires_grad]
 
 
 @pytest.mark.parametrize(
@@ -1023,15 +1020,20 @@ def test_cuda_route_float32_emulated(xs, ws, kw) -> None:  # noqa: ANN001
     "xs, ws, kw",
     [((2, 4, 6, 6), (6, 2, 3, 3), dict(padding=1, groups=2)), ((2, 3, 5, 4), (4, 3, 1, 1), {})],
 )
-def test_cuda_route_partial_grads_emulated(xs, ws, kw, bias, needs) -> None:  # noqa: ANN001
-    got, ref, _ = _cuda_vs_numpy(xs, ws, kw, bias=bias, needs=needs)
+def test_cuda_route_partial_grads_simulated(simulated_cuda, xs, ws, kw, bias, needs) -> None:  # noqa: ANN001
+    """conv2d on the cuda backend computes exactly the gradients that are needed (the bias's
+    alone included), as the NumPy backend."""
+    _, x, w, b, dy = _case(xs, ws, kw)
+    arrays = [x, w, b] if bias else [x, w]
+    ref = _autograd(arrays, needs, kw, dy, "numpy")
+    got = simulated_cuda(_autograd, arrays, needs, kw, dy, "cuda")
     assert len(got) == len(ref) == 1 + sum(needs)
     for a, r in zip(got, ref):
         np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
-def test_cuda_route_torch_parity_and_empty_batch_emulated() -> None:
+def test_cuda_route_torch_parity_and_empty_batch_simulated(simulated_cuda) -> None:  # noqa: ANN001
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(21)
     for xs, ws, kw in [
@@ -1040,21 +1042,16 @@ def test_cuda_route_torch_parity_and_empty_batch_emulated() -> None:
         ((2, 4, 5, 5), (6, 4, 1, 1), dict()),
     ]:
         x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-        with no_grad():
-            shape = F.conv2d(Tensor(x), Tensor(w), **kw).shape
-        g = rng.standard_normal(shape)
-        with _cuda_route():
-            y, grads = _ours(x, w, b, g, **kw)
+        g = rng.standard_normal(Conv2dGeometry.create(xs, ws, **kw).output_shape)
+        ours = simulated_cuda(_autograd, [x, w, b], (True,) * 3, kw, g, "cuda")
         ty, tgrads = _torch_conv(torch, x, w, b, g, **kw)
-        for a, r in zip([y, *grads], [ty, *tgrads]):
+        for a, r in zip(ours, [ty, *tgrads]):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
-    with _cuda_route():
-        x, w = Tensor(np.zeros((0, 3, 6, 6)), requires_grad=True), Tensor(np.ones((4, 3, 3, 3)))
-        w.requires_grad = True
-        y = F.conv2d(x, w, padding=1)
-        y.backward(np.zeros(y.shape))
-    assert y.shape == (0, 4, 6, 6) and x.grad.shape == (0, 3, 6, 6)
-    np.testing.assert_array_equal(w.grad.numpy(), np.zeros((4, 3, 3, 3)))
+    x, w = np.zeros((0, 3, 6, 6)), np.ones((4, 3, 3, 3))
+    dy = np.zeros((0, 4, 6, 6))
+    y, gx, gw = simulated_cuda(_autograd, [x, w], (True, True), dict(padding=1), dy, "cuda")
+    assert y.shape == (0, 4, 6, 6) and gx.shape == (0, 3, 6, 6)
+    np.testing.assert_array_equal(gw, np.zeros((4, 3, 3, 3)))
 
 
 class _RecordingXp:
@@ -1092,42 +1089,43 @@ class _RecordingXp:
         return call
 
 
-@pytest.mark.filterwarnings("ignore:Using padding='same'")
-@pytest.mark.parametrize("dx", ["col2im", "transposed"])
-@pytest.mark.parametrize(
-    "xs, ws, kw",
-    [
-        ((2, 4, 6, 6), (6, 4, 3, 3), dict(padding=1)),
-        ((2, 6, 8, 7), (8, 3, 3, 2), dict(padding="same", groups=2)),  # grouped, asymmetric
-        ((3, 4, 9, 9), (6, 4, 3, 3), dict(stride=2, padding=1)),  # strided: col2im only
-        ((2, 6, 7, 7), (6, 1, 3, 3), dict(padding=1, groups=6)),  # depthwise
-        ((3, 4, 5, 6), (6, 2, 1, 1), dict(groups=2)),  # 1x1
-        ((1, 4, 5, 6), (6, 4, 1, 1), dict()),  # 1x1, one sample
-    ],
-)
-def test_cuda_route_gemms_are_2d_without_copies(monkeypatch, xs, ws, kw, dx) -> None:  # noqa: ANN001
-    """Every GEMM the CUDA conv route issues is 2-D on C-/F-contiguous operands (what cuBLAS
-    takes without a copy and where CuPy honours TF32): one per group for y, dW and dx; no
-    array of the size of the columns (im2col_cn of x, or of dy on the transposed dx route) is
-    ever copied: the only copies are the NCHW <-> (O, N*L) layout changes and the flipped W."""
+GEMM_CASES = [
+    ((2, 4, 6, 6), (6, 4, 3, 3), dict(padding=1)),
+    ((2, 6, 8, 7), (8, 3, 3, 2), dict(padding="same", groups=2)),  # grouped, asymmetric
+    ((3, 4, 9, 9), (6, 4, 3, 3), dict(stride=2, padding=1)),  # strided: col2im only
+    ((2, 6, 7, 7), (6, 1, 3, 3), dict(padding=1, groups=6)),  # depthwise
+    ((3, 4, 5, 6), (6, 2, 1, 1), dict(groups=2)),  # 1x1
+    ((1, 4, 5, 6), (6, 4, 1, 1), dict()),  # 1x1, one sample
+]
+GEMM_PARAMS = [
+    pytest.param(xs, ws, kw, dx, id=f"{xs}-{ws}-{kw}-{dx}")
+    for xs, ws, kw in GEMM_CASES
+    for dx in ("col2im", "transposed")
+    if dx == "col2im" or transposed_path_applies(Conv2dGeometry.create(xs, ws, **kw))
+]
 
-    geom = _geom(xs, ws, kw)
-    forced = dx == "transposed" and _transposed_dx_applies(geom)
-    monkeypatch.setattr(geo_mod, "use_transposed_path", lambda geom: forced)
+
+@pytest.mark.parametrize("xs, ws, kw, dx", GEMM_PARAMS)
+def test_cuda_gemms_are_2d_without_copies(xs, ws, kw, dx) -> None:  # noqa: ANN001
+    """Every GEMM the CUDA primitives issue is 2-D on C-/F-contiguous operands (what cuBLAS
+    takes without a copy and where CuPy honours TF32): one per group for y, dW and dx; no
+    array of the size of the columns (im2col_cn of x, or of dy on the transposed dx path) is
+    ever copied: the only copies are the NCHW <-> (O, N*L) layout changes and the flipped W."""
+    g, x, w, b, dy = _case(xs, ws, kw)
     xp = _RecordingXp()
-    got, ref, _ = _cuda_vs_numpy(xs, ws, kw, xp=xp)
-    for a, r in zip(got, ref):
-        np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
-    n, c, h, w, o, cg, kh, kwd, sh, sw, pt, pl, dh, dwd, oh, ow, g, pointwise = geom
-    assert len(xp.gemms) == 3 * g  # y, dW, dx: one 2-D GEMM per group each
+    y, gx, gw, *_ = _cuda_primitives(g, x, w, b, dy, dx, xp=xp)
+    for got, ref in zip((y, gx, gw), _reference(g, x, w, b, dy)):
+        np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-11)
+    assert len(xp.gemms) == 3 * g.groups  # y, dW, dx: one 2-D GEMM per group each
     for name, shapes, contiguous in xp.gemms:
         assert name == "matmul" and all(len(s) == 2 for s in shapes), (name, shapes)
         assert contiguous, (name, shapes)
-    activations = max(n * c * h * w, n * o * oh * ow, o * cg * kh * kwd)
-    cols = c * kh * kwd * n * oh * ow
-    if not pointwise:
+    activations = max(g.n * g.c * g.h * g.w, g.n * g.o * g.oh * g.ow, g.o * g.cg * g.kh * g.kw)
+    cols = g.c * g.kh * g.kw * g.n * g.oh * g.ow
+    if not g.pointwise:
         assert cols > activations  # the check below can tell the columns apart
-    if pointwise and n == 1:  # (C, 1*H*W) is x itself and y, dy, dx are views: no copies
+    if g.pointwise and g.n == 1 and dx == "col2im":
+        # (C, 1*H*W) is x itself and y, dy, dx are views: no copies
         assert not xp.copies, xp.copies
     else:
         assert xp.copies, "the layout changes are copies the recorder must see"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gpucnn import backend as B
-from gpucnn.backend.geometry import Conv2dGeometry
+from gpucnn.backend.geometry import Conv2dGeometry, transposed_path_applies
 from gpucnn.backend.numpy_ops import conv as nconv
-from gpucnn.backend.numpy_ops.conv import reference
+from gpucnn.backend.numpy_ops.conv import reference, winograd
 
 CASES = [
     dict(xs=(2, 4, 9, 8), ws=(6, 4, 3, 3), stride=1, padding=1),
@@ -60,28 +60,115 @@ def test_geometry_sizes_and_errors() -> None:
         g.oh = 1  # type: ignore[misc]
 
 
+def _allclose(got, ref, tol=1e-10):  # noqa: ANN001, ANN202
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+def _paths(g: Conv2dGeometry) -> list:
+    return [None, "col2im"] + (["transposed"] if transposed_path_applies(g) else [])
+
+
 @pytest.mark.numpy_internal
+@pytest.mark.parametrize("workspace", [None, 0], ids=["default_workspace", "smallest_chunks"])
+@pytest.mark.parametrize("algorithm", [None, *nconv.ALGORITHMS])
 @pytest.mark.parametrize("case", CASES, ids=range(len(CASES)))
-def test_numpy_primitives_agree_with_the_reference(case: dict) -> None:
+def test_numpy_algorithms_agree_with_the_reference(
+    case: dict, algorithm: str | None, workspace: int | None
+) -> None:
+    """Every algorithm, every dx path it has and the smallest workspace (one sample or one
+    output row per chunk) give the reference's y, dx and dW, through the public primitives."""
     g, x, w, b, dy = _data(case)
-    t = g.as_tuple()
-    y_ref, cols = reference.forward(x, w, b, t)
-    dx_ref, dw_ref = reference.backward(dy, cols, w, t, True, True)
-    y, saved = nconv.conv2d_forward(x, w, b, g, True, True)
-    dx, dw = nconv.conv2d_backward(dy, g, saved, True, True)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(nconv.conv2d_backward_data(dy, w, g), dx_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(nconv.conv2d_backward_weight(dy, x, g), dw_ref, rtol=1e-10,
-                               atol=1e-10)  # fmt: skip
+    if algorithm == "winograd" and not winograd.applies(g):
+        with pytest.raises(ValueError, match="algorithm 'winograd' needs a 3x3 kernel"):
+            nconv.conv2d_forward(x, w, b, g, algorithm=algorithm)
+        return
+    y_ref, cols = reference.forward(x, w, b, g)
+    dx_ref, dw_ref = reference.backward(dy, cols, w, g, True, True)
+    y, saved = nconv.conv2d_forward(x, w, b, g, algorithm=algorithm, workspace_bytes=workspace)
+    assert saved.algorithm == (algorithm or nconv.conv2d_algorithm(g))
+    _allclose(y, y_ref)
+    paths = [None] if saved.algorithm == "winograd" else _paths(g)
+    for path in paths:
+        dx, dw = nconv.conv2d_backward(dy, g, saved, True, True, input_grad=path)
+        _allclose(dx, dx_ref)
+        _allclose(dw, dw_ref)
+    for path in _paths(g):
+        _allclose(nconv.conv2d_backward_data(dy, w, g, input_grad=path), dx_ref)
+    _allclose(nconv.conv2d_backward_weight(dy, x, g), dw_ref)
     # only what was asked for is kept and computed
-    _, saved = nconv.conv2d_forward(x, w, b, g, need_dx=False, need_dw=False)
+    _, saved = nconv.conv2d_forward(x, w, b, g, False, False, algorithm=algorithm)
     assert saved.data is None and saved.weight is None
-    assert nconv.conv2d_backward(dy, g, nconv.conv2d_forward(x, w, None, g)[1], False, False) == (
-        None,
-        None,
-    )
+    _, saved = nconv.conv2d_forward(x, w, None, g, algorithm=algorithm)
+    assert nconv.conv2d_backward(dy, g, saved, False, False) == (None, None)
+    gx, gw = nconv.conv2d_backward(dy, g, saved, True, False)
+    assert gw is None
+    _allclose(gx, dx_ref)
+    gx, gw = nconv.conv2d_backward(dy, g, saved, False, True)
+    assert gx is None
+    _allclose(gw, dw_ref)
+
+
+def test_geometry_window_and_input_grad_as_conv() -> None:
+    """``dx`` of a stride-1 convolution is the convolution ``input_grad_as_conv`` describes:
+    ``dy`` with the flipped, transposed kernel (groups and uneven pads included)."""
+    g = Conv2dGeometry.create((2, 4, 7, 6), (6, 2, 3, 2), padding=(2, 1, 0, 1), dilation=(1, 2),
+                              groups=2)  # fmt: skip
+    assert g.window == (3, 2, 1, 1, 2, 0, 1, 2, g.oh, g.ow)
+    bg = g.input_grad_as_conv()
+    assert (bg.n, bg.c, bg.h, bg.w, bg.o, bg.cg, bg.oh, bg.ow) == (2, 6, g.oh, g.ow, 4, 3, 7, 6)
+    assert (bg.pt, bg.pl) == (0, 2) and bg.groups == 2
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 2, 3, 2))
+    dy = rng.standard_normal(g.output_shape)
+    wf = w.reshape(2, 3, 2, 3, 2)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4).reshape(4, 3, 3, 2)
+    dx = reference.forward(dy, np.ascontiguousarray(wf), None, bg)[0]
+    _allclose(dx, reference.backward(dy, None, w, g, True, False, "col2im")[0])
+    with pytest.raises(ValueError, match="input_grad_as_conv needs stride 1"):
+        Conv2dGeometry.create((1, 1, 5, 5), (1, 1, 3, 3), stride=2).input_grad_as_conv()
+
+
+def test_algorithm_and_path_arguments_are_checked() -> None:
+    g, x, w, b, dy = _data(CASES[1])  # strided, grouped
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        nconv.conv2d_forward(x, w, b, g, algorithm="fft")
+    with pytest.raises(ValueError, match="workspace_bytes must be >= 0, got -1"):
+        nconv.conv2d_forward(x, w, b, g, workspace_bytes=-1)
+    with pytest.raises(TypeError, match="workspace_bytes must be an int"):
+        nconv.conv2d_forward(x, w, b, g, workspace_bytes=1.5)
+    saved = nconv.conv2d_forward(x, w, b, g)[1]
+    with pytest.raises(ValueError, match=r"input_grad='transposed' needs stride 1.*\(2, 1\)"):
+        nconv.conv2d_backward(dy, g, saved, True, True, input_grad="transposed")
+    with pytest.raises(ValueError, match="input_grad must be one of"):
+        nconv.conv2d_backward(dy, g, saved, True, True, input_grad="fft")
+    g, x, w, b, dy = _data(CASES[-1])
+    saved = nconv.conv2d_forward(x, w, b, g, algorithm="winograd")[1]
+    with pytest.raises(ValueError, match="winograd algorithm computes dx as 'transposed'"):
+        nconv.conv2d_backward(dy, g, saved, True, True, input_grad="col2im")
+
+
+def _g(n: int, c: int, o: int, hw: int, k: int = 3, **kw) -> Conv2dGeometry:  # noqa: ANN003
+    return Conv2dGeometry.create((n, c, hw, hw), (o, c // kw.get("groups", 1), k, k), **kw)
+
+
+@pytest.mark.parametrize(
+    "geom, algorithm",
+    [
+        (_g(128, 1, 6, 28, 5, padding=2), "batch_inner"),  # LeNet conv1: runs of N*ow, 4/32
+        (_g(128, 6, 16, 14, 5), "batch_inner"),  # LeNet conv2: 4/14 garbage
+        (_g(128, 16, 16, 32, padding=1), "frame"),  # ResNet-20 32x32: 2/34 garbage
+        (_g(128, 32, 32, 16, padding=1), "winograd"),  # ResNet-20 16x16
+        (_g(128, 64, 64, 8, padding=1), "winograd"),  # ResNet-20 8x8
+        (_g(128, 32, 64, 16, stride=2, padding=1), "batch_inner"),  # 16 -> 8 stride 2: 1/9
+        (_g(128, 64, 64, 8, padding=1, groups=2), "batch_inner"),  # grouped: no Winograd
+        (_g(2, 64, 64, 8, padding=1), "frame"),  # copy runs of N*ow = 16 only
+        (_g(128, 16, 16, 8, 1), "reference"),  # a plain 1x1: no im2col at all
+        (_g(1, 3, 4, 9, 3, dilation=4), "reference"),  # mostly garbage, runs too short
+    ],
+    ids=["lenet1", "lenet2", "r20_32", "r20_16", "r20_8", "s2", "grouped", "n2", "1x1", "dil"],
+)
+def test_numpy_algorithm_rule(geom: Conv2dGeometry, algorithm: str) -> None:
+    """The measured rule (constants beside each algorithm) at the benchmark's shapes."""
+    assert nconv.conv2d_algorithm(geom) == algorithm
 
 
 @pytest.mark.parametrize("case", CASES, ids=range(len(CASES)))
@@ -98,7 +185,7 @@ def test_cuda_primitives_match_numpy_under_the_emulator(case: dict) -> None:
         dx, dw = cconv.conv2d_backward(dy, g, saved, True, True)
         dx1 = cconv.conv2d_backward_data(dy, w, g)
         dw1 = cconv.conv2d_backward_weight(dy, x, g)
-    assert saved.route == "cuda"
+    assert saved.algorithm == "im2col_gemm" == cconv.conv2d_algorithm(g)
     for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (dx1, dx_ref), (dw1, dw_ref)):
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
 
@@ -106,7 +193,8 @@ def test_cuda_primitives_match_numpy_under_the_emulator(case: dict) -> None:
 def test_both_backends_declare_the_conv_primitives() -> None:
     from gpucnn.backend.cuda_ops import conv as cconv
 
-    names = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_backward_weight"]
+    names = ["conv2d_algorithm", "conv2d_forward", "conv2d_backward", "conv2d_backward_data",
+             "conv2d_backward_weight"]  # fmt: skip
     assert nconv.__all__ == names == cconv.__all__
     assert set(names) <= set(B.get_backend("numpy").primitives)
     for n in names:
@@ -125,3 +213,26 @@ def test_functional_conv_has_no_device_branch() -> None:
     assert not [ln for ln in imports if "numpy_ops" in ln or "cuda_ops" in ln or "cupy" in ln]
     assert "be.name" not in src and "xp." not in src
     assert len(src.splitlines()) < 250
+
+
+def test_cuda_algorithm_and_workspace_are_checked() -> None:
+    emu = pytest.importorskip("gpucnn.testing.emulator")
+    from gpucnn.backend.cuda_ops import conv as cconv
+    from gpucnn.backend.runtime import use_runtime
+
+    g, x, w, b, dy = _data(CASES[0])
+    need = cconv.workspace_needed(g, x.dtype.itemsize)
+    assert need == 4 * 3 * 3 * 2 * g.oh * g.ow * 8
+    with use_runtime(emu.emulated_runtime()):
+        with pytest.raises(ValueError, match=r"algorithm must be one of \('im2col_gemm',\)"):
+            cconv.conv2d_forward(x, w, b, g, algorithm="winograd")
+        with pytest.raises(ValueError, match=f"needs {need} bytes of workspace"):
+            cconv.conv2d_forward(x, w, b, g, workspace_bytes=need - 1)
+        y, saved = cconv.conv2d_forward(x, w, b, g, algorithm="im2col_gemm", workspace_bytes=need)
+        dx = cconv.conv2d_backward(dy, g, saved, True, False, input_grad="col2im")[0]
+        with pytest.raises(ValueError, match="input_grad must be one of"):
+            cconv.conv2d_backward(dy, g, saved, True, False, input_grad="fft")
+    _allclose(y, reference.forward(x, w, b, g)[0], 1e-9)
+    _allclose(dx, reference.backward(dy, None, w, g, True, False)[0], 1e-9)
+    p = Conv2dGeometry.create((1, 5, 6, 6), (3, 5, 1, 1))
+    assert cconv.workspace_needed(p, 4) == 0  # one sample's 1x1 columns are x itself

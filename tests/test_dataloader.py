@@ -358,7 +358,7 @@ def fake_cuda(monkeypatch):
     real = loader_mod._resolve_backend
     monkeypatch.setattr(loader_mod, "_resolve_backend",
                         lambda name: fake_be if name == "cuda" else real(name))
-    monkeypatch.setattr(loader_mod, "cupy_module", lambda: fake)
+    monkeypatch.setattr("gpucnn.backend.device.cupy_module", lambda: fake)
     monkeypatch.setattr(loader_mod, "empty_pinned",
                         lambda shape, dtype: np.empty(shape, dtype=dtype))
     return fake

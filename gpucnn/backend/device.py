@@ -24,6 +24,17 @@ __all__ = [
     "array_module",
     "scatter_add",
     "empty_pinned",
+    "current_device_id",
+    "use_device",
+    "new_stream",
+    "new_event",
+    "record_event",
+    "wait_event",
+    "upload_async",
+    "take",
+    "device_rng",
+    "device_version",
+    "device_report",
 ]
 
 
@@ -81,3 +92,80 @@ def scatter_add(out: Any, index: Any, values: Any) -> None:
 def empty_pinned(shape: tuple, dtype: Any) -> np.ndarray:
     """A page-locked host array (``cupyx.empty_pinned``) for asynchronous uploads."""
     return cupyx_module().empty_pinned(shape, dtype=dtype)
+
+
+# ------------------------------------------------------------------ devices, streams, uploads
+
+
+def current_device_id() -> int:
+    """The id of the calling thread's current CUDA device."""
+    return int(cupy_module().cuda.Device().id)
+
+
+def use_device(device_id: int) -> None:
+    """Make ``device_id`` the calling thread's current CUDA device."""
+    cupy_module().cuda.Device(device_id).use()
+
+
+def new_stream() -> Any:
+    """A new non-blocking CUDA stream (it does not synchronise with the legacy default)."""
+    return cupy_module().cuda.Stream(non_blocking=True)
+
+
+def new_event() -> Any:
+    """A new CUDA event without timing (cheap to record and query: ``.done``, ``.record``)."""
+    return cupy_module().cuda.Event(disable_timing=True)
+
+
+def record_event() -> Any:
+    """An event recorded now on the calling thread's current stream: everything queued there
+    so far precedes it."""
+    return cupy_module().cuda.get_current_stream().record()
+
+
+def wait_event(event: Any) -> None:
+    """Make the calling thread's current stream wait for ``event`` (no host synchronisation)."""
+    cupy_module().cuda.get_current_stream().wait_event(event)
+
+
+def upload_async(host: np.ndarray, stream: Any) -> Any:
+    """A new device array holding ``host`` (C-contiguous, ideally pinned: see
+    :func:`empty_pinned`), copied asynchronously on ``stream``; ``host`` must stay unchanged
+    until the copy completes (record an event on ``stream`` after this call)."""
+    out = cupy_module().empty(host.shape, dtype=host.dtype)
+    out.set(host, stream=stream)
+    return out
+
+
+def take(a: Any, index: np.ndarray) -> Any:
+    """``a[index]`` for a device array ``a`` and host integer ``index`` (uploaded first)."""
+    return a[cupy_module().asarray(index)]
+
+
+def device_rng(seed: int | None) -> Any:
+    """A device random ``Generator`` (``cupy.random.default_rng(seed)``)."""
+    return cupy_module().random.default_rng(seed)
+
+
+def device_version() -> str:
+    """The device module's version (CuPy's, or the simulated stand-in's); raises
+    ``ImportError`` when CuPy is not installed."""
+    return str(cupy_module().__version__)
+
+
+def device_report() -> list[str]:
+    """Lines describing the CUDA runtime, driver and devices (for ``gpucnn info``); raises
+    whatever the runtime raises when no device answers."""
+    cp = cupy_module()
+    rt = cp.cuda.runtime
+    lines = [f"cuda runtime: {rt.runtimeGetVersion()} | driver: {rt.driverGetVersion()}"]
+    for i in range(rt.getDeviceCount()):
+        props = rt.getDeviceProperties(i)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        with cp.cuda.Device(i):
+            free, total = rt.memGetInfo()
+        lines.append(
+            f"device {i}: {name}, compute capability {props['major']}.{props['minor']}, "
+            f"memory {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)"
+        )
+    return lines

@@ -9,6 +9,7 @@ backend picks its own algorithm inside.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,14 @@ __all__ = [
     "resolve_padding",
     "conv2d_output_size",
     "use_transposed_path",
+    "transposed_path_applies",
+    "input_grad_path",
+    "INPUT_GRAD_PATHS",
     "Conv2dGeometry",
     "ConvSaved",
+    "check_im2col_args",
+    "check_col2im_args",
+    "check_col2im_cn_args",
 ]
 
 IntPair = int | Sequence[int]
@@ -223,37 +230,188 @@ class Conv2dGeometry:
         """A plain 1x1 convolution (stride 1, no padding): ``x`` is its own columns."""
         return (self.kh, self.kw, self.sh, self.sw) == (1, 1, 1, 1) and self.pads == (0,) * 4
 
-    def as_tuple(self) -> tuple:
-        """``(n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, groups, pointwise)``, the
-        form the route code unpacks (bottom/right pads are implied by ``oh``/``ow``)."""
-        return (self.n, self.c, self.h, self.w, self.o, self.cg, self.kh, self.kw, self.sh,
-                self.sw, self.pt, self.pl, self.dh, self.dw, self.oh, self.ow, self.groups,
-                self.pointwise)  # fmt: skip
+    @property
+    def window(self) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+        """``(kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)``: the sliding-window arguments of the
+        ``im2col`` / ``col2im`` primitives and kernels (bottom/right pads are implied by
+        ``oh``/``ow``)."""
+        return (self.kh, self.kw, self.sh, self.sw, self.pt, self.pl, self.dh, self.dw,
+                self.oh, self.ow)  # fmt: skip
+
+    def input_grad_as_conv(self) -> Conv2dGeometry:
+        """The stride-1 convolution whose output is this one's ``dx`` (stride 1 only).
+
+        ``dx[n, c, y, x] = sum W[o, c, i, j] dy[n, o, y + pt - i*dh, x + pl - j*dw]``: ``dy``
+        (N, O, oh, ow) correlated with the flipped, transposed kernel (C, O/groups, kh, kw),
+        top/left pads ``dilation*(k-1) - pad``, output (H, W). A bottom/right pad may come out
+        negative (rows of ``dy`` that depend on padding only are never read).
+        """
+        if self.stride != (1, 1):
+            raise ValueError(f"conv2d: input_grad_as_conv needs stride 1, got {self.stride}")
+        ekh, ekw = self.dh * (self.kh - 1), self.dw * (self.kw - 1)
+        pt, pl = ekh - self.pt, ekw - self.pl
+        pb, pr = self.h - self.oh - pt + ekh, self.w - self.ow - pl + ekw
+        return Conv2dGeometry(
+            self.n, self.o, self.oh, self.ow, self.c, self.o // self.groups, self.kh, self.kw,
+            1, 1, pt, pb, pl, pr, self.dh, self.dw, self.h, self.w, self.groups,
+        )  # fmt: skip
 
 
 @dataclass
 class ConvSaved:
-    """What a backend's ``conv2d_forward`` keeps for its ``conv2d_backward``: the route that
-    ran, its copy of the input (``None`` unless the weight gradient is needed), the weight
-    (``None`` unless the input gradient is needed) and a route-specific layout."""
+    """What a backend's ``conv2d_forward`` keeps for its ``conv2d_backward``: the algorithm
+    that ran, its copy of the input (``None`` unless the weight gradient is needed), the weight
+    (``None`` unless the input gradient is needed), an algorithm-specific layout and the
+    workspace bound the backward keeps to (bytes of scratch per chunk; ``None``: the default).
+    """
 
-    route: str
+    algorithm: str
     data: Any
     weight: Any
     layout: Any = None
+    workspace_bytes: int | None = None
 
 
-def use_transposed_path(geom: tuple) -> bool:
+INPUT_GRAD_PATHS = ("col2im", "transposed")
+
+
+def transposed_path_applies(geom: Conv2dGeometry) -> bool:
+    """Whether ``dx`` can be computed as the stride-1 correlation of ``dy`` with the flipped
+    kernel (:meth:`Conv2dGeometry.input_grad_as_conv`): stride 1 and top/left pads that fit
+    inside the dilated kernel."""
+    g = geom
+    return g.stride == (1, 1) and g.pt <= g.dh * (g.kh - 1) and g.pl <= g.dw * (g.kw - 1)
+
+
+def use_transposed_path(geom: Conv2dGeometry) -> bool:
     """Whether ``dx`` is cheaper as a stride-1 convolution of ``dy`` than as GEMM + col2im.
 
     For stride 1 the input gradient is the correlation of ``dy`` with the flipped, transposed
-    kernel. That is one im2col of ``dy`` (N, O*k, H*W) and one GEMM, against a GEMM writing
-    (N, C*k, OH*OW) plus the col2im scatter-add; it wins when O*H*W is not much larger than
-    C*OH*OW (ResNet's "same" 3x3 convs) and needs the pads to fit inside the flipped kernel.
+    kernel (:meth:`Conv2dGeometry.input_grad_as_conv`). That is one im2col of ``dy``
+    (N, O*k, H*W) and one GEMM, against a GEMM writing (N, C*k, OH*OW) plus the col2im
+    scatter-add; it wins when O*H*W is not much larger than C*OH*OW (ResNet's "same" 3x3
+    convs) and needs the pads to fit inside the flipped kernel.
     """
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
-    if pointwise or (sh, sw) != (1, 1):
+    g = geom
+    if g.pointwise or not transposed_path_applies(g):
         return False
-    if pt > dh * (kh - 1) or pl > dw * (kw - 1):
-        return False
-    return o * h * w <= 1.25 * c * oh * ow
+    return g.o * g.h * g.w <= 1.25 * g.c * g.oh * g.ow
+
+
+def input_grad_path(geom: Conv2dGeometry, requested: str | None = None) -> str:
+    """How a backward computes ``dx``: ``"transposed"`` (the stride-1 correlation of ``dy``
+    with the flipped kernel) or ``"col2im"`` (``W^T @ dy`` gathered back into the image).
+
+    ``requested`` names one of :data:`INPUT_GRAD_PATHS` or is ``None`` for the rule
+    (:func:`use_transposed_path`); ``"transposed"`` where it cannot apply raises ``ValueError``.
+    """
+    if requested is None:
+        return "transposed" if use_transposed_path(geom) else "col2im"
+    if requested not in INPUT_GRAD_PATHS:
+        raise ValueError(
+            f"conv2d: input_grad must be one of {INPUT_GRAD_PATHS} or None, got {requested!r}"
+        )
+    if requested == "transposed" and not transposed_path_applies(geom):
+        raise ValueError(
+            "conv2d: input_grad='transposed' needs stride 1 and top/left pads within the "
+            f"dilated kernel, got stride {geom.stride}, pads {geom.pads}, kernel "
+            f"({geom.kh}, {geom.kw}), dilation {geom.dilation}"
+        )
+    return requested
+
+
+# ------------------------------------------------------------- window argument checks
+# The im2col / col2im primitives of both backends take the window explicitly
+# (``*Conv2dGeometry.window``) and validate it here, once for both.
+
+_INT32_MAX = 2**31 - 1
+
+
+def _check_geometry(op: str, **sizes: Any) -> dict[str, int]:
+    """Sizes as ints: kernel, stride, dilation, oh, ow >= 1; padding >= 0; all < 2^31."""
+    out: dict[str, int] = {}
+    for name, v in sizes.items():
+        try:
+            iv = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{op}: {name} must be an integer, got {v!r}") from None
+        low = 0 if name in ("ph", "pw", "n") else 1
+        if iv < low or iv > _INT32_MAX:
+            raise ValueError(f"{op}: {name} must be in [{low}, 2**31), got {iv}")
+        out[name] = iv
+    return out
+
+
+def _check_dtype(op: str, dtype: Any) -> None:
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"{op}: expected a float32 or float64 array, got {np.dtype(dtype)}")
+
+
+def check_im2col_args(
+    x: Any,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+    op: str = "im2col",
+) -> dict[str, int]:
+    """Validate im2col (or ``op``'s) arguments (shared by both backends); returns the sizes as
+    ints."""
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(
+            f"{op}: expected x of shape (N, C, H, W), got shape {getattr(x, 'shape', None)}"
+        )
+    _check_dtype(op, x.dtype)
+    g = _check_geometry(op, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow)
+    N, C, H, W = (int(s) for s in x.shape)
+    if min(C, H, W) < 1 or max(C, H, W) > _INT32_MAX:
+        raise ValueError(f"{op}: x shape {tuple(x.shape)} must have C, H, W >= 1")
+    g.update(N=N, C=C, H=H, W=W)
+    return g
+
+
+def check_col2im_args(
+    cols: Any,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    oh: int,
+    ow: int,
+    *,
+    op: str = "col2im",
+) -> dict[str, int]:
+    """Validate col2im (``op="col2im_cn"``: batch-in-columns) arguments for both backends."""
+    g = _check_geometry(
+        op, n=n, c=c, h=h, w=w, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh,
+        ow=ow,
+    )  # fmt: skip
+    rows, L = g["c"] * g["kh"] * g["kw"], g["oh"] * g["ow"]
+    if op == "col2im_cn":
+        expected, layout = (rows, g["n"] * L), "(C*kh*kw, N*oh*ow)"
+    else:
+        expected, layout = (g["n"], rows, L), "(N, C*kh*kw, oh*ow)"
+    shape = tuple(int(s) for s in getattr(cols, "shape", ()))
+    if shape != expected:
+        raise ValueError(f"{op}: expected cols of shape {layout} = {expected}, got {shape}")
+    _check_dtype(op, cols.dtype)
+    return g
+
+
+def check_col2im_cn_args(*args: Any) -> dict[str, int]:
+    """Validate col2im_cn arguments (as :func:`check_col2im_args`)."""
+    return check_col2im_args(*args, op="col2im_cn")

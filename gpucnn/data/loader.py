@@ -44,16 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend.device import cupy_module, empty_pinned
+from gpucnn.backend import device as _device
+from gpucnn.backend.device import empty_pinned
 from gpucnn.backend.device import is_array as _is_array
 from gpucnn.backend.device import is_device_array as _is_device_array
 
 __all__ = ["DataLoader", "TensorDataset"]
 
-
-
-def _is_cupy(a: Any) -> bool:
-    return _is_device_array(a)
 
 
 def _raw(a: Any) -> Any:
@@ -150,7 +147,6 @@ class _CudaState:
     recorded on the consumer's stream."""
 
     def __init__(self, device_id: int) -> None:
-        self.cupy = cupy_module()
         self.device_id = device_id
         self.depth = 2  # ring slots per shape: raised to prefetch + 2 by each iterator
         self.consumer_event: Any = None  # set by the consumer thread at iter() and next()
@@ -161,10 +157,10 @@ class _CudaState:
     def setup(self) -> _CudaState:
         # Runs in the worker thread (the caller's for prefetch=0): make the device current
         # there; the stream is created once, on first use, and kept for every later epoch.
-        self.cupy.cuda.Device(self.device_id).use()
+        _device.use_device(self.device_id)
         with self.lock:
             if self.stream is None:
-                self.stream = self.cupy.cuda.Stream(non_blocking=True)
+                self.stream = _device.new_stream()
                 # The rings outlive the loader until the last copies from them are done.
                 fin = weakref.finalize(self, _drain, self.stream, self.rings)
                 fin.atexit = False
@@ -179,8 +175,7 @@ class _CudaState:
             self._evict()
         self.rings[key] = ring  # most recently used last
         if len(ring) < self.depth:
-            slot = _Slot(empty_pinned(shape, dtype=dtype),
-                         self.cupy.cuda.Event(disable_timing=True))
+            slot = _Slot(empty_pinned(shape, dtype=dtype), _device.new_event())
         else:
             slot = ring.popleft()
             if not slot.event.done:  # the ring wrapped onto a copy still in flight
@@ -199,13 +194,12 @@ class _CudaState:
 
     def upload(self, a: Any) -> Any:
         """Async host->device copy of ``a`` on the side stream, through a pinned ring slot."""
-        if _is_cupy(a):
+        if _is_device_array(a):
             return a  # already on the device (indexed on the side stream by the caller)
         a = np.ascontiguousarray(a)
         slot = self._slot(a.shape, a.dtype)
         slot.buf[...] = a
-        out = self.cupy.empty(a.shape, dtype=a.dtype)
-        out.set(slot.buf, stream=self.stream)
+        out = _device.upload_async(slot.buf, self.stream)
         slot.event.record(self.stream)  # the slot is free again once this completes
         return out
 
@@ -235,12 +229,11 @@ class _LoaderIterator:
         make = loader._batch_maker(order, aug_seed, be)
         setup = None
         if be.name == "cuda":
-            self._cuda = loader._cuda_state(be.xp.cuda.Device().id)
+            self._cuda = loader._cuda_state(_device.current_device_id())
             self._cuda.depth = max(self._cuda.depth, max(loader.prefetch, 0) + 2)
             # Everything queued so far, the previous epochs' batches included, precedes this
             # event: the worker's first batch waits on it before reusing their pool memory.
-            cp = self._cuda.cupy
-            self._cuda.consumer_event = cp.cuda.get_current_stream().record()
+            self._cuda.consumer_event = _device.record_event()
             setup = self._cuda.setup
         self._sync_make = make
         if loader.prefetch <= 0:
@@ -267,8 +260,7 @@ class _LoaderIterator:
         if self._cuda is not None:
             # Everything queued on the batches handed out so far precedes this event; the
             # worker makes its stream wait on it before it reuses pool memory.
-            cp = self._cuda.cupy
-            self._cuda.consumer_event = cp.cuda.get_current_stream().record()
+            self._cuda.consumer_event = _device.record_event()
         if self._thread is None:
             item = (self._sync_make(self._i) if self._cuda is None
                     else self._sync_make(self._i, self._cuda_ctx))
@@ -283,7 +275,7 @@ class _LoaderIterator:
         self._i += 1
         batch, event = item
         if event is not None:
-            self._cuda.cupy.cuda.get_current_stream().wait_event(event)
+            _device.wait_event(event)
         self._window.append(batch)
         return batch
 
@@ -468,12 +460,12 @@ def _resolve_backend(name: str | None) -> Any:
 def _host(a: Any) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
-    if _is_cupy(a):
+    if _is_device_array(a):
         return a.get()
     return np.asarray(_raw(a))
 
 
 def _device_index(a: Any, idx: np.ndarray) -> Any:
-    """Index a CuPy array with host indices (moved to the array's device)."""
-    return a[cupy_module().asarray(idx)]
+    """Index a device array with host indices (moved to the array's device)."""
+    return _device.take(a, idx)
 

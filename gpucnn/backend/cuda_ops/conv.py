@@ -6,7 +6,7 @@ it and copies transposed operands), and the transposes of ``dW = dy2 @ cols2^T``
 ``dcols2 = W2^T @ dy2`` are views handed to cuBLAS as flags. Forward: ``Y2 (O, N*L)``, one
 transposing copy to NCHW, ``bias_add_nchw``. Backward: ``dy`` copied once to ``(O, N*L)``,
 ``col2im_cn`` (a gather) for ``dx``, or the stride-1 correlation of ``dy`` with the flipped
-kernel where :func:`gpucnn.backend.geometry.use_transposed_path` says so.
+kernel where :func:`gpucnn.backend.geometry.input_grad_path` says so.
 Primitives as :mod:`gpucnn.backend.numpy_ops.conv` (same names and signatures).
 """
 
@@ -21,58 +21,111 @@ from gpucnn.backend.cuda_ops.im2col import col2im_cn, im2col_cn
 from gpucnn.backend.geometry import Conv2dGeometry, ConvSaved
 from gpucnn.backend.runtime import current_runtime
 
-__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_backward_weight"]
+__all__ = [
+    "conv2d_algorithm",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_backward_data",
+    "conv2d_backward_weight",
+]
+
+# The CUDA algorithms (our implicit-GEMM kernels join "im2col_gemm" in a later step).
+ALGORITHMS = ("im2col_gemm",)
 
 
 def _ns() -> Any:
     return SimpleNamespace(xp=current_runtime().xp, im2col_cn=im2col_cn, col2im_cn=col2im_cn)
 
 
+def conv2d_algorithm(geom: Conv2dGeometry) -> str:
+    """The algorithm :func:`conv2d_forward` runs ``geom`` with (one of :data:`ALGORITHMS`)."""
+    return "im2col_gemm"
+
+
+def workspace_needed(geom: Conv2dGeometry, itemsize: int) -> int:
+    """Bytes of scratch ``"im2col_gemm"`` needs: the whole column matrix ``cols2`` (none for a
+    1x1 stride-1 unpadded convolution of one sample, whose columns are ``x`` itself)."""
+    if geom.pointwise and geom.n == 1:
+        return 0
+    return geom.c * geom.kh * geom.kw * geom.n * geom.oh * geom.ow * int(itemsize)
+
+
 def conv2d_forward(
-    x: Any, weight: Any, bias: Any, geom: Conv2dGeometry, need_dx: bool = True,
+    x: Any,
+    weight: Any,
+    bias: Any,
+    geom: Conv2dGeometry,
+    need_dx: bool = True,
     need_dw: bool = True,
+    algorithm: str | None = None,
+    workspace_bytes: int | None = None,
 ) -> tuple[Any, ConvSaved]:
     """``(y (N, O, oh, ow), saved)``; ``saved`` keeps ``cols2`` if ``need_dw``, ``W`` if
-    ``need_dx`` (what :func:`conv2d_backward` needs)."""
+    ``need_dx`` (what :func:`conv2d_backward` needs).
+
+    ``algorithm``: one of :data:`ALGORITHMS` or ``None``. ``workspace_bytes``: a limit on the
+    scratch the algorithm may use (``None``: no limit); ``"im2col_gemm"`` builds the whole
+    column matrix (:func:`workspace_needed`), so a smaller limit raises ``ValueError``.
+    """
     be = _ns()
+    algo = conv2d_algorithm(geom) if algorithm is None else algorithm
+    if algo not in ALGORITHMS:
+        raise ValueError(
+            f"conv2d: algorithm must be one of {ALGORITHMS} or None on CUDA, got {algorithm!r}"
+        )
+    if workspace_bytes is not None:
+        need = workspace_needed(geom, x.dtype.itemsize)
+        if workspace_bytes < need:
+            raise ValueError(
+                f"conv2d: algorithm {algo!r} needs {need} bytes of workspace for input "
+                f"{(geom.n, geom.c, geom.h, geom.w)}, weight {(geom.o, geom.cg, geom.kh, geom.kw)}"
+                f"; workspace_bytes={workspace_bytes} given"
+            )
     x, weight = be.xp.ascontiguousarray(x), be.xp.ascontiguousarray(weight)
-    y, cols = _cuda_forward(be, x, weight, geom.as_tuple())
+    y, cols = _forward(be, x, weight, geom)
     if bias is not None:
         bias_add_nchw(y, bias)
-    return y, ConvSaved("cuda", cols if need_dw else None, weight if need_dx else None)
+    return y, ConvSaved("im2col_gemm", cols if need_dw else None, weight if need_dx else None)
 
 
 def conv2d_backward(
-    dy: Any, geom: Conv2dGeometry, saved: ConvSaved, need_dx: bool, need_dw: bool
+    dy: Any,
+    geom: Conv2dGeometry,
+    saved: ConvSaved,
+    need_dx: bool,
+    need_dw: bool,
+    input_grad: str | None = None,
 ) -> tuple[Any, Any]:
-    """``(dx, dW)`` (``None`` where not needed) from what :func:`conv2d_forward` saved."""
+    """``(dx, dW)`` (``None`` where not needed) from what :func:`conv2d_forward` saved;
+    ``input_grad``: how ``dx`` is computed (:func:`gpucnn.backend.geometry.input_grad_path`).
+    """
     be = _ns()
     dy = be.xp.ascontiguousarray(dy)
-    return _cuda_backward(be, dy, saved.data, saved.weight, geom.as_tuple(), need_dx, need_dw)
+    return _backward(be, dy, saved.data, saved.weight, geom, need_dx, need_dw, input_grad)
 
 
-def conv2d_backward_data(dy: Any, weight: Any, geom: Conv2dGeometry) -> Any:
+def conv2d_backward_data(
+    dy: Any, weight: Any, geom: Conv2dGeometry, input_grad: str | None = None
+) -> Any:
     """``dx (N, C, H, W)`` of the convolution ``geom`` from ``dy`` and ``weight``."""
     be = _ns()
     dy, weight = be.xp.ascontiguousarray(dy), be.xp.ascontiguousarray(weight)
-    return _cuda_backward(be, dy, None, weight, geom.as_tuple(), True, False)[0]
+    return _backward(be, dy, None, weight, geom, True, False, input_grad)[0]
 
 
 def conv2d_backward_weight(dy: Any, x: Any, geom: Conv2dGeometry) -> Any:
     """``dW (O, C/groups, kh, kw)`` of the convolution ``geom`` from ``dy`` and its input."""
     be = _ns()
-    t = geom.as_tuple()
-    cols = _columns(be, be.xp.ascontiguousarray(x), t)
-    return _cuda_backward(be, be.xp.ascontiguousarray(dy), cols, None, t, False, True)[1]
+    cols = _columns(be, be.xp.ascontiguousarray(x), geom)
+    return _backward(be, be.xp.ascontiguousarray(dy), cols, None, geom, False, True)[1]
 
 
-def _columns(be: Any, x: Any, geom: tuple) -> Any:
+def _columns(be: Any, x: Any, geom: Conv2dGeometry) -> Any:
     """``cols2 (C*kh*kw, N*L)`` of ``x`` (``x`` itself for a 1x1 stride-1 unpadded conv of one
     sample)."""
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
-    if pointwise and n == 1:
-        return x.reshape(c, h * w)  # a view: (C, 1*H*W) is already batch-in-columns
-    return be.im2col_cn(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
+    if geom.pointwise and geom.n == 1:
+        return x.reshape(geom.c, geom.h * geom.w)  # a view: already batch-in-columns
+    return be.im2col_cn(x, *geom.window)
 
 
 def _grouped_gemm(xp: Any, g: int, a: Any, b: Any, ta: bool = False, tb: bool = False) -> Any:
@@ -101,64 +154,73 @@ def _grouped_gemm(xp: Any, g: int, a: Any, b: Any, ta: bool = False, tb: bool = 
     return out
 
 
-def _cuda_forward(be: Any, x: Any, weight: Any, geom: tuple) -> tuple[Any, Any]:
+def _forward(be: Any, x: Any, weight: Any, geom: Conv2dGeometry) -> tuple[Any, Any]:
     """CUDA forward without bias: ``(y (N, O, oh, ow), cols2 (C*kh*kw, N*oh*ow))``.
 
     ``cols2`` is the batch-in-columns im2col (``be.im2col_cn``; a 1x1 stride-1 unpadded conv of
     one sample uses ``x`` itself), ``Y2 (O, N*L) = W2 (O/g, Ck/g) @ cols2[group rows]`` per
     group (2-D GEMMs), then one transposing copy into NCHW.
     """
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    n, o, g, oh, ow = geom.n, geom.o, geom.groups, geom.oh, geom.ow
     xp = be.xp
     cols = _columns(be, x, geom)  # (C*kh*kw, N*L)
-    y2 = _grouped_gemm(xp, g, weight.reshape(o, cg * kh * kw), cols)  # (O, N*L)
+    y2 = _grouped_gemm(xp, g, weight.reshape(o, geom.cg * geom.kh * geom.kw), cols)  # (O, N*L)
     y = xp.ascontiguousarray(y2.reshape(o, n, oh * ow).transpose(1, 0, 2))
     return y.reshape(n, o, oh, ow), cols
 
 
-def _cuda_backward(
-    be: Any, gy: Any, cols: Any, weight: Any, geom: tuple, need_x: bool, need_w: bool
+def _backward(
+    be: Any,
+    gy: Any,
+    cols: Any,
+    weight: Any,
+    geom: Conv2dGeometry,
+    need_x: bool,
+    need_w: bool,
+    input_grad: str | None = None,
 ) -> tuple[Any, Any]:
     """CUDA ``(dx, dW)`` from the saved ``cols2 (C*kh*kw, N*L)``, every GEMM 2-D.
 
     ``dy`` is transposed once to ``dy2 (O, N*L)``; per group ``dW = dy2 @ cols2^T`` and
     ``dcols2 = W2^T @ dy2`` with the transposes as views (no copy of ``cols2``), then
     ``col2im_cn`` (a gather) for ``dx``; or, where
-    :func:`gpucnn.backend.geometry.use_transposed_path` says so, ``dx`` as the stride-1
+    :func:`gpucnn.backend.geometry.input_grad_path` says so, ``dx`` as the stride-1
     correlation of ``dy`` with the flipped kernel
-    (:func:`_cuda_input_grad_as_conv`).
+    (:func:`_input_grad_as_conv`).
     """
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    n, c, h, w, o, cg = geom.n, geom.c, geom.h, geom.w, geom.o, geom.cg
+    kh, kw, g, oh, ow = geom.kh, geom.kw, geom.groups, geom.oh, geom.ow
     xp = be.xp
     ckg, L = cg * kh * kw, oh * ow
     gx = gw = None
     if not (need_x or need_w):
         return gx, gw
-    transposed = need_x and geometry.use_transposed_path(geom)
+    transposed = need_x and geometry.input_grad_path(geom, input_grad) == "transposed"
     if need_w or (need_x and not transposed):
         dy2 = xp.ascontiguousarray(gy.reshape(n, o, L).transpose(1, 0, 2)).reshape(o, n * L)
     if need_w:
         gw = _grouped_gemm(xp, g, dy2, cols, tb=True).reshape(o, cg, kh, kw)  # (O, Ck/g)
     if transposed:
-        gx = _cuda_input_grad_as_conv(be, gy, weight, geom)
+        gx = _input_grad_as_conv(be, gy, weight, geom)
     elif need_x:
         dcols = _grouped_gemm(xp, g, weight.reshape(o, ckg), dy2, ta=True)  # (C*kh*kw, N*L)
-        if pointwise and n == 1:
+        if geom.pointwise and n == 1:
             gx = dcols.reshape(1, c, h, w)
         else:
-            gx = be.col2im_cn(dcols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
+            gx = be.col2im_cn(dcols, n, c, h, w, *geom.window)
     return gx, gw
 
 
-def _cuda_input_grad_as_conv(be: Any, gy: Any, weight: Any, geom: tuple) -> Any:
+def _input_grad_as_conv(be: Any, gy: Any, weight: Any, geom: Conv2dGeometry) -> Any:
     """CUDA ``dx`` of a stride-1 convolution as the reference route's ``_input_grad_as_conv``
-    does it, in 2-D:
-    ``im2col_cn`` of ``dy`` with the flipped kernel's pads, per group ``(C/g, O/g*k) @
-    (O/g*k, N*H*W)``, then one transposing copy into NCHW."""
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = geom
+    does it, in 2-D: ``im2col_cn`` of ``dy`` for the convolution
+    :meth:`~gpucnn.backend.geometry.Conv2dGeometry.input_grad_as_conv`, per group
+    ``(C/g, O/g*k) @ (O/g*k, N*H*W)``, then one transposing copy into NCHW."""
+    n, c, h, w, o, cg = geom.n, geom.c, geom.h, geom.w, geom.o, geom.cg
+    kh, kw, g = geom.kh, geom.kw, geom.groups
     xp = be.xp
     og = o // g
-    cols = be.im2col_cn(gy, kh, kw, 1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw, h, w)
+    cols = be.im2col_cn(gy, *geom.input_grad_as_conv().window)
     # flipped kernel, row c, column (o*kh + i)*kw + j within its group (W is small: one copy)
     wf = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     wf = xp.ascontiguousarray(wf).reshape(c, og * kh * kw)

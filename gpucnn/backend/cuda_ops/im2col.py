@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend.numpy_ops.im2col import (
+from gpucnn.backend.geometry import (
     check_col2im_args,
     check_col2im_cn_args,
     check_im2col_args,

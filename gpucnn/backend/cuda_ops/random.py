@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend.numpy_ops.random import check_random_args
+from gpucnn.backend.checks import check_random_args
 from gpucnn.backend.runtime import current_runtime, dtype_suffix
 
 __all__ = ["random_uniform"]

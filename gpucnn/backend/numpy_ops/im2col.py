@@ -13,106 +13,14 @@ convolution GEMMs of the CUDA backend are then plain 2-D products (see
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from gpucnn.backend.geometry import check_col2im_args, check_col2im_cn_args, check_im2col_args
+
 __all__ = ["im2col", "col2im", "im2col_cn", "col2im_cn"]
-
-_INT32_MAX = 2**31 - 1
-
-
-def _check_geometry(op: str, **sizes: Any) -> dict[str, int]:
-    """Sizes as ints: kernel, stride, dilation, oh, ow >= 1; padding >= 0; all < 2^31."""
-    out: dict[str, int] = {}
-    for name, v in sizes.items():
-        try:
-            iv = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{op}: {name} must be an integer, got {v!r}") from None
-        low = 0 if name in ("ph", "pw", "n") else 1
-        if iv < low or iv > _INT32_MAX:
-            raise ValueError(f"{op}: {name} must be in [{low}, 2**31), got {iv}")
-        out[name] = iv
-    return out
-
-
-def _check_dtype(op: str, dtype: Any) -> None:
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise TypeError(f"{op}: expected a float32 or float64 array, got {np.dtype(dtype)}")
-
-
-def check_im2col_args(
-    x: Any,
-    kh: int,
-    kw: int,
-    sh: int,
-    sw: int,
-    ph: int,
-    pw: int,
-    dh: int,
-    dw: int,
-    oh: int,
-    ow: int,
-    op: str = "im2col",
-) -> dict[str, int]:
-    """Validate im2col (or ``op``'s) arguments (shared by both backends); returns the sizes as
-    ints."""
-    if getattr(x, "ndim", None) != 4:
-        raise ValueError(
-            f"{op}: expected x of shape (N, C, H, W), got shape {getattr(x, 'shape', None)}"
-        )
-    _check_dtype(op, x.dtype)
-    g = _check_geometry(op, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh, ow=ow)
-    N, C, H, W = (int(s) for s in x.shape)
-    if min(C, H, W) < 1 or max(C, H, W) > _INT32_MAX:
-        raise ValueError(f"{op}: x shape {tuple(x.shape)} must have C, H, W >= 1")
-    g.update(N=N, C=C, H=H, W=W)
-    return g
-
-
-def check_col2im_args(
-    cols: Any,
-    n: int,
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    sh: int,
-    sw: int,
-    ph: int,
-    pw: int,
-    dh: int,
-    dw: int,
-    oh: int,
-    ow: int,
-    *,
-    op: str = "col2im",
-) -> dict[str, int]:
-    """Validate col2im (``op="col2im_cn"``: batch-in-columns) arguments for both backends."""
-    g = _check_geometry(
-        op, n=n, c=c, h=h, w=w, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, oh=oh,
-        ow=ow,
-    )  # fmt: skip
-    rows, L = g["c"] * g["kh"] * g["kw"], g["oh"] * g["ow"]
-    if op == "col2im_cn":
-        expected, layout = (rows, g["n"] * L), "(C*kh*kw, N*oh*ow)"
-    else:
-        expected, layout = (g["n"], rows, L), "(N, C*kh*kw, oh*ow)"
-    shape = tuple(int(s) for s in getattr(cols, "shape", ()))
-    if shape != expected:
-        raise ValueError(f"{op}: expected cols of shape {layout} = {expected}, got {shape}")
-    _check_dtype(op, cols.dtype)
-    return g
-
-
-def check_col2im_cn_args(*args: Any) -> dict[str, int]:
-    """Validate col2im_cn arguments (as :func:`check_col2im_args`)."""
-    return check_col2im_args(*args, op="col2im_cn")
-
 
 def _padded_extent(size: int, pad: int, k: int, s: int, d: int, o: int) -> int:
     """Padded length covering both the image and every window the output reads."""

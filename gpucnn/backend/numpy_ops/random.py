@@ -12,29 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.checks import check_random_args
+
 __all__ = ["random_uniform"]
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
-
-
-def check_random_args(n: int, dtype: Any, seed: int, offset: int) -> tuple[int, np.dtype, int, int]:
-    """Validate ``random_uniform`` arguments (shared by both backends)."""
-    n, seed, offset = int(n), int(seed), int(offset)
-    dt = np.dtype(dtype)
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"random_uniform: dtype must be float32 or float64, got {dt}")
-    if n < 0:
-        raise ValueError(f"random_uniform: n must be >= 0, got {n}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"random_uniform: seed must be in [0, 2**64), got {seed}")
-    if offset < 0 or offset % 4:
-        raise ValueError(
-            f"random_uniform: offset must be a non-negative multiple of 4, got {offset}"
-        )
-    return n, dt, seed, offset
 
 
 def philox4x32_10(c: tuple, k0: int, k1: int) -> tuple:

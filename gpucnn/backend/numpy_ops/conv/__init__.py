@@ -1,18 +1,22 @@
 """The NumPy convolution: backend primitives over a geometry (``Conv2dGeometry``).
 
-``conv2d_forward`` picks a route with :func:`_numpy_route` (measured rules, each next to its
-constants in the route's file) and ``conv2d_backward`` follows the route the forward took:
+``conv2d_forward`` runs one of four algorithms, picked by :func:`conv2d_algorithm` (measured
+rules, each next to its constants in the algorithm's file) unless the caller names one, and
+``conv2d_backward`` follows the algorithm the forward took:
 
-* :mod:`.reference` -- im2col + GEMM, the readable reference every route is tested against
-  (plain 1x1 convolutions, and what no faster route takes);
-* :mod:`.frame` -- the wide "frame" layout (batch folded into the GEMM columns);
-* :mod:`.batch_inner` -- the batch-innermost layout for small images;
-* :mod:`.winograd` -- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with enough channels,
-  with its scratch and kept-input buffer pools.
+* ``"reference"`` (:mod:`.reference`) -- im2col + GEMM, the readable reference every other
+  algorithm is tested against (plain 1x1 convolutions, and what no faster one takes);
+* ``"frame"`` (:mod:`.frame`) -- the wide "frame" layout (batch folded into the GEMM columns);
+* ``"batch_inner"`` (:mod:`.batch_inner`) -- the batch-innermost layout for small images;
+* ``"winograd"`` (:mod:`.winograd`) -- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions
+  with enough channels, with its scratch and kept-input buffer pools.
 
-The rules' measurements come from ``python -m benchmarks.run --device cpu --only conv``
-(``benchmarks/README.md``). ``conv2d_backward_data`` / ``conv2d_backward_weight`` compute one
-gradient alone through the reference route.
+``workspace_bytes`` bounds the scratch columns each chunk of the frame, batch-innermost and
+Winograd algorithms builds (as cuDNN's workspace limit; default :data:`WORKSPACE_BYTES`); the
+result does not depend on it. The rules' measurements come from
+``python -m benchmarks.run --device cpu --only conv`` (``benchmarks/README.md``).
+``conv2d_backward_data`` / ``conv2d_backward_weight`` compute one gradient alone through the
+reference algorithm.
 """
 
 from __future__ import annotations
@@ -24,7 +28,63 @@ import numpy as np
 from gpucnn.backend.geometry import Conv2dGeometry, ConvSaved
 from gpucnn.backend.numpy_ops.conv import batch_inner, frame, reference, winograd
 
-__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_backward_data", "conv2d_backward_weight"]
+__all__ = [
+    "conv2d_algorithm",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_backward_data",
+    "conv2d_backward_weight",
+]
+
+ALGORITHMS = ("reference", "frame", "batch_inner", "winograd")
+
+# Scratch columns per chunk: about this many bytes stay in cache between the column build and
+# the GEMMs (measured for each algorithm: see the notes by the rules in its file).
+WORKSPACE_BYTES = 2 << 20
+
+
+def conv2d_algorithm(geom: Conv2dGeometry) -> str:
+    """The algorithm :func:`conv2d_forward` runs ``geom`` with (one of :data:`ALGORITHMS`).
+
+    A plain 1x1 convolution needs no im2col (``"reference"``: ``x`` is its own columns). 3x3
+    stride-1 convolutions with enough channels and tiles take Winograd F(2x2, 3x3)
+    (:func:`.winograd.applies_well`). Small images take the batch-innermost layout
+    (:func:`.batch_inner.applies_well`), other ones the frame layout unless its garbage
+    columns would dominate (:func:`.frame.applies_well`).
+    """
+    if geom.pointwise:
+        return "reference"
+    if winograd.applies_well(geom):
+        return "winograd"
+    if batch_inner.applies_well(geom):
+        return "batch_inner"
+    if frame.applies_well(geom):
+        return "frame"
+    return "reference"
+
+
+def _check_algorithm(algorithm: str, geom: Conv2dGeometry) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"conv2d: algorithm must be one of {ALGORITHMS} or None, got {algorithm!r}"
+        )
+    if algorithm == "winograd" and not winograd.applies(geom):
+        raise ValueError(
+            "conv2d: algorithm 'winograd' needs a 3x3 kernel, stride 1, dilation 1, groups 1 "
+            f"and top/left pads <= 2, got kernel ({geom.kh}, {geom.kw}), stride {geom.stride}, "
+            f"dilation {geom.dilation}, groups {geom.groups}, pads {geom.pads}"
+        )
+    return algorithm
+
+
+def _workspace(workspace_bytes: int | None) -> int:
+    if workspace_bytes is None:
+        return WORKSPACE_BYTES
+    if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, (int, np.integer)):
+        raise TypeError(f"conv2d: workspace_bytes must be an int or None, got {workspace_bytes!r}")
+    if workspace_bytes < 0:
+        raise ValueError(f"conv2d: workspace_bytes must be >= 0, got {workspace_bytes}")
+    return int(workspace_bytes)
 
 
 def conv2d_forward(
@@ -34,99 +94,73 @@ def conv2d_forward(
     geom: Conv2dGeometry,
     need_dx: bool = True,
     need_dw: bool = True,
+    algorithm: str | None = None,
+    workspace_bytes: int | None = None,
 ) -> tuple[np.ndarray, ConvSaved]:
     """``(y (N, O, oh, ow), saved)``: the convolution of ``x`` with ``weight`` (+ ``bias``).
 
-    ``saved`` keeps what :func:`conv2d_backward` needs: the route's copy of the input when
-    ``need_dw``, the weight when ``need_dx``.
+    ``algorithm`` is one of :data:`ALGORITHMS` or ``None`` (:func:`conv2d_algorithm`);
+    ``workspace_bytes`` bounds each chunk's scratch columns (``None``: :data:`WORKSPACE_BYTES`;
+    0: the smallest chunks). ``saved`` keeps what :func:`conv2d_backward` needs: the
+    algorithm's copy of the input when ``need_dw``, the weight when ``need_dx``.
     """
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-    t = geom.as_tuple()
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, pointwise = t
-    stride, dilation = (sh, sw), (dh, dw)
-    route = _numpy_route(n, kw, sw, dw, ow, pointwise, kh, sh, dh, c, o, g)
-    wino_ok = winograd._winograd_applies(kh, kw, stride, dilation, g) and max(pt, pl) <= 2
-    if route == "winograd" and not wino_ok:
-        # a conv Winograd F(2x2, 3x3) cannot run (or top/left pads > 2, where dx, the
-        # correlation of dy padded by 2 - pad, would need negative pads)
-        route = "batch_inner"
+    algo = conv2d_algorithm(geom) if algorithm is None else _check_algorithm(algorithm, geom)
+    ws = _workspace(workspace_bytes)
     layout: Any = None
-    if route == "winograd":  # ``data``: what dW needs of the input
-        y, data = winograd._winograd_forward(x, weight, bias, (pt, pl), oh, ow, need_dw)
-    elif route == "batch_inner":
-        y, data, layout = batch_inner._batch_inner_forward(
-            x, weight, bias, stride, (pt, pl), dilation, g, oh, ow
-        )
-    elif route == "wide":
-        y, data, layout = frame._wide_forward(
-            x, weight, bias, stride, (pt, pl), dilation, g, oh, ow
-        )
+    if algo == "winograd":  # ``data``: what dW needs of the input
+        y, data = winograd.forward(x, weight, bias, geom, need_dw, ws)
+    elif algo == "batch_inner":
+        y, data, layout = batch_inner.forward(x, weight, bias, geom, ws)
+    elif algo == "frame":
+        y, data, layout = frame.forward(x, weight, bias, geom, ws)
     else:
-        y, data = reference.forward(x, weight, bias, t)
-    return y, ConvSaved(route, data if need_dw else None, weight if need_dx else None, layout)
+        y, data = reference.forward(x, weight, bias, geom)
+    saved = ConvSaved(algo, data if need_dw else None, weight if need_dx else None, layout, ws)
+    return y, saved
 
 
 def conv2d_backward(
-    dy: np.ndarray, geom: Conv2dGeometry, saved: ConvSaved, need_dx: bool, need_dw: bool
+    dy: np.ndarray,
+    geom: Conv2dGeometry,
+    saved: ConvSaved,
+    need_dx: bool,
+    need_dw: bool,
+    input_grad: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(dx, dW)`` (``None`` where not needed) by the route :func:`conv2d_forward` took."""
+    """``(dx, dW)`` (``None`` where not needed) by the algorithm :func:`conv2d_forward` took.
+
+    ``input_grad`` says how ``dx`` is computed: ``"col2im"``, ``"transposed"`` or ``None``
+    for the rule (:func:`gpucnn.backend.geometry.input_grad_path`); Winograd's ``dx`` is
+    always its own transposed correlation (``"col2im"`` raises ``ValueError`` there).
+    """
     dy = np.ascontiguousarray(dy)
-    t = geom.as_tuple()
-    data, weight = saved.data, saved.weight
-    if saved.route == "wide":
-        return frame._wide_backward(dy, data, saved.layout, weight, t, need_dx, need_dw)
-    if saved.route == "winograd":
-        return winograd._winograd_backward(dy, data, weight, t, need_dx, need_dw)
-    if saved.route == "batch_inner":
-        return batch_inner._batch_inner_backward(
-            dy, data, saved.layout, weight, t, need_dx, need_dw
+    data, weight, algo = saved.data, saved.weight, saved.algorithm
+    ws, ig = _workspace(saved.workspace_bytes), input_grad
+    if algo == "frame":
+        return frame.backward(dy, data, saved.layout, weight, geom, need_dx, need_dw, ws, ig)
+    if algo == "winograd":
+        if ig not in (None, "transposed"):
+            raise ValueError(
+                f"conv2d: the winograd algorithm computes dx as 'transposed', got input_grad={ig!r}"
+            )
+        return winograd.backward(dy, data, weight, geom, need_dx, need_dw, ws)
+    if algo == "batch_inner":
+        return batch_inner.backward(
+            dy, data, saved.layout, weight, geom, need_dx, need_dw, ws, ig
         )
-    return reference.backward(dy, data, weight, t, need_dx, need_dw)
+    return reference.backward(dy, data, weight, geom, need_dx, need_dw, ig)
 
 
-def conv2d_backward_data(dy: np.ndarray, weight: np.ndarray, geom: Conv2dGeometry) -> np.ndarray:
+def conv2d_backward_data(
+    dy: np.ndarray, weight: np.ndarray, geom: Conv2dGeometry, input_grad: str | None = None
+) -> np.ndarray:
     """``dx (N, C, H, W)`` of the convolution ``geom`` from ``dy`` and ``weight``."""
     dy, weight = np.ascontiguousarray(dy), np.ascontiguousarray(weight)
-    return reference.backward(dy, None, weight, geom.as_tuple(), True, False)[0]
+    return reference.backward(dy, None, weight, geom, True, False, input_grad)[0]
 
 
 def conv2d_backward_weight(dy: np.ndarray, x: np.ndarray, geom: Conv2dGeometry) -> np.ndarray:
     """``dW (O, C/groups, kh, kw)`` of the convolution ``geom`` from ``dy`` and its input."""
-    t = geom.as_tuple()
-    cols = reference.columns(np.ascontiguousarray(x), t)
-    return reference.backward(np.ascontiguousarray(dy), cols, None, t, False, True)[1]
-
-
-def _numpy_route(
-    n: int,
-    kw: int,
-    sw: int,
-    dw: int,
-    ow: int,
-    pointwise: bool,
-    kh: int = 0,
-    sh: int = 0,
-    dh: int = 0,
-    c: int = 0,
-    o: int = 0,
-    groups: int = 0,
-) -> str:
-    """Which NumPy algorithm runs a convolution: ``"winograd"``, ``"batch_inner"``, ``"wide"``
-    or ``"generic"``.
-
-    A plain 1x1 convolution needs no im2col (generic route, ``x`` is its own columns). 3x3
-    stride-1 convolutions with enough channels and tiles take Winograd F(2x2, 3x3)
-    (:func:`.winograd._use_winograd`; needs the trailing arguments, left at 0 it never
-    applies). Small images take the batch-innermost route
-    (:func:`.batch_inner._use_batch_inner_path`), other ones the frame route unless its garbage
-    columns would dominate (:func:`.frame._use_wide_path`).
-    """
-    if pointwise:
-        return "generic"
-    if winograd._use_winograd(n, kh, kw, sh, sw, dh, dw, c, o, groups, ow):
-        return "winograd"
-    if batch_inner._use_batch_inner_path(n, kw, sw, dw, ow):
-        return "batch_inner"
-    if frame._use_wide_path(kw, sw, dw, ow):
-        return "wide"
-    return "generic"
+    cols = reference.columns(np.ascontiguousarray(x), geom)
+    return reference.backward(np.ascontiguousarray(dy), cols, None, geom, False, True)[1]

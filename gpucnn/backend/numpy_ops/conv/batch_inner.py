@@ -2,7 +2,7 @@
 ``(C, Hp, Wp, N)``, garbage-free columns ``(C*kh*kw, oh*ow*N)`` per chunk of output rows,
 ``y = W @ cols`` as ``(O, oh, ow, N)`` transposed back to NCHW with the bias fused; ``dx`` by the
 flipped-kernel correlation in the same layout or ``W^T @ dy`` added back per kernel offset.
-Rule: :func:`_use_batch_inner_path` (measured constants beside it). Tested against
+Rule: :func:`applies_well` (measured constants beside it). Tested against
 :mod:`.reference`.
 """
 
@@ -13,14 +13,22 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import geometry
+from gpucnn.backend.geometry import Conv2dGeometry
+from gpucnn.backend.numpy_ops.conv.winograd import _buffer
+from gpucnn.backend.numpy_ops.im2col import (
+    _BatchInnerGeometry,
+    _from_batch_inner,
+    _to_batch_inner,
+)
 
 
-def _use_batch_inner_path(n: int, kw: int, sw: int, dw: int, ow: int) -> bool:
-    """Whether the batch-innermost layout beats the frame layout (measured, see the module
-    docstring): the frame layout wastes ``(Wq - ow) / Wq`` of every GEMM on garbage columns,
-    the batch-innermost one pays four blocked transposes (x, y, dy, dx) instead."""
-    wq = ow + ((kw - 1) * dw) // sw
-    return n * ow >= _BATCH_INNER_MIN_RUN and (wq - ow) * _BATCH_INNER_JUNK_DEN >= wq
+def applies_well(geom: Conv2dGeometry) -> bool:
+    """Whether the batch-innermost layout beats the frame layout (measured, see the constants
+    below): the frame layout wastes ``(Wq - ow) / Wq`` of every GEMM on garbage columns, the
+    batch-innermost one pays four blocked transposes (x, y, dy, dx) instead."""
+    ow = geom.ow
+    wq = ow + ((geom.kw - 1) * geom.dw) // geom.sw
+    return geom.n * ow >= _BATCH_INNER_MIN_RUN and (wq - ow) * _BATCH_INNER_JUNK_DEN >= wq
 
 
 # Rule constants of :func:`_use_batch_inner_path`, measured with one BLAS thread on float32
@@ -34,38 +42,25 @@ _BATCH_INNER_MIN_RUN = 32
 _BATCH_INNER_JUNK_DEN = 10
 
 
-
-
-# Column bytes per chunk of output rows on the batch-innermost path (at least one row).
-_BATCH_INNER_CHUNK_BYTES = 2 << 20
-
-
-def _batch_inner_forward(
+def forward(
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
-    stride: tuple[int, int],
-    pads: tuple[int, int],
-    dilation: tuple[int, int],
-    g: int,
-    oh: int,
-    ow: int,
+    geom: Conv2dGeometry,
+    workspace_bytes: int,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
-    """NumPy forward in the batch-innermost layout: ``(y (N, O, oh, ow), P, geometry)``.
+    """``(y (N, O, oh, ow), P, layout)`` in the batch-innermost layout.
 
     ``x`` is transposed once into the padded ``P (C, Hp, Wp, N)`` (kept for the weight
-    gradient). Per chunk of output rows, the columns ``(C*kh*kw, rows*ow*N)`` (no garbage) go
-    through one GEMM per group into ``yt (O, oh*ow*N)``; ``yt`` is transposed to NCHW with the
-    bias added in the same pass. ``pads`` are the top/left pads.
+    gradient). Per chunk of output rows (``workspace_bytes`` of columns, at least one row),
+    the columns ``(C*kh*kw, rows*ow*N)`` (no garbage) go through one GEMM per group into
+    ``yt (O, oh*ow*N)``; ``yt`` is transposed to NCHW with the bias added in the same pass.
     """
-    from gpucnn.backend.numpy_ops.im2col import _BatchInnerGeometry, _from_batch_inner
-
-    n, c, h, w = x.shape
-    o, cg, kh, kw = weight.shape
-    og, ckg, dt = o // g, cg * kh * kw, x.dtype
-    geo = _BatchInnerGeometry(n, c, h, w, kh, kw, *stride, *pads, *dilation, oh, ow)
+    n, o, g, oh, ow = geom.n, geom.o, geom.groups, geom.oh, geom.ow
+    og, ckg, dt = o // g, geom.cg * geom.kh * geom.kw, x.dtype
+    geo = _BatchInnerGeometry(n, geom.c, geom.h, geom.w, *geom.window)
     padded = geo.to_padded(x)
-    rows = _rows_per_chunk(geo, dt)
+    rows = _rows_per_chunk(geo, dt, workspace_bytes)
     colbuf = np.empty(rows * geo.row_size, dt)
     w3 = weight.reshape(g, og, ckg)
     yt = np.empty((g, og, oh * ow * n), dt)
@@ -80,45 +75,45 @@ def _batch_inner_forward(
     return y, padded, geo
 
 
-def _rows_per_chunk(geo: Any, dt: np.dtype) -> int:
+def _rows_per_chunk(geo: Any, dt: np.dtype, workspace_bytes: int) -> int:
     """Output rows per chunk of batch-innermost columns (at least 1, at most all)."""
     per_row = max(geo.row_size * np.dtype(dt).itemsize, 1)
-    return max(1, min(geo.oh, _BATCH_INNER_CHUNK_BYTES // per_row))
+    return max(1, min(geo.oh, workspace_bytes // per_row))
 
 
-def _batch_inner_backward(
+def backward(
     gy: np.ndarray,
     padded: np.ndarray | None,
     geo: Any,
     weight: np.ndarray | None,
-    geom: tuple,
+    geom: Conv2dGeometry,
     need_x: bool,
     need_w: bool,
+    workspace_bytes: int,
+    input_grad: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """NumPy ``(dx, dW)`` from :func:`_batch_inner_forward`'s saved ``P`` and geometry.
+    """``(dx, dW)`` from :func:`forward`'s saved ``P`` and layout ``geo``.
 
     ``dy`` is transposed once to ``dyt (O, oh*ow*N)``. Per chunk of output rows the columns
     are rebuilt from ``P`` for ``dW += dy_chunk @ cols^T`` (one GEMM, the batch in its inner
     dimension). ``dx`` is either the stride-1 correlation of the padded ``dyt`` with the
-    flipped kernel (:func:`_use_transposed_path`; itself a batch-innermost forward, without
-    leaving the layout) or ``W^T @ dy_chunk`` added into a padded ``dP (C, Hp, Wp, N)`` one
-    kernel offset at a time; either ends with one transpose back to NCHW.
+    flipped kernel (:func:`gpucnn.backend.geometry.input_grad_path`; itself a
+    batch-innermost forward, without leaving the layout) or ``W^T @ dy_chunk`` added into a
+    padded ``dP (C, Hp, Wp, N)`` one kernel offset at a time; either ends with one transpose
+    back to NCHW.
     """
-    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
-
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    n, c, h, w, o, cg = geom.n, geom.c, geom.h, geom.w, geom.o, geom.cg
+    kh, kw, oh, ow, g = geom.kh, geom.kw, geom.oh, geom.ow, geom.groups
     og, ckg, dt = o // g, cg * kh * kw, gy.dtype
     if not (need_x or need_w):
         return None, None
-    from gpucnn.backend.numpy_ops.conv.winograd import _buffer
-
     # scratch (reused across calls: no page faults on fresh pages); neither escapes
     dyt = _buffer("dyt", o * oh * ow * n, dt).reshape(o, oh, ow, n)
     _to_batch_inner(gy, dyt)
     d3 = dyt.reshape(g, og, -1)
-    transposed = need_x and geometry.use_transposed_path(geom)
+    transposed = need_x and geometry.input_grad_path(geom, input_grad) == "transposed"
     scatter = need_x and not transposed
-    rows = _rows_per_chunk(geo, dt)
+    rows = _rows_per_chunk(geo, dt, workspace_bytes)
     single = rows >= oh
     step = ow * n
     gw = gx = None
@@ -145,28 +140,29 @@ def _batch_inner_backward(
             gx = geo.from_padded(dp)
     if transposed:
         gx = np.empty((n, c, h, w), dt)
-        _from_batch_inner(_batch_inner_transposed(dyt, weight, geom), gx)
+        _from_batch_inner(_transposed_input_grad(dyt, weight, geom, workspace_bytes), gx)
     return gx, (gw.reshape(o, cg, kh, kw) if need_w else None)
 
 
-def _batch_inner_transposed(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np.ndarray:
+def _transposed_input_grad(
+    dyt: np.ndarray, weight: np.ndarray, geom: Conv2dGeometry, workspace_bytes: int
+) -> np.ndarray:
     """``dx (C, H, W, N)`` of a stride-1 convolution from ``dyt (O, oh, ow, N)``.
 
     ``dx[c, y, x] = sum_{o,i,j} W[o, c, i, j] dy[o, y + pt - i*dh, x + pl - j*dw]``: the
     correlation of ``dy`` padded by ``dilation*(k-1) - pad`` (top/left) with the flipped kernel
-    ``W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]`` (per group), output ``H x W``.
+    ``W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]`` (per group), output ``H x W``
+    (:meth:`~gpucnn.backend.geometry.Conv2dGeometry.input_grad_as_conv`).
     """
-    from gpucnn.backend.numpy_ops.im2col import _BatchInnerGeometry
-
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    n, c, h, w, o, cg = geom.n, geom.c, geom.h, geom.w, geom.o, geom.cg
+    kh, kw, g = geom.kh, geom.kw, geom.groups
     og, dt = o // g, dyt.dtype
-    back = _BatchInnerGeometry(
-        n, o, oh, ow, kh, kw, 1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw, h, w
-    )
+    bg = geom.input_grad_as_conv()
+    back = _BatchInnerGeometry(bg.n, bg.c, bg.h, bg.w, *bg.window)
     padded = back.pad_batch_inner(dyt)
     wf = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     wf = np.ascontiguousarray(wf).reshape(g, cg, og * kh * kw)
-    rows = _rows_per_chunk(back, dt)
+    rows = _rows_per_chunk(back, dt, workspace_bytes)
     colbuf = np.empty(rows * back.row_size, dt)
     dxt = np.empty((g, cg, h * w * n), dt)
     step = w * n

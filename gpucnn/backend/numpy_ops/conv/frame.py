@@ -1,7 +1,7 @@
 """The NumPy "frame" (wide) route: columns ``(C*kh*kw, N*oh*Wq)`` built from long contiguous
 runs of the padded input (:func:`gpucnn.backend.numpy_ops.im2col._wide_im2col`), the batch folded
 into the GEMM's columns, garbage columns ``x >= ow`` dropped when ``y`` is written back as NCHW.
-Rule: :func:`_use_wide_path`. Tested against :mod:`.reference`.
+Rule: :func:`applies_well`. Tested against :mod:`.reference`.
 """
 
 from __future__ import annotations
@@ -11,51 +11,43 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend import geometry
+from gpucnn.backend.geometry import Conv2dGeometry
+from gpucnn.backend.numpy_ops.im2col import _FrameGeometry
 
 
-def _use_wide_path(kw: int, sw: int, dw: int, ow: int) -> bool:
-    """Whether the NumPy frame layout pays: its columns are ``Wq/ow`` times wider than im2col's
+def applies_well(geom: Conv2dGeometry) -> bool:
+    """Whether the frame layout pays: its columns are ``Wq/ow`` times wider than im2col's
     (``Wq = ow + ((kw-1)*dw)//sw``), so skip it when garbage would be most of each row."""
-    return ow + ((kw - 1) * dw) // sw <= 2 * ow
+    return geom.ow + ((geom.kw - 1) * geom.dw) // geom.sw <= 2 * geom.ow
 
 
-# Samples per chunk on the NumPy wide path: columns of about this many bytes stay in cache
-# between im2col and the GEMMs (the full column matrix is never built).
-_CHUNK_BYTES = 2 << 20
+def _chunk(n: int, per_sample: int, workspace_bytes: int) -> int:
+    """Samples per chunk: wide columns of about ``workspace_bytes`` stay in cache between
+    im2col and the GEMMs (the full column matrix is never built); at least 1."""
+    return max(1, min(n, workspace_bytes // max(per_sample, 1)))
 
 
-def _chunk(n: int, per_sample: int) -> int:
-    """Samples per chunk for ``per_sample`` bytes of wide columns each (at least 1)."""
-    return max(1, min(n, _CHUNK_BYTES // max(per_sample, 1)))
-
-
-def _wide_forward(
+def forward(
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
-    stride: tuple[int, int],
-    pads: tuple[int, int],
-    dilation: tuple[int, int],
-    g: int,
-    oh: int,
-    ow: int,
+    geom: Conv2dGeometry,
+    workspace_bytes: int,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
-    """NumPy forward on wide columns: ``(y (N, O, oh, ow), frames, geometry)``.
+    """``(y (N, O, oh, ow), frames, layout)`` on wide columns.
 
-    ``pads`` are the top/left pads; bottom/right follow from ``oh``/``ow``. ``x`` is copied once
-    into the frame layout (kept for the weight gradient); then per chunk of samples: wide
-    columns, one GEMM per group into ``(O, nb, oh, Wq)``, and the real columns copied into the
-    NCHW ``y`` with the bias added in the same pass.
+    ``x`` is copied once into the frame layout (kept for the weight gradient); then per chunk
+    of samples (``workspace_bytes`` of columns): wide columns, one GEMM per group into
+    ``(O, nb, oh, Wq)``, and the real columns copied into the NCHW ``y`` with the bias added in
+    the same pass.
     """
-    from gpucnn.backend.numpy_ops.im2col import _FrameGeometry
-
-    n, c, h, w = x.shape
-    o, cg, kh, kw = weight.shape
-    og, ckg = o // g, cg * kh * kw
-    geo = _FrameGeometry(n, c, h, w, kh, kw, *stride, *pads, *dilation, oh, ow)
+    n, c, o, kh, kw, g = geom.n, geom.c, geom.o, geom.kh, geom.kw, geom.groups
+    oh, ow = geom.oh, geom.ow
+    og, ckg = o // g, geom.cg * kh * kw
+    geo = _FrameGeometry(n, c, geom.h, geom.w, *geom.window)
     frames = geo.to_frames(x)
     run, dt = geo.run, x.dtype
-    nb = _chunk(n, c * kh * kw * run * dt.itemsize)
+    nb = _chunk(n, c * kh * kw * run * dt.itemsize, workspace_bytes)
     colbuf = np.empty(c * kh * kw * nb * run, dt)
     ybuf = np.empty(o * nb * run, dt)
     w3 = weight.reshape(g, og, ckg)
@@ -75,31 +67,35 @@ def _wide_forward(
     return y, frames, geo
 
 
-def _wide_backward(
+def backward(
     gy: np.ndarray,
     frames: np.ndarray | None,
     geo: Any,
     weight: np.ndarray | None,
-    geom: tuple,
+    geom: Conv2dGeometry,
     need_x: bool,
     need_w: bool,
+    workspace_bytes: int,
+    input_grad: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """NumPy ``(dx, dW)`` from :func:`_wide_forward`'s saved ``frames`` and geometry.
+    """``(dx, dW)`` from :func:`forward`'s saved ``frames`` and layout ``geo``.
 
     Per chunk of samples, ``dy`` is laid out wide, ``(O, nb, oh, Wq)`` with zero garbage
     columns, the wide columns are rebuilt from ``frames`` (cheaper than keeping them), and
     ``dW += dy_wide @ cols^T`` per group. ``dx`` is either a stride-1 convolution of ``dy``
-    with the flipped kernel (itself on the wide path, see :func:`_use_transposed_path`) or
-    ``W^T @ dy_wide`` scatter-added into frames and read back as NCHW.
+    with the flipped kernel (itself on the frame route, see
+    :func:`gpucnn.backend.geometry.input_grad_path`) or ``W^T @ dy_wide`` scatter-added
+    into frames and read back as NCHW.
     """
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    n, c, o, cg, kh, kw, g = geom.n, geom.c, geom.o, geom.cg, geom.kh, geom.kw, geom.groups
+    oh, ow = geom.oh, geom.ow
     og, ckg = o // g, cg * kh * kw
     gx = gw = None
-    transposed = need_x and geometry.use_transposed_path(geom)
+    transposed = need_x and geometry.input_grad_path(geom, input_grad) == "transposed"
     scatter = need_x and not transposed
     if need_w or scatter:
         run, wq, dt = geo.run, geo.wq, gy.dtype
-        nb = _chunk(n, c * kh * kw * run * dt.itemsize)
+        nb = _chunk(n, c * kh * kw * run * dt.itemsize, workspace_bytes)
         gybuf = np.empty(o * nb * run, dt)
         colbuf = np.empty(c * kh * kw * nb * run, dt) if need_w else None
         dcolbuf = np.empty(c * kh * kw * nb * run, dt) if scatter else None
@@ -129,6 +125,5 @@ def _wide_backward(
         # top/left pads dilation*(k-1) - pad: the correlation with the flipped kernel.
         wf = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         wf = np.ascontiguousarray(wf).reshape(c, og, kh, kw)
-        back_pads = (dh * (kh - 1) - pt, dw * (kw - 1) - pl)
-        gx = _wide_forward(gy, wf, None, (1, 1), back_pads, (dh, dw), g, h, w)[0]
+        gx = forward(gy, wf, None, geom.input_grad_as_conv(), workspace_bytes)[0]
     return gx, gw

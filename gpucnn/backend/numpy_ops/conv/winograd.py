@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.geometry import Conv2dGeometry
+from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
+
 # Filter transform G (4, 3); see the module docstring.
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -220,19 +223,21 @@ def _fill_phase(block: np.ndarray, rs: slice, cs: slice) -> None:
     block[:, rs, cs.stop :] = 0
 
 
-def rows_per_chunk(c: int, tw: int, n: int, itemsize: int, th: int) -> int:
-    """Tile rows per chunk: ``V`` of about :data:`CHUNK_BYTES` (at least 1, at most ``th``)."""
+def rows_per_chunk(
+    c: int, tw: int, n: int, itemsize: int, th: int, chunk_bytes: int = CHUNK_BYTES
+) -> int:
+    """Tile rows per chunk: ``V`` of about ``chunk_bytes`` (at least 1, at most ``th``)."""
     per_row = max(16 * c * tw * n * itemsize, 1)
-    return max(1, min(th, CHUNK_BYTES // per_row))
+    return max(1, min(th, chunk_bytes // per_row))
 
 
-def batch_per_chunk(c: int, tw: int, n: int, itemsize: int) -> int:
-    """Samples per chunk when one tile row's ``V`` exceeds :data:`CHUNK_BYTES`: the batch is
+def batch_per_chunk(c: int, tw: int, n: int, itemsize: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Samples per chunk when one tile row's ``V`` exceeds ``chunk_bytes``: the batch is
     split so that ``V`` fits (runs of at least :data:`MIN_BATCH_RUN` samples); else ``n``.
     Measured (float32, one thread, N=128, 1 MiB): 32->32 16x16 forward 7.6 -> 6.9 ms and
     64->64 8x8 5.2 -> 4.5 ms with halves."""
     per_sample = max(16 * c * tw * itemsize, 1)
-    nb = max(MIN_BATCH_RUN, CHUNK_BYTES // per_sample)
+    nb = max(MIN_BATCH_RUN, chunk_bytes // per_sample)
     return n if nb >= n else nb
 
 
@@ -245,8 +250,6 @@ def polyphase_nchw(
 ) -> np.ndarray:
     """As :func:`polyphase` for ``x (N, C, H, W)`` (blocked transposes straight into the phase
     components); a new array, or with ``scratch`` the :func:`polyphase` scratch buffer."""
-    from gpucnn.backend.numpy_ops.im2col import _to_batch_inner
-
     n, c, h, w = x.shape
     shape = (c, 2, th + 1, 2, tw + 1, n)
     if scratch:
@@ -288,19 +291,20 @@ def _input_transform(
 
 
 def conv3x3(
-    p4: np.ndarray, u: np.ndarray, keep: bool = False
+    p4: np.ndarray, u: np.ndarray, keep: bool = False, chunk_bytes: int = CHUNK_BYTES
 ) -> tuple[np.ndarray, KeptInput | None]:
     """``(Y (O, 2*th, 2*tw, N), kept)``: ``Y`` is the 3x3 correlation of the image behind ``p4``
     (see :func:`polyphase`) with the kernel behind ``u (16, O, C)`` (see
     :func:`filter_transform`), ``Y[o, y, x, n] = sum_{c,i,j} W[o, c, i, j] padded[c, y + i,
     x + j, n]``, a scratch buffer (see :func:`_buffer`): use it before the next call. With
-    ``keep``, ``kept`` holds the transformed input for :func:`weight_grad` (else None)."""
+    ``keep``, ``kept`` holds the transformed input for :func:`weight_grad` (else None).
+    ``V`` is built in chunks of about ``chunk_bytes`` (:func:`plan_chunks`)."""
     c, _, hq, _, wq, n = p4.shape
     o = u.shape[1]
     th, tw, dt = hq - 1, wq - 1, p4.dtype
-    chunks = plan_chunks(c, th, tw, n, dt.itemsize)
+    chunks = plan_chunks(c, th, tw, n, dt.itemsize, chunk_bytes)
     kept = KeptInput(p4.shape, chunks, dt) if keep else None
-    most = max((t1 - t0) * tw * (n1 - n0) for t0, t1, n0, n1 in chunks)
+    most = max(((t1 - t0) * tw * (n1 - n0) for t0, t1, n0, n1 in chunks), default=0)
     mbuf = _buffer("m", 16 * o * most, dt)
     zbuf = _buffer("z", 8 * o * most, dt)
     y = _buffer("y", o * 4 * th * tw * n, dt).reshape(o, th, 2, tw, 2, n)
@@ -324,17 +328,20 @@ def conv3x3(
     return y.reshape(o, 2 * th, 2 * tw, n), kept
 
 
-def plan_chunks(c: int, th: int, tw: int, n: int, itemsize: int) -> list[tuple[int, int, int, int]]:
+def plan_chunks(
+    c: int, th: int, tw: int, n: int, itemsize: int, chunk_bytes: int = CHUNK_BYTES
+) -> list[tuple[int, int, int, int]]:
     """The ``(t0, t1, n0, n1)`` chunks of tile rows x samples for ``c`` input channels: whole
     batches of :func:`rows_per_chunk` tile rows, or one tile row and :func:`batch_per_chunk`
-    samples when a tile row alone exceeds :data:`CHUNK_BYTES`."""
-    rows = rows_per_chunk(c, tw, n, itemsize, th)
-    nb = batch_per_chunk(c, tw, n, itemsize) if rows == 1 else n
+    samples when a tile row alone exceeds ``chunk_bytes``."""
+    rows = rows_per_chunk(c, tw, n, itemsize, th, chunk_bytes)
+    nb = batch_per_chunk(c, tw, n, itemsize, chunk_bytes) if rows == 1 else n
     return _chunks(th, rows, n, nb)
 
 
 def _chunks(th: int, rows: int, n: int, nb: int) -> list[tuple[int, int, int, int]]:
     """``(t0, t1, n0, n1)`` chunks: tile rows in steps of ``rows``, the batch in ``nb``."""
+    nb = max(nb, 1)  # an empty batch: no chunks
     return [
         (t0, min(th, t0 + rows), n0, min(n, n0 + nb))
         for t0 in range(0, th, rows)
@@ -342,7 +349,9 @@ def _chunks(th: int, rows: int, n: int, nb: int) -> list[tuple[int, int, int, in
     ]
 
 
-def weight_grad(src: np.ndarray | KeptInput, dyt: np.ndarray) -> np.ndarray:
+def weight_grad(
+    src: np.ndarray | KeptInput, dyt: np.ndarray, chunk_bytes: int = CHUNK_BYTES
+) -> np.ndarray:
     """``dW (O, C, 3, 3)`` of :func:`conv3x3` from its input (the polyphase ``P4``, or what
     the forward kept of it) and ``dyt (O, oh, ow, N)`` (the output gradient, batch innermost;
     ``oh <= 2*th``, ``ow <= 2*tw``).
@@ -363,7 +372,11 @@ def weight_grad(src: np.ndarray | KeptInput, dyt: np.ndarray) -> np.ndarray:
         dyp[:, :oh, :ow] = dyt
         dyt = dyp
     e = dyt.reshape(o, th, 2, tw, 2, n)
-    chunks = kept.chunks if kept is not None else plan_chunks(max(c, o), th, tw, n, dt.itemsize)
+    chunks = (
+        kept.chunks
+        if kept is not None
+        else plan_chunks(max(c, o), th, tw, n, dt.itemsize, chunk_bytes)
+    )
     s = np.zeros((16, o, c), dt)
     for i, (t0, t1, n0, n1) in enumerate(chunks):
         r, b = t1 - t0, n1 - n0
@@ -400,38 +413,31 @@ _SIGNS = np.outer([1.0, 1.0, 1.0, -1.0], [1.0, 1.0, 1.0, -1.0]).reshape(4, 4, 1,
 # ------------------------------------------------------------------ the route
 
 
-def _winograd_applies(
-    kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int], groups: int
-) -> bool:
+def applies(geom: Conv2dGeometry) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this convolution at all: a 3x3 kernel, stride 1,
-    dilation 1, one group (any padding)."""
-    return (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+    dilation 1, one group, top/left pads <= 2 (``dx``, the correlation of ``dy`` padded by
+    ``2 - pad``, would need negative pads)."""
+    g = geom
+    return (
+        (g.kh, g.kw) == (3, 3)
+        and g.stride == (1, 1)
+        and g.dilation == (1, 1)
+        and g.groups == 1
+        and max(g.pt, g.pl) <= 2
+    )
 
 
-def _use_winograd(
-    n: int,
-    kh: int,
-    kw: int,
-    sh: int,
-    sw: int,
-    dh: int,
-    dw: int,
-    c: int,
-    o: int,
-    groups: int,
-    ow: int,
-) -> bool:
+def applies_well(geom: Conv2dGeometry) -> bool:
     """Whether the NumPy backend runs this convolution (forward and ``dx``) as Winograd
-    F(2x2, 3x3): it applies (:func:`_winograd_applies`) and it measured faster (the rule
-    constants below)."""
-    if not _winograd_applies(kh, kw, (sh, sw), (dh, dw), groups):
+    F(2x2, 3x3): it :func:`applies` and it measured faster (the rule constants below)."""
+    if not applies(geom):
         return False
-    if min(c, o) < _WINOGRAD_MIN_CHANNELS or ow < _WINOGRAD_MIN_WIDTH:
+    if min(geom.c, geom.o) < _WINOGRAD_MIN_CHANNELS or geom.ow < _WINOGRAD_MIN_WIDTH:
         return False
-    return n * ((ow + 1) // 2) >= _WINOGRAD_MIN_RUN
+    return geom.n * ((geom.ow + 1) // 2) >= _WINOGRAD_MIN_RUN
 
 
-# Rule constants of :func:`_use_winograd`. The transforms cost a fixed number of NumPy passes
+# Rule constants of :func:`applies_well`. The transforms cost a fixed number of NumPy passes
 # per tile and channel while the GEMMs save 20 of 36 multiplies per tile and channel pair, so
 # the channel count must be large enough for the saving to outweigh the transforms; the passes
 # run over ``tw*N`` contiguous elements (``tw`` tiles per row) and the polyphase input carries
@@ -445,73 +451,69 @@ _WINOGRAD_MIN_WIDTH = 7
 _WINOGRAD_MIN_RUN = 128
 
 
-def _winograd_forward(
+def forward(
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
-    pads: tuple[int, int],
-    oh: int,
-    ow: int,
+    geom: Conv2dGeometry,
     keep: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> tuple[np.ndarray, Any]:
-    """NumPy forward by Winograd F(2x2, 3x3): ``(y (N, O, oh, ow), saved)``.
+    """``(y (N, O, oh, ow), saved)`` by Winograd F(2x2, 3x3).
 
     ``x`` is transposed once into the zero-padded, batch-innermost polyphase ``P4`` of
-    this module and run through
-    :func:`conv3x3`; the ``(O, oh, ow, N)`` part of the tiles is
-    transposed to NCHW with the bias added in the same pass. ``pads`` are the top/left pads.
-    ``saved`` is what the weight gradient needs when ``keep`` (else None): the transformed
-    input itself (a :class:`~KeptInput`, the backward skips the
-    input transform) up to :data:`~KEEP_MAX_BYTES`, else ``P4``.
+    this module and run through :func:`conv3x3`; the ``(O, oh, ow, N)`` part of the tiles is
+    transposed to NCHW with the bias added in the same pass. ``saved`` is what the weight
+    gradient needs when ``keep`` (else None): the transformed input itself (a
+    :class:`~KeptInput`, the backward skips the input transform) up to
+    :data:`~KEEP_MAX_BYTES`, else ``P4``.
     """
-    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner
-
-    n, o, dt = x.shape[0], weight.shape[0], x.dtype
+    n, o, oh, ow, dt = geom.n, geom.o, geom.oh, geom.ow, x.dtype
     th, tw = tiles(oh), tiles(ow)
-    shape = (x.shape[1], 2, th + 1, 2, tw + 1, n)
+    shape = (geom.c, 2, th + 1, 2, tw + 1, n)
     keep_v = keep and KeptInput.nbytes(shape, dt.itemsize) <= KEEP_MAX_BYTES
-    p4 = polyphase_nchw(x, pads[0], pads[1], th, tw, scratch=not (keep and not keep_v))
-    yt, kept = conv3x3(p4, filter_transform(weight), keep=keep_v)
+    p4 = polyphase_nchw(x, geom.pt, geom.pl, th, tw, scratch=not (keep and not keep_v))
+    yt, kept = conv3x3(p4, filter_transform(weight), keep=keep_v, chunk_bytes=chunk_bytes)
     y = np.empty((n, o, oh, ow), dtype=dt)
     add = None if bias is None else bias.astype(dt, copy=False).reshape(o, 1, 1)
     _from_batch_inner(yt[:, :oh, :ow], y, add=add)
     return y, (kept if keep_v else p4 if keep else None)
 
 
-def _winograd_backward(
+def backward(
     gy: np.ndarray,
     p4: Any,
     weight: np.ndarray | None,
-    geom: tuple,
+    geom: Conv2dGeometry,
     need_x: bool,
     need_w: bool,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """NumPy ``(dx, dW)`` of :func:`_winograd_forward`: ``dy`` transposed once to
-    ``dyt (O, oh, ow, N)``; ``dW`` by the transposed Winograd transform over what the forward
-    saved (its transformed input, or ``P4``: :func:`weight_grad`),
-    ``dx`` by Winograd on the padded ``dy`` with the flipped kernel
-    (:func:`_winograd_input_grad`)."""
-    from gpucnn.backend.numpy_ops.im2col import _from_batch_inner, _to_batch_inner
-
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
+    """``(dx, dW)`` of :func:`forward`: ``dy`` transposed once to ``dyt (O, oh, ow, N)``;
+    ``dW`` by the transposed Winograd transform over what the forward saved (its transformed
+    input, or ``P4``: :func:`weight_grad`), ``dx`` by Winograd on the padded ``dy`` with the
+    flipped kernel (:func:`_input_grad`)."""
     if not (need_x or need_w):
         return None, None
+    n, o, oh, ow = geom.n, geom.o, geom.oh, geom.ow
     # scratch (reused across calls: no page faults on fresh pages); it does not escape
     dyt = _buffer("dyt", o * oh * ow * n, gy.dtype).reshape(o, oh, ow, n)
     _to_batch_inner(gy, dyt)
-    gw = weight_grad(p4, dyt) if need_w else None
+    gw = weight_grad(p4, dyt, chunk_bytes) if need_w else None
     gx = None
     if need_x:
-        gx = np.empty((n, c, h, w), gy.dtype)
-        _from_batch_inner(_winograd_input_grad(dyt, weight, geom), gx)
+        gx = np.empty((n, geom.c, geom.h, geom.w), gy.dtype)
+        _from_batch_inner(_input_grad(dyt, weight, geom, chunk_bytes), gx)
     return gx, gw
 
 
-def _winograd_input_grad(dyt: np.ndarray, weight: np.ndarray, geom: tuple) -> np.ndarray:
+def _input_grad(
+    dyt: np.ndarray, weight: np.ndarray, geom: Conv2dGeometry, chunk_bytes: int = CHUNK_BYTES
+) -> np.ndarray:
     """``dx (C, H, W, N)`` of a stride-1 3x3 convolution from ``dyt (O, oh, ow, N)`` by
     Winograd: the correlation of ``dy`` padded by ``2 - pad`` (top/left; the pads must be
-    <= 2) with the flipped, transposed kernel (see :func:`_batch_inner_transposed`)."""
-
-    n, c, h, w, o, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, g, _ = geom
-    p4 = polyphase(dyt, 2 - pt, 2 - pl, tiles(h), tiles(w))
-    return conv3x3(p4, flipped_filter_transform(weight))[0][:, :h, :w]
+    <= 2) with the flipped, transposed kernel (see
+    :meth:`~gpucnn.backend.geometry.Conv2dGeometry.input_grad_as_conv`)."""
+    h, w = geom.h, geom.w
+    p4 = polyphase(dyt, 2 - geom.pt, 2 - geom.pl, tiles(h), tiles(w))
+    return conv3x3(p4, flipped_filter_transform(weight), chunk_bytes=chunk_bytes)[0][:, :h, :w]

@@ -1,0 +1,28 @@
+"""Argument checks shared by both backends' primitives (the NumPy twin and the CUDA launcher of
+a family validate the same way, and neither imports the other). The im2col / col2im window
+checks live with the convolution geometry (:mod:`gpucnn.backend.geometry`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_random_args"]
+
+
+def check_random_args(n: int, dtype: Any, seed: int, offset: int) -> tuple[int, np.dtype, int, int]:
+    """Validate ``random_uniform`` arguments (shared by both backends)."""
+    n, seed, offset = int(n), int(seed), int(offset)
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"random_uniform: dtype must be float32 or float64, got {dt}")
+    if n < 0:
+        raise ValueError(f"random_uniform: n must be >= 0, got {n}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"random_uniform: seed must be in [0, 2**64), got {seed}")
+    if offset < 0 or offset % 4:
+        raise ValueError(
+            f"random_uniform: offset must be a non-negative multiple of 4, got {offset}"
+        )
+    return n, dt, seed, offset
