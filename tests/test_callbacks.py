@@ -247,11 +247,11 @@ def test_learning_rate_scheduler_per_batch_steps_every_batch() -> None:
 def test_batch_hooks_that_do_not_read_logs_cost_no_host_read(monkeypatch) -> None:
     """Batch logs are read from the device only when a callback reads a value: a per-batch
     schedule, key lookups and added keys cost nothing; fit reads once per epoch here."""
-    import gpucnn.model as model_mod
+    import gpucnn.train.accumulate as acc_mod
 
     reads: list = []
-    real = model_mod._host_read
-    monkeypatch.setattr(model_mod, "_host_read", lambda v: reads.append(len(v)) or real(v))
+    real = acc_mod.host_read
+    monkeypatch.setattr(acc_mod, "host_read", lambda v: reads.append(len(v)) or real(v))
     x, y = _data(40)
     model = Sequential([L.Dense(2, input_shape=(6,))])
     opt = optim.SGD(model.parameters(), lr=1.0)

@@ -124,14 +124,16 @@ def test_validation_split_takes_last_samples() -> None:
         m.fit(x, y, verbose=0, validation_split=1.5)
 
 
-def test_validation_split_rows_never_trained_on() -> None:
+def test_validation_split_rows_never_trained_on(monkeypatch) -> None:
+    from gpucnn.train import step
+
     x, y = _toy(40)
     m = _mlp()
     seen: list[np.ndarray] = []
-    orig = m._prepare_x
+    orig = step.prepare_x
     # batches reach the step on the model's backend: the spy copies them to the host
-    m._prepare_x = lambda xb: (seen.append(gpucnn.backend.to_numpy(xb).copy()),
-                               orig(xb))[1]
+    monkeypatch.setattr(step, "prepare_x", lambda model, xb: (
+        seen.append(gpucnn.backend.to_numpy(xb).copy()), orig(model, xb))[1])
     m.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_split=0.25)
     # per epoch: 4 training batches (8, 8, 8, 6), then 2 validation batches (8, 2)
     assert len(seen) == 12
@@ -534,18 +536,18 @@ def _emulated_xent(monkeypatch):
 @pytest.mark.numpy_internal
 def test_fit_reads_the_host_only_every_update_freq_steps(monkeypatch) -> None:
     """With deferred (device-style) target checks and the CUDA kernels, every host read of
-    fit/evaluate goes through model._host_read: every update_freq steps, at the last step of
-    the epoch, once per validation pass; plus one more only for a callback reading its batch
-    logs. Nothing else reads a loss or metric value."""
+    fit/evaluate goes through gpucnn.train.accumulate.host_read: every update_freq steps, at
+    the last step of the epoch, once per validation pass; plus one more only for a callback
+    reading its batch logs. Nothing else reads a loss or metric value."""
     import gpucnn.functional.loss as loss_mod
-    import gpucnn.model as model_mod
+    import gpucnn.train.accumulate as acc_mod
     from gpucnn import callbacks as C
     from gpucnn import metrics as M
 
     monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", True)
     runtime, launched = _emulated_xent(monkeypatch)
     events: list = []
-    real_read, real_read_host = model_mod._host_read, loss_mod.read_host
+    real_read, real_read_host = acc_mod.host_read, loss_mod.read_host
     inner: list = []
 
     def spy(values):
@@ -556,11 +558,11 @@ def test_fit_reads_the_host_only_every_update_freq_steps(monkeypatch) -> None:
         inner.append(len(events))
         return real_read_host(values)
 
-    monkeypatch.setattr(model_mod, "_host_read", spy)
+    monkeypatch.setattr(acc_mod, "host_read", spy)
     monkeypatch.setattr(loss_mod, "read_host", inner_spy)
 
     def forbidden(*a, **k):
-        raise AssertionError("a host read outside model._host_read")
+        raise AssertionError("a host read outside train.accumulate.host_read")
 
     monkeypatch.setattr(Tensor, "item", forbidden)
     monkeypatch.setattr(M.MeanMetric, "total", property(forbidden))
@@ -750,6 +752,7 @@ def test_fit_feeds_arrays_through_the_dataloader_in_the_documented_order(monkeyp
     the samples in ``default_rng([seed, e]).permutation(n)`` order, with the last partial
     batch, and validation_split holds out the last samples."""
     from gpucnn.data import DataLoader
+    from gpucnn.train import step
 
     iters: list = []
     real_iter = DataLoader.__iter__
@@ -764,9 +767,9 @@ def test_fit_feeds_arrays_through_the_dataloader_in_the_documented_order(monkeyp
     m = _plain_mlp()
     m.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
     seen: list = []
-    orig = m._prepare_x
-    m._prepare_x = lambda xb: (seen.append(gpucnn.backend.to_numpy(xb)[:, 5].astype(int)),
-                               orig(xb))[1]
+    orig = step.prepare_x
+    monkeypatch.setattr(step, "prepare_x", lambda model, xb: (
+        seen.append(gpucnn.backend.to_numpy(xb)[:, 5].astype(int)), orig(model, xb))[1])
     m.fit(x, y, batch_size=8, epochs=2, verbose=0, seed=5, validation_split=0.25)
     # per epoch: the training loader (30 samples, shuffled) then the validation one (10)
     assert iters == [(8, True, 30), (8, False, 10)] * 2
@@ -784,19 +787,21 @@ def test_fit_feeds_arrays_through_the_dataloader_in_the_documented_order(monkeyp
 
 
 def test_fit_evaluate_predict_train_on_batch_share_the_steps(monkeypatch) -> None:
+    from gpucnn.train import step
+
     calls: list = []
-    real_train, real_eval = Model._train_step, Model._eval_step
+    real_train, real_eval = step.train_step, step.eval_step
 
-    def train_spy(self, xb, yb, loss, run, where, *a):
+    def train_spy(model, xb, yb, loss, run, where, *a):
         calls.append(("train", where, len(xb)))
-        return real_train(self, xb, yb, loss, run, where, *a)
+        return real_train(model, xb, yb, loss, run, where, *a)
 
-    def eval_spy(self, xb, yb, loss, run, where, *a):
+    def eval_spy(model, xb, yb, loss, run, where, *a):
         calls.append(("eval", where, len(xb)))
-        return real_eval(self, xb, yb, loss, run, where, *a)
+        return real_eval(model, xb, yb, loss, run, where, *a)
 
-    monkeypatch.setattr(Model, "_train_step", train_spy)
-    monkeypatch.setattr(Model, "_eval_step", eval_spy)
+    monkeypatch.setattr(step, "train_step", train_spy)
+    monkeypatch.setattr(step, "eval_step", eval_spy)
     x, y = _toy(20)
     m = _plain_mlp()
     m.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])

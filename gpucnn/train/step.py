@@ -1,0 +1,123 @@
+"""THE training step and THE evaluation step, as functions of the model.
+
+:func:`train_step` (``fit``, ``train_on_batch``): forward, loss, backward, optimizer step, the
+batch added to the running sums. :func:`eval_step` (``evaluate``, validation, ``predict``): the
+forward without gradients and, given running sums, the loss and metrics. :func:`eval_pass`:
+one :func:`eval_step` pass over some data, read in one host transfer. Neither step reads the
+host (see :mod:`gpucnn.train.accumulate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpucnn import backend as _backend
+from gpucnn.tensor import Tensor, no_grad
+from gpucnn.train.accumulate import Running, scalar
+from gpucnn.train.data import ArrayData, close_batches, is_arraylike, iter_batches
+from gpucnn.train.losses import Loss, check_targets, host_or, loss_ops
+
+__all__ = ["eval_pass", "eval_step", "forward_loss", "prepare_x", "prepare_y", "train_step"]
+
+
+def prepare_x(model: Any, xb: Any) -> Tensor:
+    """An input batch as a Tensor on ``model``'s backend and dtype (cast, never scaled)."""
+    be = model.backend
+    dt = model.dtype
+    if isinstance(xb, Tensor):
+        t = xb.to(be) if xb.backend != be else xb
+        return t if t.dtype == dt else Tensor(t.data.astype(dt))
+    arr = _backend.get_backend(be).xp.asarray(xb)
+    if arr.dtype != dt:
+        arr = arr.astype(dt)
+    return Tensor(arr)
+
+
+def prepare_y(model: Any, yb: Any, loss: Loss) -> Any:
+    """A target batch as an array on ``model``'s backend: int64 class ids (N,) for the sparse
+    cross-entropy (their integer check on the host copy when there is one), else the model's
+    dtype."""
+    be = model.backend
+    arr = yb.data if isinstance(yb, Tensor) else yb
+    if loss.sparse and not is_arraylike(arr):
+        arr = np.asarray(arr)
+    if loss.sparse:  # on the host copy when there is one (free), else on the device
+        loss_ops().check_integer_targets("loss 'sparse_categorical_crossentropy'", arr)
+    arr = _backend.to_backend(arr, be) if is_arraylike(arr) else \
+        _backend.get_backend(be).xp.asarray(arr)
+    if loss.sparse:
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr.reshape(-1)
+        return arr.astype(np.int64) if arr.dtype != np.int64 else arr
+    if arr.dtype != model.dtype:
+        arr = arr.astype(model.dtype)
+    return arr
+
+
+def forward_loss(model: Any, xb: Any, yb: Any, loss: Loss, where: str,
+                 y_all: np.ndarray | None = None) -> tuple[int, Any, Tensor, Tensor]:
+    """Forward ``xb`` and the loss against ``yb``: ``(n, prepared targets, output, loss)``.
+    ``y_all``: the pass's whole host targets, checked here (once) instead of per batch."""
+    if yb is None:
+        raise ValueError(f"{where}: the data gave batches without targets; yield (x, y)")
+    if y_all is not None and loss.sparse:
+        loss_ops().check_integer_targets("loss 'sparse_categorical_crossentropy'", y_all)
+    xt = prepare_x(model, xb)
+    ya = prepare_y(model, yb, loss)
+    out = model(xt)
+    if y_all is not None:
+        check_targets(loss, host_or(y_all, y_all), (len(y_all), *out.shape[1:]), where)
+    check_targets(loss, host_or(yb, ya), tuple(out.shape), where)
+    return int(xt.shape[0]), ya, out, loss(out, Tensor(ya))
+
+
+def train_step(model: Any, xb: Any, yb: Any, loss: Loss, run: Running | None, where: str,
+               y_all: np.ndarray | None = None) -> tuple[int, Any]:
+    """THE training step (``fit``, ``train_on_batch``): forward, loss, backward, optimizer
+    step, and the batch added to ``run`` (when given). Returns ``(n, batch loss as a 0-d
+    array)``; no host read."""
+    model._ensure_built_for(xb)
+    opt = model._ensure_optimizer()
+    n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all)
+    opt.zero_grad()
+    value.backward()
+    opt.step()
+    return n, (scalar(value) if run is None else run.add(value, n, ya, out.data))
+
+
+def eval_step(model: Any, xb: Any, yb: Any, loss: Loss | None, run: Running | None,
+              where: str, y_all: np.ndarray | None = None) -> Tensor:
+    """THE evaluation step (``evaluate``, validation, ``predict``; the caller sets eval
+    mode): the forward without gradients and, when ``run`` is given, the loss and metrics
+    added to it. Returns the output."""
+    with no_grad():
+        model._ensure_built_for(xb)
+        if run is None:
+            return model(prepare_x(model, xb))
+        n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all)
+        run.add(value, n, ya, out.data)
+    return out
+
+
+def eval_pass(model: Any, data: Any, loss: Loss, metric_objs: list, where: str) -> dict:
+    """One pass of :func:`eval_step` over ``data`` in eval mode (the model's mode restored):
+    the logs (mean loss, metrics), in one host read."""
+    was = model.training
+    model.eval()
+    run = Running(metric_objs)
+    run.reset()
+    y_all = data.host_targets(model.backend) if isinstance(data, ArrayData) else None
+    it: Any = None
+    try:
+        it = iter_batches(data, model.backend, model.dtype)
+        for xb, yb in it:
+            eval_step(model, xb, yb, loss, run, where, y_all)
+            y_all = xb = yb = None  # type: ignore[assignment]
+    finally:
+        close_batches(it)
+        model.train(was)
+    if run.seen == 0:
+        raise ValueError(f"{where}: the data produced no batches")
+    return run.read()[0]  # the pass's one host read
