@@ -83,10 +83,11 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
 
 def _leaf_grad(t: Tensor, g: Any) -> Any:
     """The array that becomes ``t.grad`` when ``t`` has none yet: ``g`` written into the
-    preallocated buffer ``t._grad_buffer`` (set by a flat optimizer: a view of its flat grad
-    buffer) when that buffer matches ``g`` in array type, shape and dtype; else a copy of ``g``.
+    Parameter's declared slot :attr:`Parameter._flat_grad` (set by the optimizers' flat
+    mechanism, :mod:`gpucnn.optim.flat`) when the slot holds an array matching ``g`` in array
+    type, shape and dtype; else a copy of ``g``. Plain Tensors have no slot: always a copy.
     """
-    buf = getattr(t, "_grad_buffer", None)
+    buf = t._flat_grad if isinstance(t, Parameter) else None
     if (
         buf is not None
         and (type(buf) is type(g) or (isinstance(g, np.generic) and isinstance(buf, np.ndarray)))
@@ -291,8 +292,9 @@ class Tensor:
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into the ``.grad`` of every leaf that requires grad.
 
-        A leaf whose ``.grad`` is None gets a new array, or, when a flat optimizer gave it a
-        ``_grad_buffer`` (a view of its flat gradient buffer), the gradient written into it.
+        A leaf whose ``.grad`` is None gets a new array, or, for a :class:`Parameter` whose
+        ``_flat_grad`` slot a flat optimizer set (a view of its flat gradient buffer), the
+        gradient written into that slot.
 
         Args:
             grad: gradient of the final objective w.r.t. ``self``; default 1 for one-element
@@ -511,10 +513,24 @@ class Tensor:
 
 
 class Parameter(Tensor):
-    """A tensor that a :class:`~gpucnn.Module` trains (``requires_grad`` defaults to True)."""
+    """A tensor that a :class:`~gpucnn.Module` trains (``requires_grad`` defaults to True).
+
+    Attributes:
+        _flat_grad: the gradient slot of the optimizers' flat-buffer mechanism
+            (:mod:`gpucnn.optim.flat`): None, or a view of a flat gradient buffer, into which
+            ``backward`` then writes this parameter's gradient instead of allocating one. Set
+            and cleared only by that mechanism; not copied or pickled with the parameter.
+    """
+
+    _flat_grad: Any = None
 
     def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_flat_grad", None)  # belongs to an optimizer's buffers, not to a copy
+        return state
 
     def __repr__(self) -> str:
         return "Parameter(" + super().__repr__()[len("Tensor(") :]

@@ -375,7 +375,7 @@ def test_gpu_matches_numpy(name, kw):
 # ----------------------------------------------------------------------------- flat buffers
 
 from gpucnn import backend as _backend  # noqa: E402
-from gpucnn.optim import optimizers as _opt_mod  # noqa: E402
+from gpucnn.optim import flat as _flat_mod  # noqa: E402
 
 FLAT_CASES = [
     ("SGD", dict(lr=0.1)),
@@ -387,6 +387,11 @@ FLAT_CASES = [
     ("RMSprop", dict(lr=1e-2, alpha=0.9, momentum=0.8, weight_decay=0.01)),
     ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.5, eps=1e-6)),
     ("RMSprop", dict(lr=1e-3, centered=True)),
+    # appended (the indices above are used by other tests)
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.05)),
+    ("AdamW", dict(lr=1e-2)),
+    ("RMSprop", dict(lr=1e-2, momentum=0.5, weight_decay=0.02)),
 ]
 FLAT_SHAPES = [(3, 4), (5,), (), (2, 3, 2), (0,), (7, 1)]
 PRIMS = ("sgd_update", "adam_update", "rmsprop_update")
@@ -477,11 +482,11 @@ def test_flat_bit_identical_to_per_tensor(case, dtype, spy):
     assert not np.array_equal(pf[0].numpy(), init[0].numpy())  # it did train
 
 
-@pytest.mark.parametrize("case", [1, 4, 7])
+@pytest.mark.parametrize("case", [0, 1, 3, 4, 6, 7, 8])
 def test_flat_chunked_numpy_pieces(case, spy, monkeypatch):
     """NumPy runs the flat update over cache-sized pieces: same bits, ceil(n/piece) calls."""
     name, kw = FLAT_CASES[case]
-    monkeypatch.setitem(_opt_mod._CHUNK_BYTES, "numpy", 40)  # 5 float64 elements per piece
+    monkeypatch.setitem(_flat_mod._CHUNK_BYTES, "numpy", 40)  # 5 float64 elements per piece
     spy.calls = 0
     pf, of = _run(name, kw, np.float64, flat=True, groups=False, steps=3)
     n = sum(p.size for p in pf)
@@ -493,13 +498,13 @@ def test_flat_chunked_numpy_pieces(case, spy, monkeypatch):
 def test_flat_buffers_views_and_no_grad_allocation():
     params = _make_params(np.float32)
     opt = optim.SGD(params, lr=0.1, momentum=0.9)
-    (bucket,) = opt._flat_groups[0].buckets
+    (bucket,) = opt._flat_params.layouts[0].buckets
     # p.data is a view of the flat buffer (values kept), the grad buffer is preallocated
     init = _make_params(np.float32)
     for p, q in zip(params, init):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
         assert np.shares_memory(p.data, bucket.flat) or p.size == 0
-        assert np.shares_memory(p._grad_buffer, bucket.grad_flat) or p.size == 0
+        assert np.shares_memory(p._flat_grad, bucket.grad_flat) or p.size == 0
     data_ids = [p.data for p in params]
     grad_arrays = None
     for s in range(4):
@@ -507,7 +512,7 @@ def test_flat_buffers_views_and_no_grad_allocation():
         assert all(p.grad is None for p in params)
         _loss_backward(params, s)
         arrays = [p.grad.data for p in params]
-        assert all(a is p._grad_buffer for a, p in zip(arrays, params))  # written in place
+        assert all(a is p._flat_grad for a, p in zip(arrays, params))  # written in place
         if grad_arrays is not None:
             assert all(a is b for a, b in zip(arrays, grad_arrays))  # same arrays every step
         grad_arrays = arrays
@@ -517,18 +522,18 @@ def test_flat_buffers_views_and_no_grad_allocation():
         assert np.shares_memory(buf, bucket.state_flat["momentum_buffer"])
 
 
-def test_backward_accumulates_into_grad_buffer():
+def test_backward_accumulates_into_flat_grad():
     params = _make_params(np.float64, shapes=[(3,), (2, 2)])
     opt = optim.SGD(params, lr=0.1, flat=True)
     _loss_backward(params, 0)
     first = [p.grad.numpy().copy() for p in params]
     _loss_backward(params, 0)  # no zero_grad: accumulates in place into the buffer
     for p, f in zip(params, first):
-        assert p.grad.data is p._grad_buffer
+        assert p.grad.data is p._flat_grad
         np.testing.assert_array_equal(p.grad.numpy(), 2 * f)
     opt.zero_grad(set_to_none=False)
     for p in params:
-        assert p.grad.data is p._grad_buffer
+        assert p.grad.data is p._flat_grad
         np.testing.assert_array_equal(p.grad.numpy(), 0.0)
 
 
@@ -536,7 +541,7 @@ def test_flat_single_param_uses_its_own_array():
     p = Parameter(np.arange(6.0).reshape(2, 3))
     ref = p.data
     opt = optim.Adam([p], lr=0.1)
-    (bucket,) = opt._flat_groups[0].buckets
+    (bucket,) = opt._flat_params.layouts[0].buckets
     assert p.data is ref and np.shares_memory(bucket.flat, ref)
     _loss_backward([p], 0)
     opt.step()
@@ -618,7 +623,7 @@ def test_flat_rebound_data_is_reflattened(spy):
     ref = _make_params(np.float64, shapes=[(3,), (2, 2)])
     opt = optim.SGD(params, lr=0.1, momentum=0.9)
     ref_opt = optim.SGD(ref, lr=0.1, momentum=0.9, flat=False)
-    (bucket,) = opt._flat_groups[0].buckets
+    (bucket,) = opt._flat_params.layouts[0].buckets
     for s in range(3):
         for ps in (params, ref):
             if s == 1:
@@ -629,7 +634,7 @@ def test_flat_rebound_data_is_reflattened(spy):
         opt.step()
         ref_opt.step()
         assert spy.calls == 1 + 2
-    assert opt._flat_groups[0].buckets[0] is bucket
+    assert opt._flat_params.layouts[0].buckets[0] is bucket
     assert np.shares_memory(params[1].data, bucket.flat)
     for p, r in zip(params, ref):
         np.testing.assert_array_equal(p.numpy(), r.numpy())
@@ -641,7 +646,7 @@ def test_flat_rebound_data_is_reflattened(spy):
     for p in params:
         p.grad = Tensor(np.ones(p.shape, dtype=p.dtype))
     opt.step()
-    assert len(opt._flat_groups[0].buckets) == 2  # float32 and float64 buckets
+    assert len(opt._flat_params.layouts[0].buckets) == 2  # float32 and float64 buckets
     np_optim.sgd_update(p0, np.ones(3, np.float32), buf0, 0.1, 0.9, 0.0, 0.0, False, False)
     assert params[0].dtype == np.float32
     np.testing.assert_array_equal(params[0].numpy(), p0)
@@ -653,7 +658,7 @@ def test_flat_frozen_params_and_mixed_dtypes(spy):
     d = Parameter(np.ones(2))  # float64: its own bucket
     b.requires_grad = False
     opt = optim.SGD([a, b, c, d], lr=0.1, momentum=0.5)
-    fg = opt._flat_groups[0]
+    fg = opt._flat_params.layouts[0]
     assert [len(bk.params) for bk in fg.buckets] == [2, 1] and fg.loose == [b]
     frozen = b.numpy().copy()
     for _ in range(2):
@@ -708,7 +713,7 @@ def test_flat_state_dict_resume_exact(name, kw):
 
 
 def _all_buckets(opt):
-    return [b for fg in opt._flat_groups for b in fg.buckets]
+    return [b for fg in opt._flat_params.layouts for b in fg.buckets]
 
 
 @pytest.mark.parametrize("grid_cap,block", [(1, 32), (None, 64)])
@@ -729,8 +734,8 @@ def test_flat_emulated_cuda_launchers(case, dtype, grid_cap, block, monkeypatch)
             return _f(*a, **k)
 
         monkeypatch.setattr(be, prim, counted)
-    monkeypatch.setitem(_opt_mod._CHUNK_BYTES, "numpy", None)
-    monkeypatch.setitem(_opt_mod._ALIGN_BYTES, "numpy", 64)
+    monkeypatch.setitem(_flat_mod._CHUNK_BYTES, "numpy", None)
+    monkeypatch.setitem(_flat_mod._ALIGN_BYTES, "numpy", 64)
     shapes = [(3, 5), (7,), (2, 2, 2), ()]
     out = {}
     with _emulated(grid_cap, block):
@@ -773,7 +778,7 @@ def test_flat_model_training_matches_per_tensor():
         if flat:
             ps = m.trainable_parameters()
             assert len(_all_buckets(opt)) == 1
-            assert all(p.grad.data is p._grad_buffer for p in ps)
+            assert all(p.grad.data is p._flat_grad for p in ps)
         weights[flat] = [w.copy() for w in m.get_weights()]
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_array_equal(a, b)
@@ -802,3 +807,214 @@ def test_flat_state_replaced_from_outside_is_copied_in(spy):
     for p in params:
         assert np.shares_memory(opt.state[p]["exp_avg"], bucket.state_flat["exp_avg"])
     _assert_same(*res[True], *res[False])
+
+
+# ----------------------------------------------------------------------------- the grad slot
+
+ALL_OPTIMIZERS = [FLAT_CASES[i] for i in (1, 4, 5, 7)]
+
+
+def test_grad_slot_is_declared_on_parameter():
+    """``Parameter._flat_grad`` is a declared class attribute, None on a fresh Parameter (no
+    instance attribute); plain Tensors have no slot; backward leaves an unset slot alone."""
+    assert "_flat_grad" in vars(Parameter) and Parameter._flat_grad is None
+    p = Parameter(np.ones(3))
+    assert p._flat_grad is None and "_flat_grad" not in vars(p)
+    assert not hasattr(Tensor(np.ones(3), requires_grad=True), "_flat_grad")
+    (p * p).sum().backward()
+    assert p._flat_grad is None and "_flat_grad" not in vars(p)
+    np.testing.assert_array_equal(p.grad.numpy(), 2.0)
+
+
+def test_leaf_grad_written_into_the_slot():
+    """A Parameter whose slot holds an array gets its gradient written into it, accumulates
+    there, and falls back to a copy when the array does not match; a plain Tensor is never
+    written into, whatever attributes it carries."""
+    x = Parameter(np.array([1.0, 2.0, 3.0]))
+    buf = np.full(3, 99.0)
+    x._flat_grad = buf  # what the flat mechanism does
+    (x * x).sum().backward()
+    assert x.grad.data is buf
+    np.testing.assert_array_equal(buf, [2.0, 4.0, 6.0])  # overwritten, not added to
+    (x * 3.0).sum().backward()
+    assert x.grad.data is buf
+    np.testing.assert_array_equal(buf, [5.0, 7.0, 9.0])  # accumulated in place
+    x.grad = None
+    (x * 1.0).sum().backward()
+    assert x.grad.data is buf
+    np.testing.assert_array_equal(buf, [1.0, 1.0, 1.0])
+    # 0-d leaf: NumPy returns scalars for 0-d products; still written into the slot
+    s = Parameter(np.array(2.0))
+    s._flat_grad = np.zeros(())
+    (s * s).backward()
+    assert s.grad.data is s._flat_grad and s.grad.item() == 4.0
+    # arrays of another dtype or shape are not used
+    for bad in (np.zeros(3, dtype=np.float32), np.zeros(4)):
+        y = Parameter(np.array([1.0, 2.0, 3.0]))
+        y._flat_grad = bad
+        (y * 2.0).sum().backward()
+        assert y.grad.data is not bad and y.grad.dtype == np.float64
+        np.testing.assert_array_equal(y.grad.numpy(), 2.0)
+        np.testing.assert_array_equal(bad, 0.0)
+    t = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    t._flat_grad = planted = np.zeros(2)  # an attribute planted on a plain Tensor: ignored
+    (t * 2.0).sum().backward()
+    assert t.grad.data is not planted
+    np.testing.assert_array_equal(planted, 0.0)
+
+
+@pytest.mark.parametrize("name,kw", ALL_OPTIMIZERS)
+def test_flat_opt_out_leaves_data_and_slot_alone(name, kw):
+    """``flat=False``: no layout, ``p.data`` stays the very array it was, the slot is never
+    set, and backward allocates each gradient afresh; same bits as the flat path."""
+    params = _make_params(np.float64)
+    data = [p.data for p in params]
+    opt = getattr(optim, name)(params, flat=False, **kw)
+    assert opt._flat_params.layouts == []
+    seen = []
+    for s in range(3):
+        opt.zero_grad()
+        _loss_backward(params, s)
+        seen.append([p.grad.data for p in params])
+        opt.step()
+        assert all(p.data is d for p, d in zip(params, data))
+        assert all(p._flat_grad is None and "_flat_grad" not in vars(p) for p in params)
+    assert all(a is not b for a, b in zip(seen[0], seen[1]))  # fresh gradient arrays
+    ref, ref_opt = _run(name, kw, np.float64, flat=True, groups=False, steps=3)
+    _assert_same(params, opt, ref, ref_opt)
+
+
+def test_flat_turned_off_later_releases_the_slots(spy):
+    """``opt.flat = False`` after construction: the next step clears the slots and drops the
+    layout (per tensor from then on); back to True lays the group out again. Same bits as an
+    optimizer that was never flat."""
+    params = _make_params(np.float64)
+    ref = _make_params(np.float64)
+    opt = optim.Adam(params, lr=1e-2, amsgrad=True)
+    ref_opt = optim.Adam(ref, lr=1e-2, amsgrad=True, flat=False)
+    n = len(params)
+    calls = []
+    for s in range(6):
+        if s == 2:
+            opt.flat = False
+        if s == 4:
+            opt.flat = True
+        for ps, o in ((params, opt), (ref, ref_opt)):
+            o.zero_grad()
+            _loss_backward(ps, s)
+        spy.calls = 0
+        opt.step()
+        calls.append(spy.calls)
+        ref_opt.step()
+        slots = [p._flat_grad for p in params]
+        if opt.flat:
+            (bucket,) = _all_buckets(opt)
+            assert all(a is b for a, b in zip(slots, bucket.grad_views))
+        else:
+            assert opt._flat_params.layouts == [] and all(a is None for a in slots)
+    assert calls == [1, 1, n, n, 1, 1]
+    _assert_same(params, opt, ref, ref_opt)
+
+
+def test_plain_tensors_take_the_per_tensor_path(spy):
+    """Plain Tensors (no slot) are accepted, as by torch.optim, and updated one by one:
+    ``loose``, their ``data`` never rebound; Parameters beside them are still bucketed."""
+    rng = np.random.default_rng(4)
+    init = [rng.standard_normal(s) for s in [(3, 2), (4,), (2, 2), (5,)]]
+    results = {}
+    for flat in (True, False):
+        ps = [Parameter(init[0].copy()), Tensor(init[1].copy(), requires_grad=True),
+              Parameter(init[2].copy()), Tensor(init[3].copy(), requires_grad=True)]
+        plain_data = [ps[1].data, ps[3].data]
+        opt = optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01, flat=flat)
+        for s in range(3):
+            opt.zero_grad()
+            _loss_backward(ps, s)
+            spy.calls = 0
+            opt.step()
+            assert spy.calls == (1 + 2 if flat else 4)
+        assert ps[1].data is plain_data[0] and ps[3].data is plain_data[1]
+        assert not any(hasattr(t, "_flat_grad") for t in (ps[1], ps[3]))
+        if flat:
+            (layout,) = opt._flat_params.layouts
+            assert layout.loose == [ps[1], ps[3]]
+            (bucket,) = layout.buckets
+            assert bucket.params == [ps[0], ps[2]]
+            assert ps[0].grad.data is ps[0]._flat_grad
+        results[flat] = (ps, opt)
+    _assert_same(*results[True], *results[False])
+    only_plain = [Tensor(np.ones(3), requires_grad=True)]
+    opt = optim.Adam(only_plain, lr=0.1)
+    (layout,) = opt._flat_params.layouts
+    assert layout.buckets == [] and layout.loose == only_plain
+
+
+def test_flat_slot_cleared_when_laid_out_again():
+    """A layout rebuilt (a parameter frozen) clears the slot of the parameter it no longer
+    buckets; releasing one optimizer keeps the slot another optimizer set."""
+    a, b, c = _make_params(np.float64, shapes=[(3,), (4,), (2,)])
+    opt = optim.SGD([a, b, c], lr=0.1, momentum=0.9)
+    (old,) = _all_buckets(opt)
+    assert all(p._flat_grad is v for p, v in zip(old.params, old.grad_views))
+    b.requires_grad = False
+    for p in (a, c):
+        p.grad = Tensor(np.ones(p.shape))
+    opt.step()
+    (new,) = _all_buckets(opt)
+    assert new is not old and new.params == [a, c] and b._flat_grad is None
+    assert a._flat_grad is new.grad_views[0] and c._flat_grad is new.grad_views[1]
+    # two optimizers over one parameter: the slot belongs to the one that set it last
+    d = Parameter(np.ones(3))
+    first = optim.SGD([d], lr=0.1)
+    second = optim.SGD([d], lr=0.1)
+    (bucket2,) = _all_buckets(second)
+    assert d._flat_grad is bucket2.grad_views[0]
+    first.flat = False
+    d.grad = Tensor(np.ones(3))
+    first.step()  # releases first's layout: second's slot is kept
+    assert d._flat_grad is bucket2.grad_views[0]
+
+
+def test_parameter_copies_do_not_carry_the_slot():
+    """The slot belongs to an optimizer's buffers: copies and pickles of a Parameter have none
+    (their data and gradient are copied as usual)."""
+    import copy
+    import pickle
+
+    params = _make_params(np.float64, shapes=[(3,), (2, 2)])
+    optim.SGD(params, lr=0.1, momentum=0.9)
+    _loss_backward(params, 0)
+    for p in params:
+        for q in (copy.deepcopy(p), pickle.loads(pickle.dumps(p)), copy.copy(p)):
+            assert q._flat_grad is None and "_flat_grad" not in vars(q)
+            np.testing.assert_array_equal(q.numpy(), p.numpy())
+            np.testing.assert_array_equal(q.grad.numpy(), p.grad.numpy())
+        assert p._flat_grad is not None
+
+
+@pytest.mark.parametrize("name,kw", ALL_OPTIMIZERS)
+def test_flat_path_calls_the_per_tensor_reference(name, kw):
+    """The flat path runs the optimizer's own per-tensor ``_update``, once per bucket, on the
+    flat buffers; the per-tensor path once per parameter on ``p.data``."""
+    calls = []
+    base = getattr(optim, name)
+
+    class Recorded(base):
+        def _update(self, be, param, grad, state, group):
+            calls.append((param, grad))
+            super()._update(be, param, grad, state, group)
+
+    Recorded.__name__ = name
+    for flat in (True, False):
+        calls.clear()
+        params = _make_params(np.float32, shapes=[(3, 2), (4,), ()])
+        opt = Recorded(params, flat=flat, **kw)
+        _loss_backward(params, 0)
+        opt.step()
+        if flat:
+            (bucket,) = _all_buckets(opt)
+            assert len(calls) == 1
+            assert calls[0][0] is bucket.flat and calls[0][1] is bucket.grad_flat
+        else:
+            assert len(calls) == 3
+            assert all(c[0] is p.data for c, p in zip(calls, params))

@@ -7,7 +7,7 @@ import pytest
 
 import gpucnn
 import gpucnn.functional as F
-from gpucnn import Tensor
+from gpucnn import Parameter, Tensor
 from gpucnn.testing.gradcheck import gradient_check
 
 
@@ -162,11 +162,11 @@ def test_tensor_ops_on_backend(backend) -> None:  # noqa: ANN001
 
 
 def test_leaf_grad_written_into_preallocated_buffer() -> None:
-    """A leaf with ``_grad_buffer`` (set by a flat optimizer) gets its gradient written into
-    that array, accumulates there, and falls back to a copy when the buffer does not match."""
-    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    """A Parameter whose ``_flat_grad`` slot a flat optimizer set gets its gradient written
+    into that array, accumulates there, and falls back to a copy when the buffer does not match."""
+    x = Parameter(np.array([1.0, 2.0, 3.0]))
     buf = np.full(3, 99.0)
-    x._grad_buffer = buf
+    x._flat_grad = buf
     (x * x).sum().backward()
     assert x.grad.data is buf
     np.testing.assert_array_equal(buf, [2.0, 4.0, 6.0])  # overwritten, not added to
@@ -178,14 +178,14 @@ def test_leaf_grad_written_into_preallocated_buffer() -> None:
     assert x.grad.data is buf
     np.testing.assert_array_equal(buf, [1.0, 1.0, 1.0])
     # 0-d leaf: NumPy returns scalars for 0-d products; still written into the buffer
-    s = Tensor(np.array(2.0), requires_grad=True)
-    s._grad_buffer = np.zeros(())
+    s = Parameter(np.array(2.0))
+    s._flat_grad = np.zeros(())
     (s * s).backward()
-    assert s.grad.data is s._grad_buffer and s.grad.item() == 4.0
+    assert s.grad.data is s._flat_grad and s.grad.item() == 4.0
     # buffers of another dtype or shape are not used
     for bad in (np.zeros(3, dtype=np.float32), np.zeros(4)):
-        y = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
-        y._grad_buffer = bad
+        y = Parameter(np.array([1.0, 2.0, 3.0]))
+        y._flat_grad = bad
         (y * 2.0).sum().backward()
         assert y.grad.data is not bad and y.grad.dtype == np.float64
         np.testing.assert_array_equal(y.grad.numpy(), 2.0)

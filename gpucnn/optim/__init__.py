@@ -2,6 +2,10 @@
 
 ``from gpucnn import optim``; ``opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)``;
 ``sched = optim.CosineAnnealingLR(opt, T_max=100)`` (also under ``optim.lr_scheduler``).
+
+Each optimizer's per-tensor update is the reference; by default (``flat=True``) it runs once
+per bucket of parameters on flat buffers (:mod:`gpucnn.optim.flat`, bit-identical;
+``flat=False`` opts out).
 """
 
 from gpucnn.optim import schedules as lr_scheduler
