@@ -236,3 +236,75 @@ def test_cuda_algorithm_and_workspace_are_checked() -> None:
     _allclose(dx, reference.backward(dy, None, w, g, True, False)[0], 1e-9)
     p = Conv2dGeometry.create((1, 5, 6, 6), (3, 5, 1, 1))
     assert cconv.workspace_needed(p, 4) == 0  # one sample's 1x1 columns are x itself
+
+
+def _conditioned_errors(algorithm, x, w, dy, g):  # noqa: ANN001, ANN202
+    """Per output, |error| over the sum of the absolute values of its terms (float64 truth),
+    for y, dx and dW computed in float32 by ``algorithm`` (None: the rule)."""
+    y64, cols = reference.forward(x, w, None, g)
+    dx64, dw64 = reference.backward(dy, cols, w, g, True, True)
+    ya, cola = reference.forward(np.abs(x), np.abs(w), None, g)
+    dxa, dwa = reference.backward(np.abs(dy), cola, np.abs(w), g, True, True)
+    x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
+    y, saved = nconv.conv2d_forward(x32, w32, None, g, algorithm=algorithm)
+    dx, dw = nconv.conv2d_backward(dy32, g, saved, True, True)
+    errs = [float(np.max(np.abs(a - r) / (d + 1e-30)))
+            for a, r, d in ((y, y64, ya), (dx, dx64, dxa), (dw, dw64, dwa))]  # fmt: skip
+    return saved.algorithm, np.array(errs)
+
+
+@pytest.mark.numpy_internal
+@pytest.mark.parametrize("where", ["x", "dy"])
+def test_winograd_accuracy_is_bounded(where: str) -> None:
+    """The rule takes Winograd only for data whose range keeps its error within a few times
+    the reference's (relative to each output's own terms); one huge value makes that call
+    (forward for ``x``, backward for ``dy``) fall back, where Winograd's error would be up to
+    ~1e-4 relative instead of ~1e-6."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((16, 32, 16, 16)), rng.standard_normal((32, 32, 3, 3))
+    dy = rng.standard_normal((16, 32, 16, 16))
+    g = Conv2dGeometry.create(x.shape, w.shape, padding=1)
+    assert nconv.conv2d_algorithm(g) == "winograd"
+    _, ref = _conditioned_errors("reference", x, w, dy, g)
+    algo, err = _conditioned_errors(None, x, w, dy, g)
+    assert algo == "winograd" and np.all(err <= 4 * ref + 1e-7)
+    target = x if where == "x" else dy
+    target[0, 0, 5, 5] = 500.0  # within the range the rule accepts
+    _, ref = _conditioned_errors("reference", x, w, dy, g)
+    algo, err = _conditioned_errors(None, x, w, dy, g)
+    assert algo == "winograd" and np.all(err <= 4 * ref + 1e-7), (err, ref)
+    target[0, 0, 5, 5] = 1e6
+    _, forced = _conditioned_errors("winograd", x, w, dy, g)
+    _, ref = _conditioned_errors("reference", x, w, dy, g)
+    algo, err = _conditioned_errors(None, x, w, dy, g)
+    assert (algo == "winograd") == (where == "dy")  # dy: the backward fell back
+    assert np.all(err <= 4 * ref + 1e-7), (err, ref)
+    assert forced.max() > 10 * err.max()  # what the check prevents
+
+
+@pytest.mark.numpy_internal
+def test_winograd_rule_keeps_the_sign_of_infinities() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 32, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    x[0, 3, 4, 4], x[1, 0, 9, 2] = np.inf, -np.inf
+    g = Conv2dGeometry.create(x.shape, w.shape, padding=1)
+    y, saved = nconv.conv2d_forward(x, w, None, g)
+    y_ref = nconv.conv2d_forward(x, w, None, g, algorithm="reference")[0]
+    assert saved.algorithm != "winograd"
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.sign(y[np.isinf(y)]), np.sign(y_ref[np.isinf(y_ref)]))
+    assert np.isinf(y).sum() > 0
+    with np.errstate(invalid="ignore"):
+        forced = nconv.conv2d_forward(x, w, None, g, algorithm="winograd")[0]
+    assert np.isnan(forced).sum() > np.isnan(y_ref).sum()  # inf - inf in the transforms
+
+
+@pytest.mark.numpy_internal
+def test_winograd_range_check() -> None:
+    a = np.ones((4, 16, 32, 32), np.float32)  # the mean comes from every 16th element
+    assert winograd.range_ok(a) and winograd.range_ok(np.zeros(3)) and winograd.range_ok(a[:0])
+    for value, ok in ((1000.0, True), (-1000.0, True), (2000.0, False), (-2000.0, False),
+                      (np.nan, False), (np.inf, False), (-np.inf, False)):  # fmt: skip
+        a[0, 0, 0, 1] = value
+        assert winograd.range_ok(a) is ok, value

@@ -48,7 +48,8 @@ def conv2d_algorithm(geom: Conv2dGeometry) -> str:
 
     A plain 1x1 convolution needs no im2col (``"reference"``: ``x`` is its own columns). 3x3
     stride-1 convolutions with enough channels and tiles take Winograd F(2x2, 3x3)
-    (:func:`.winograd.applies_well`). Small images take the batch-innermost layout
+    (:func:`.winograd.applies_well`; :func:`conv2d_forward` also checks the input's dynamic
+    range, :func:`.winograd.range_ok`). Small images take the batch-innermost layout
     (:func:`.batch_inner.applies_well`), other ones the frame layout unless its garbage
     columns would dominate (:func:`.frame.applies_well`).
     """
@@ -56,6 +57,11 @@ def conv2d_algorithm(geom: Conv2dGeometry) -> str:
         return "reference"
     if winograd.applies_well(geom):
         return "winograd"
+    return _without_winograd(geom)
+
+
+def _without_winograd(geom: Conv2dGeometry) -> str:
+    """The rule's choice among the im2col-based algorithms."""
     if batch_inner.applies_well(geom):
         return "batch_inner"
     if frame.applies_well(geom):
@@ -99,17 +105,24 @@ def conv2d_forward(
 ) -> tuple[np.ndarray, ConvSaved]:
     """``(y (N, O, oh, ow), saved)``: the convolution of ``x`` with ``weight`` (+ ``bias``).
 
-    ``algorithm`` is one of :data:`ALGORITHMS` or ``None`` (:func:`conv2d_algorithm`);
+    ``algorithm`` is one of :data:`ALGORITHMS` or ``None`` (:func:`conv2d_algorithm`; where
+    it picks Winograd for an ``x`` whose range :func:`.winograd.range_ok` refuses, the next
+    algorithm of the rule runs, and the backward does the same for such a ``dy``);
     ``workspace_bytes`` bounds each chunk's scratch columns (``None``: :data:`WORKSPACE_BYTES`;
     0: the smallest chunks). ``saved`` keeps what :func:`conv2d_backward` needs: the
     algorithm's copy of the input when ``need_dw``, the weight when ``need_dx``.
     """
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     algo = conv2d_algorithm(geom) if algorithm is None else _check_algorithm(algorithm, geom)
+    guarded = algorithm is None and algo == "winograd"
+    if guarded and not winograd.range_ok(x):
+        algo = _without_winograd(geom)
     ws = _workspace(workspace_bytes)
     layout: Any = None
     if algo == "winograd":  # ``data``: what dW needs of the input
         y, data = winograd.forward(x, weight, bias, geom, need_dw, ws)
+        # the rule's Winograd keeps x (a reference) for a backward whose dy it refuses
+        layout = _Guard(x if need_dw else None) if guarded else None
     elif algo == "batch_inner":
         y, data, layout = batch_inner.forward(x, weight, bias, geom, ws)
     elif algo == "frame":
@@ -144,12 +157,28 @@ def conv2d_backward(
             raise ValueError(
                 f"conv2d: the winograd algorithm computes dx as 'transposed', got input_grad={ig!r}"
             )
+        guard = saved.layout
+        if isinstance(guard, _Guard) and not winograd.range_ok(dy):
+            gx = reference.backward(dy, None, weight, geom, True, False)[0] if need_dx else None
+            gw = conv2d_backward_weight(dy, guard.x, geom) if need_dw else None
+            return gx, gw
         return winograd.backward(dy, data, weight, geom, need_dx, need_dw, ws)
     if algo == "batch_inner":
         return batch_inner.backward(
             dy, data, saved.layout, weight, geom, need_dx, need_dw, ws, ig
         )
     return reference.backward(dy, data, weight, geom, need_dx, need_dw, ig)
+
+
+class _Guard:
+    """The layout of a rule-chosen Winograd forward: its input ``x`` (``None`` unless the
+    weight gradient is needed), for a backward whose ``dy`` :func:`.winograd.range_ok`
+    refuses."""
+
+    __slots__ = ("x",)
+
+    def __init__(self, x: np.ndarray | None) -> None:
+        self.x = x
 
 
 def conv2d_backward_data(
