@@ -22,6 +22,7 @@ import numpy as np
 
 from gpucnn.backend.device import array_module as _array_module
 from gpucnn.backend.device import is_array as _is_array
+from gpucnn.backend.geometry import pair
 
 __all__ = [
     "ColorJitter",
@@ -112,13 +113,6 @@ def _range(value: float | Sequence[float], name: str, center: float = 0.0,
     if lo > hi or (bound is not None and (lo < bound[0] or hi > bound[1])):
         raise ValueError(f"{name} range {(lo, hi)} is invalid (bounds {bound})")
     return lo, hi
-
-
-def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(size, numbers.Integral):
-        return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
 
 
 def _pad_hw(x: Any, ph: int, pw: int, fill: float) -> Any:
@@ -288,8 +282,8 @@ class RandomCrop(Transform):
 
     def __init__(self, size: int | Sequence[int], padding: int | Sequence[int] = 0,
                  fill: float = 0.0) -> None:
-        self.size = _pair(size, "size")
-        self.padding = _pair(padding, "padding")
+        self.size = pair(size, "size", "RandomCrop")
+        self.padding = pair(padding, "padding", "RandomCrop", minimum=0)
         self.fill = float(fill)
         self.last_params: dict | None = None
 

@@ -14,30 +14,12 @@ from gpucnn.backend.cuda_ops import activation as cuda_act
 from gpucnn.backend.cuda_ops import softmax_xent as cuda_sx
 from gpucnn.backend.numpy_ops import activation as np_act
 from gpucnn.backend.numpy_ops import softmax_xent as np_sx
-from gpucnn.backend.runtime import use_runtime
 from gpucnn.tensor import Tensor
 from gpucnn.testing.gradcheck import gradient_check
 
 KINDS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 USES_OUTPUT = ("sigmoid", "tanh")
-# (grid_cap, block): one block looping over everything, a few blocks, the uncapped grid.
-LAUNCHES = [(1, 32), (3, 256), (None, 64), (None, 256), (2, 48)]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
-
-
-def _emulator():
-    emu = pytest.importorskip("gpucnn.testing.emulator")
-    if not emu.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
-    return emu
-
-
-@pytest.fixture(params=LAUNCHES, ids=lambda p: f"grid{p[0]}-block{p[1]}")
-def emulated(request: pytest.FixtureRequest):
-    emu = _emulator()
-    grid_cap, block = request.param
-    with use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block)) as rt:
-        yield rt
 
 
 def _param(kind: str) -> float:
@@ -80,13 +62,12 @@ def test_prelu_kernels_match_twin(emulated, shape, channels: int, dtype, rng) ->
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-def test_prelu_dw_reduction_longer_than_block(rng) -> None:
+def test_prelu_dw_reduction_longer_than_block(emulate, rng) -> None:
     """Each channel has many more elements than threads: the per-thread loop must cover them."""
-    emu = _emulator()
     x = rng.standard_normal((3, 2, 50)).astype(np.float64)
     g = rng.standard_normal(x.shape)
     w = np.array([0.2, 0.3])
-    with use_runtime(emu.emulated_runtime(grid_cap=1, block=33)):
+    with emulate(grid_cap=1, block=33):
         _, dw = cuda_act.prelu_backward(x, w, g)
     np.testing.assert_allclose(dw, np_act.prelu_backward(x, w, g)[1], rtol=1e-12)
     expected = np.where(x > 0, 0, x * g).sum(axis=(0, 2))

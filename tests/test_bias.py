@@ -6,28 +6,16 @@ import numpy as np
 import pytest
 
 from gpucnn import backend as B
+from gpucnn.backend.cuda_ops import bias as cb
 from gpucnn.backend.numpy_ops import bias as nb
-from gpucnn.backend.runtime import use_runtime
-
-emulator = pytest.importorskip("gpucnn.testing.emulator")
-if not emulator.compiler_available():  # pragma: no cover
-    pytest.skip("no host C++ compiler for the kernel emulator", allow_module_level=True)
-
-from gpucnn.backend.cuda_ops import bias as cb  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
-GRIDS = [1, 3, None]
-BLOCKS = [32, 64, 256]
 # (N, C, H, W): non-power-of-two spatial sizes, HW smaller and larger than a block, C = 1
 SHAPES = [(2, 3, 5, 7), (3, 5, 1, 1), (1, 1, 13, 11), (4, 6, 9, 10), (2, 70, 3, 3)]
 
 
 def _tol(dt: type) -> dict:
     return dict(rtol=1e-5, atol=1e-5) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-def _emu(grid: int | None, block: int):
-    return use_runtime(emulator.emulated_runtime(grid_cap=grid, block=block))
 
 
 def test_numpy_twins_against_definition(rng: np.random.Generator) -> None:
@@ -53,55 +41,50 @@ def test_bias_add_twin_is_in_place(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("grid", GRIDS)
-@pytest.mark.parametrize("block", BLOCKS)
-def test_bias_add_emulated_vs_twin(dtype: type, grid: int | None, block: int) -> None:
+def test_bias_add_emulated_vs_twin(kernel_parity, emulate, launch_grid, dtype: type) -> None:
+    grid, block = launch_grid
     rng = np.random.default_rng(block + (grid or 0))
     for shape in SHAPES:
         y = rng.standard_normal(shape).astype(dtype)
         b = rng.standard_normal(shape[1]).astype(dtype)
-        expect = nb.bias_add_nchw(y.copy(), b)
-        target = y.copy()
-        with _emu(grid, block):
-            out = cb.bias_add_nchw(target, b)
-        assert out is target  # in place, as documented
+        # the result and the bias-added first argument, against the twin's
+        out, _ = kernel_parity("bias", "bias_add_nchw", y, b, launch=launch_grid, **_tol(dtype))
         assert out.dtype == dtype
-        np.testing.assert_allclose(out, expect, **_tol(dtype))
+        target = y.copy()
+        with emulate(*launch_grid):
+            assert cb.bias_add_nchw(target, b) is target  # in place, as documented
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("grid", GRIDS)
-@pytest.mark.parametrize("block", BLOCKS)
-def test_bias_grad_emulated_vs_twin(dtype: type, grid: int | None, block: int) -> None:
+def test_bias_grad_emulated_vs_twin(kernel_parity, launch_grid, dtype: type) -> None:
+    grid, block = launch_grid
     rng = np.random.default_rng(7 * block + (grid or 0))
     for shape in SHAPES:
         dy = rng.standard_normal(shape).astype(dtype)
-        with _emu(grid, block):
-            db = cb.bias_grad_nchw(dy)
+        db, _ = kernel_parity("bias", "bias_grad_nchw", dy, launch=launch_grid, **_tol(dtype))
         assert db.shape == (shape[1],) and db.dtype == dtype
         ref = dy.astype(np.float64).sum(axis=(0, 2, 3))
-        np.testing.assert_allclose(db, nb.bias_grad_nchw(dy), **_tol(dtype))
         np.testing.assert_allclose(db, ref, **_tol(dtype))
 
 
 @pytest.mark.parametrize("block", [32, 100, 256])
-def test_bias_grad_emulated_odd_block_and_deterministic(block: int) -> None:
+def test_bias_grad_emulated_odd_block_and_deterministic(emulate, block: int) -> None:
     # a non-power-of-two block exercises the tree's bounds check; two runs agree bit for bit
     dy = np.random.default_rng(3).standard_normal((3, 4, 17, 5)).astype(np.float32)
-    with _emu(2, block):
+    with emulate(2, block):
         a = cb.bias_grad_nchw(dy)
         b = cb.bias_grad_nchw(dy)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
-def test_emulated_non_contiguous_inputs() -> None:
+def test_emulated_non_contiguous_inputs(emulate) -> None:
     rng = np.random.default_rng(5)
     base = rng.standard_normal((2, 3, 6, 5))
     y = base.transpose(0, 1, 3, 2)  # (2, 3, 5, 6), not C-contiguous
     orig = y.copy()
     b = rng.standard_normal(3)
-    with _emu(None, 64):
+    with emulate(None, 64):
         db = cb.bias_grad_nchw(y)
         out = cb.bias_add_nchw(y, b)
     np.testing.assert_allclose(db, orig.sum(axis=(0, 2, 3)), rtol=1e-12)
@@ -110,16 +93,16 @@ def test_emulated_non_contiguous_inputs() -> None:
     np.testing.assert_allclose(base, (orig + b[None, :, None, None]).transpose(0, 1, 3, 2))
 
 
-def test_emulated_empty_batch() -> None:
-    with _emu(None, 32):
+def test_emulated_empty_batch(emulate) -> None:
+    with emulate(None, 32):
         db = cb.bias_grad_nchw(np.zeros((0, 4, 3, 3), np.float32))
     np.testing.assert_array_equal(db, np.zeros(4, np.float32))
 
 
-def test_launcher_bad_bias_shape() -> None:
-    with _emu(None, 32), pytest.raises(ValueError, match=r"bias_add_nchw.*\(3,\).*\(4,\)"):
+def test_launcher_bad_bias_shape(emulate) -> None:
+    with emulate(None, 32), pytest.raises(ValueError, match=r"bias_add_nchw.*\(3,\).*\(4,\)"):
         cb.bias_add_nchw(np.zeros((1, 3, 2, 2)), np.zeros(4))
-    with _emu(None, 32), pytest.raises(ValueError, match="bias_grad_nchw.*4-D"):
+    with emulate(None, 32), pytest.raises(ValueError, match="bias_grad_nchw.*4-D"):
         cb.bias_grad_nchw(np.zeros((3, 2, 2)))
 
 

@@ -8,16 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-emulator = pytest.importorskip("gpucnn.testing.emulator")
-
-if not emulator.compiler_available():
-    pytest.skip("no host C++ compiler: the kernel emulator cannot run", allow_module_level=True)
-
 KERNELS = Path(__file__).resolve().parent / "emulator_kernels"
 
 
 @pytest.fixture(scope="module")
-def basics():
+def basics(emulator):
     return emulator.EmulatedModule(KERNELS / "basics.cu")
 
 
@@ -36,7 +31,7 @@ def test_kernels_found_and_signature(basics):
         basics.get_function("no_such")
 
 
-def test_vadd_correct_vs_planted_bugs(basics):
+def test_vadd_correct_vs_planted_bugs(emulator, basics):
     a, b, c = _vadd_inputs()
     n = np.int32(a.size)
     basics.get_function("vadd")((4,), (128,), (a, b, c, n))
@@ -146,7 +141,7 @@ def test_grid_stride_every_grid_size(basics, block):
         np.testing.assert_array_equal(c, a + b, err_msg=f"grid={g} block={block}")
 
 
-def test_fast_path_grid_sweep():
+def test_fast_path_grid_sweep(emulator):
     mod = emulator.EmulatedModule(KERNELS / "nobarrier.cu")
     assert not mod.fibers
     k = mod.get_function("fill_ids")
@@ -157,7 +152,7 @@ def test_fast_path_grid_sweep():
         np.testing.assert_array_equal(y, np.arange(n))
 
 
-def test_forced_fibers_same_result():
+def test_forced_fibers_same_result(emulator):
     mod = emulator.EmulatedModule(KERNELS / "nobarrier.cu", fibers=True)
     y = np.zeros(100, np.int32)
     mod.get_function("fill_ids")((3,), (16,), (y, np.int32(100)))
@@ -203,7 +198,7 @@ def test_argument_type_errors(basics):
         k((1,), (2048,), (a, b, c, np.int32(64)))
 
 
-def test_divergent_barrier_reported(basics):
+def test_divergent_barrier_reported(emulator, basics):
     y = np.zeros(40, np.float32)
     with pytest.raises(emulator.EmulatorError, match="exited while"):
         basics.get_function("divergent_barrier")((1,), (64,), (y, np.int32(40)))
@@ -220,20 +215,20 @@ def test_in_place_aliasing_and_views(basics):
     assert not big[:5].any() and not big[15:].any()
 
 
-def test_write_to_read_only_array_reported(basics):
+def test_write_to_read_only_array_reported(emulator, basics):
     x = np.arange(10, dtype=np.float32)
     x.flags.writeable = False
     with pytest.raises(emulator.EmulatorError, match="read-only"):
         basics.get_function("scale_inplace")((1,), (16,), (x, x, np.float32(2), np.int32(10)))
 
 
-def test_compile_error_names_file(tmp_path, monkeypatch):
+def test_compile_error_names_file(emulator, tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCNN_EMULATOR_CACHE", str(tmp_path))
     with pytest.raises(emulator.EmulatorCompileError, match=r"broken\.cu[\s\S]*undefined_symbol"):
         emulator.EmulatedModule(KERNELS / "broken.cu")
 
 
-def test_compiled_library_cached(tmp_path, monkeypatch):
+def test_compiled_library_cached(emulator, tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCNN_EMULATOR_CACHE", str(tmp_path))
     first = emulator.EmulatedModule(KERNELS / "nobarrier.cu")
     assert not first.from_cache and first.library.parent == tmp_path
@@ -246,12 +241,56 @@ def test_compiled_library_cached(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_emulated_runtime_launch():
+def test_emulated_runtime_launch(emulator):
     from gpucnn.backend.runtime import current_runtime, use_runtime
 
     with use_runtime(emulator.emulated_runtime(grid_cap=2, block=32)) as rt:
         assert current_runtime() is rt and rt.xp is np and rt.name == "emulator"
         assert rt.grid_for(10_000) == 2
+
+
+def test_launch_grid_sweep_runs_grid_stride_loops(emulated, launch_grid):
+    """The shared sweep (conftest ``launch_grid``/``emulated``): the runtime launches with that
+    shape, and a grid-stride kernel covers every element whatever the grid."""
+    from gpucnn.backend.runtime import MAX_GRID, current_runtime
+
+    rt = current_runtime()
+    grid_cap, block = launch_grid
+    assert rt is emulated and (rt.grid_cap, rt.block) == (grid_cap, block)
+    n = 1000
+    assert rt.grid_for(n) == min(-(-n // block), grid_cap or MAX_GRID)
+    a, b, c = _vadd_inputs(n)
+    rt.launch(str(KERNELS / "basics.cu"), "vadd", n, (a, b, c, np.int32(n)))
+    np.testing.assert_array_equal(c, a + b)
+
+
+def test_kernel_parity_helper_catches_differences(kernel_parity):
+    """The shared twin-vs-kernel check (conftest ``kernel_parity``) fails on every kind of
+    difference: values, integers, dtypes, structure, and in-place writes to arguments."""
+    from gpucnn.backend.numpy_ops import bias as twin
+
+    x = np.arange(6, dtype=np.float32)
+    got, want = kernel_parity("bias", lambda m: x * 2)
+    np.testing.assert_array_equal(got, want)
+    off = lambda m: x * 2 if m is twin else x * 2 * np.float32(1 + 1e-5)  # noqa: E731
+    with pytest.raises(AssertionError, match="bias.<lambda>"):
+        kernel_parity("bias", off)
+    kernel_parity("bias", off, rtol=1e-4)  # inside an explicit tolerance
+    with pytest.raises(AssertionError):
+        kernel_parity("bias", off, rtol=1, atol=1, exact=True)
+    with pytest.raises(AssertionError):  # integers compare exactly, whatever the tolerance
+        kernel_parity("bias", lambda m: np.arange(3) + (m is not twin), rtol=1, atol=1)
+    with pytest.raises(AssertionError, match="float64"):
+        kernel_parity("bias", lambda m: x if m is twin else x.astype(np.float64))
+    with pytest.raises(AssertionError, match="NoneType"):
+        kernel_parity("bias", lambda m: (x, None) if m is twin else (x, x), label="pair")
+
+    def bump(m, a):  # noqa: ANN001, ANN202 - an in-place "primitive" that differs
+        a += 1 if m is twin else 2
+
+    with pytest.raises(AssertionError, match="argument 0 after the call"):
+        kernel_parity("bias", bump, x)
+    assert x[0] == 0  # each side ran on its own copy
 
 
 def test_subwarp_shuffle_and_syncthreads_count(basics):
@@ -263,13 +302,13 @@ def test_subwarp_shuffle_and_syncthreads_count(basics):
     assert count[0] == int((x > 0).sum())
 
 
-def test_shuffle_with_exited_lane_reported(basics):
+def test_shuffle_with_exited_lane_reported(emulator, basics):
     y = np.zeros(32, np.float32)
     with pytest.raises(emulator.EmulatorError, match="exited"):
         basics.get_function("shuffle_after_exit")((1,), (32,), (y,))
 
 
-def test_static_shared_memory_starts_poisoned():
+def test_static_shared_memory_starts_poisoned(emulator):
     """Reading shared memory nobody wrote gives NaN (as garbage on a GPU), not zeros."""
     mod = emulator.EmulatedModule(KERNELS / "sharedinit.cu")
     x = np.arange(64, dtype=np.float32)

@@ -40,8 +40,6 @@ CASES = {
 }
 IDS = list(CASES)
 DTYPES = [np.float32, np.float64]
-# (grid_cap, block): one block, a few, one thread per element (None: as many blocks as needed)
-LAUNCHES = [(1, 256), (3, 32), (None, 256), (None, 1)]
 
 
 def _brute_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
@@ -79,15 +77,6 @@ def _inputs(shape, geom, dtype, seed=0):
     kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
     cols = rng.standard_normal((shape[0], shape[1] * kh * kw, oh * ow)).astype(dtype)
     return x, cols
-
-
-@pytest.fixture(scope="module")
-def emu():
-    emulator = pytest.importorskip("gpucnn.testing.emulator")
-    if not emulator.compiler_available():
-        pytest.skip("no host C++ compiler: the kernel emulator cannot run")
-    emulator.get_emulated_module("im2col")  # compile once, up front
-    return emulator
 
 
 # ------------------------------------------------------------------ NumPy twin
@@ -328,29 +317,27 @@ def test_cn_numpy_twin_matches_brute_force(shape, geom):
     assert np.vdot(got, cols2) == pytest.approx(np.vdot(x, back), rel=1e-12, abs=1e-12)
 
 
-@pytest.mark.parametrize("grid_cap,block", LAUNCHES, ids=[f"g{g}b{b}" for g, b in LAUNCHES])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", IDS)
-def test_emulated_cn_kernels_match_numpy(emu, case, dtype, grid_cap, block):
+def test_emulated_cn_kernels_match_numpy(kernel_parity, launch_grid, case, dtype):
     shape, geom = CASES[case]
     x, cols2 = _cn_inputs(shape, geom, dtype)
-    with use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block)):
-        got = cuda_im2col.im2col_cn(x, *geom)
-        back = cuda_im2col.col2im_cn(cols2, *shape, *geom)
+    got, _ = kernel_parity("im2col", "im2col_cn", x, *geom, launch=launch_grid, exact=True)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    back, _ = kernel_parity(
+        "im2col", "col2im_cn", cols2, *shape, *geom, launch=launch_grid, rtol=tol, atol=tol
+    )
     assert got.dtype == dtype and back.dtype == dtype
     assert got.flags.c_contiguous and back.flags.c_contiguous
-    np.testing.assert_array_equal(got, np_im2col.im2col_cn(x, *geom))
-    tol = 1e-6 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(back, np_im2col.col2im_cn(cols2, *shape, *geom), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape, geom", CN_CASES[len(CASES) :])
-def test_emulated_cn_kernels_random_geometries(emu, shape, geom, dtype):
+def test_emulated_cn_kernels_random_geometries(emulate, shape, geom, dtype):
     """Random stride / dilation / asymmetric padding (bottom/right through oh, ow): the
     kernels equal the brute-force reference, and col2im_cn equals the per-sample col2im."""
     x, cols2 = _cn_inputs(shape, geom, dtype, seed=len(shape) + sum(geom))
-    with use_runtime(emu.emulated_runtime(grid_cap=2, block=32)):
+    with emulate(grid_cap=2, block=32):
         got = cuda_im2col.im2col_cn(x, *geom)
         back = cuda_im2col.col2im_cn(cols2, *shape, *geom)
         n, ck = shape[0], cols2.shape[0]
@@ -360,10 +347,10 @@ def test_emulated_cn_kernels_random_geometries(emu, shape, geom, dtype):
     np.testing.assert_array_equal(back, back_ref)  # same gather, same summation order
 
 
-def test_emulated_cn_noncontiguous_and_empty_batch(emu):
+def test_emulated_cn_noncontiguous_and_empty_batch(emulate):
     x = np.random.default_rng(1).standard_normal((2, 5, 6, 3)).transpose(0, 3, 1, 2)
     geom = (2, 3, 2, 1, 1, 0, 1, 1, 3, 4)
-    with use_runtime(emu.emulated_runtime(grid_cap=2, block=32)):
+    with emulate(grid_cap=2, block=32):
         got = cuda_im2col.im2col_cn(x, *geom)
         back = cuda_im2col.col2im_cn(got.T.copy().T, 2, 3, 5, 6, *geom)  # F-ordered cols
         empty = cuda_im2col.im2col_cn(np.zeros((0, 3, 5, 6)), *geom)
@@ -376,26 +363,24 @@ def test_emulated_cn_noncontiguous_and_empty_batch(emu):
 # ------------------------------------------------------------------ CUDA kernels (emulated)
 
 
-@pytest.mark.parametrize("grid_cap,block", LAUNCHES, ids=[f"g{g}b{b}" for g, b in LAUNCHES])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", IDS)
-def test_emulated_kernels_match_numpy(emu, case, dtype, grid_cap, block):
+def test_emulated_kernels_match_numpy(kernel_parity, launch_grid, case, dtype):
     shape, geom = CASES[case]
     x, cols = _inputs(shape, geom, dtype)
-    with use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block)):
-        got = cuda_im2col.im2col(x, *geom)
-        back = cuda_im2col.col2im(cols, *shape, *geom)
-    assert got.dtype == dtype and back.dtype == dtype
-    np.testing.assert_array_equal(got, np_im2col.im2col(x, *geom))
+    got, _ = kernel_parity("im2col", "im2col", x, *geom, launch=launch_grid, exact=True)
     tol = 1e-6 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(back, np_im2col.col2im(cols, *shape, *geom), rtol=tol, atol=tol)
+    back, _ = kernel_parity(
+        "im2col", "col2im", cols, *shape, *geom, launch=launch_grid, rtol=tol, atol=tol
+    )
+    assert got.dtype == dtype and back.dtype == dtype
 
 
 @pytest.mark.parametrize("case", ["k5_s2_p2", "same_even_asym", "dilated_strided"])
-def test_emulated_kernels_match_brute_force(emu, case):
+def test_emulated_kernels_match_brute_force(emulate, case):
     shape, geom = CASES[case]
     x, cols = _inputs(shape, geom, np.float64, seed=5)
-    with use_runtime(emu.emulated_runtime(grid_cap=2, block=64)):
+    with emulate(grid_cap=2, block=64):
         got = cuda_im2col.im2col(x, *geom)
         back = cuda_im2col.col2im(cols, *shape, *geom)
     np.testing.assert_array_equal(got, _brute_im2col(x, *geom))
@@ -403,10 +388,10 @@ def test_emulated_kernels_match_brute_force(emu, case):
     assert np.vdot(got, cols) == pytest.approx(np.vdot(x, back), rel=1e-12)
 
 
-def test_emulated_noncontiguous_and_empty_batch(emu):
+def test_emulated_noncontiguous_and_empty_batch(emulate):
     x = np.random.default_rng(1).standard_normal((2, 5, 6, 3)).transpose(0, 3, 1, 2)
     geom = (2, 3, 2, 1, 1, 0, 1, 1, 3, 4)
-    with use_runtime(emu.emulated_runtime(grid_cap=2, block=32)):
+    with emulate(grid_cap=2, block=32):
         got = cuda_im2col.im2col(x, *geom)
         empty = cuda_im2col.im2col(np.zeros((0, 3, 5, 6)), *geom)
         empty_back = cuda_im2col.col2im(np.zeros((0, 18, 12)), 0, 3, 5, 6, *geom)
@@ -422,10 +407,7 @@ def ops(request):
     if request.param == "numpy":
         yield np_im2col
         return
-    emulator = pytest.importorskip("gpucnn.testing.emulator")
-    if not emulator.compiler_available():
-        pytest.skip("no host C++ compiler: the kernel emulator cannot run")
-    with use_runtime(emulator.emulated_runtime()):
+    with request.getfixturevalue("emulate")():
         yield cuda_im2col
 
 

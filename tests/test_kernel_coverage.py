@@ -18,17 +18,13 @@ import numpy as np
 import pytest
 
 from gpucnn.backend.kernels import all_kernel_sources
-from gpucnn.backend.runtime import KernelRuntime, use_runtime
-
-emulator = pytest.importorskip("gpucnn.testing.emulator")
-if not emulator.compiler_available():
-    pytest.skip("no host C++ compiler for the kernel emulator", allow_module_level=True)
+from gpucnn.backend.runtime import KernelRuntime
 
 DTYPES = (np.float32, np.float64)
 ACT_KINDS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "gelu", "gelu_tanh")
 
 
-def declared_kernels() -> set[str]:
+def declared_kernels(emulator: Any) -> set[str]:
     """Kernels of every ``cuda/*.cu``, found after preprocessing (macro-made ones included)."""
     names: set[str] = set()
     for src in all_kernel_sources():
@@ -149,7 +145,7 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
 class RecordingRuntime(KernelRuntime):
     """The emulated runtime, remembering every kernel name it hands out."""
 
-    def __init__(self) -> None:
+    def __init__(self, emulator: Any) -> None:
         base = emulator.emulated_runtime(grid_cap=3, block=64)
         super().__init__(base.xp, base._get_kernel, grid_cap=3, block=64, name="recording")
         self.seen: set[str] = set()
@@ -159,28 +155,15 @@ class RecordingRuntime(KernelRuntime):
         return super().kernel(family, name, defines)
 
 
-def _flat(out: Any) -> list[np.ndarray]:
-    if isinstance(out, tuple):
-        return [np.asarray(o) for o in out if o is not None]
-    return [np.asarray(out)]
-
-
-def test_every_declared_kernel_is_launched_and_matches_its_twin() -> None:
-    rt = RecordingRuntime()
+def test_every_declared_kernel_is_launched_and_matches_its_twin(emulator, kernel_parity) -> None:
+    rt = RecordingRuntime(emulator)
     for dt in DTYPES:
+        tol = 1e-5 if dt == np.float32 else 1e-12
         for family, label, call in _cases(dt):
-            cu = importlib.import_module(f"gpucnn.backend.cuda_ops.{family}")
-            tw = importlib.import_module(f"gpucnn.backend.numpy_ops.{family}")
-            with use_runtime(rt):
-                got = _flat(call(cu))
-            want = _flat(call(tw))
-            assert len(got) == len(want), f"{family} {label}"
-            tol = 1e-5 if dt == np.float32 else 1e-12
-            for gi, wi in zip(got, want):
-                np.testing.assert_allclose(
-                    gi, wi, rtol=tol, atol=tol, err_msg=f"{family} {label} {np.dtype(dt)}"
-                )
-    declared = declared_kernels()
+            kernel_parity(
+                family, call, launch=rt, rtol=tol, atol=tol, label=f"{label} {np.dtype(dt)}"
+            )
+    declared = declared_kernels(emulator)
     assert declared, "no kernels found in cuda/"
     assert rt.seen - declared == set(), "launchers name kernels that no .cu declares"
     assert declared - rt.seen == set(), "kernels in cuda/ that no launcher reaches"
@@ -195,12 +178,12 @@ def test_every_declared_kernel_is_launched_and_matches_its_twin() -> None:
     ],
 )
 def test_float16_reaching_a_launcher_is_a_clear_type_error(
-    module: str, call: Callable, op: str
+    emulate: Callable, module: str, call: Callable, op: str
 ) -> None:
     """No kernel of ours takes float16 yet: say so, naming the op, instead of a missing kernel."""
     m = importlib.import_module(f"gpucnn.backend.cuda_ops.{module}")
     x = np.ones((2, 3, 5, 6), dtype=np.float16)
-    with use_runtime(emulator.emulated_runtime()):
+    with emulate():
         with pytest.raises(TypeError, match="float16") as exc:
             call(m, x)
     msg = str(exc.value)

@@ -332,6 +332,41 @@ def test_global_and_adaptive_pooling() -> None:
     np.testing.assert_allclose(mx.numpy()[:, :, 0, 0], a.max(axis=(2, 3)))
 
 
+def test_int_pair_arguments_are_checked_by_the_shared_helper() -> None:
+    """Every int-or-pair argument goes through gpucnn.backend.geometry.pair: a ValueError for a
+    wrong length, item type or value, a TypeError for what is neither an int nor a sequence;
+    the message names the layer, the argument and the given value."""
+    with pytest.raises(ValueError, match=r"Conv2D: kernel_size must be >= 1, got \(0, 3\)"):
+        L.Conv2D(4, (0, 3))
+    with pytest.raises(ValueError, match=r"Conv2D: strides must be an int or a pair of ints, "
+                                         r"got \(1, 2, 3\)"):
+        L.Conv2D(4, 3, strides=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"Conv2D: dilation_rate must be an int or a pair.*2.0"):
+        L.Conv2D(4, 3, dilation_rate=(2.0, 1))
+    with pytest.raises(TypeError, match=r"Conv2D: kernel_size must be an int or a pair.*1.5"):
+        L.Conv2D(4, 1.5)
+    with pytest.raises(ValueError, match=r"Conv2D: padding must be >= 0, got \(-1, -1\)"):
+        L.Conv2D(4, 3, padding=-1)
+    with pytest.raises(ValueError, match=r"MaxPooling2D: pool_size must be >= 1, got \(0, 0\)"):
+        L.MaxPooling2D(0)
+    with pytest.raises(ValueError, match=r"AveragePooling2D: strides must be >= 1, got \(1, 0\)"):
+        L.AveragePooling2D(2, strides=(1, 0))
+    with pytest.raises(ValueError, match=r"MaxPooling2D: padding must be >= 0"):
+        L.MaxPooling2D(2, padding=(0, -1))
+    with pytest.raises(TypeError, match=r"AdaptiveAveragePooling2D: output_size must be an int "
+                                        r"or a pair of ints, got None"):
+        L.AdaptiveAveragePooling2D(None)
+    with pytest.raises(ValueError, match=r"AdaptiveMaxPooling2D: output_size must be >= 1"):
+        L.AdaptiveMaxPooling2D((2, 0))
+    with pytest.raises(ValueError, match=r"ZeroPadding2D: padding must be >= 0, got \(-1, -1\)"):
+        L.ZeroPadding2D(-1)
+    with pytest.raises(ValueError, match=r"ResidualBlock: strides must be an int or a pair"):
+        L.ResidualBlock(8, strides=(1, 2, 1))
+    conv = L.Conv2D(4, np.int64(3), strides=[1, 2], dilation_rate=np.array([2, 1]))
+    assert (conv.kernel_size, conv.strides, conv.dilation_rate) == ((3, 3), (1, 2), (2, 1))
+    assert all(type(v) is int for v in conv.kernel_size + conv.strides + conv.dilation_rate)
+
+
 def test_pooling_errors() -> None:
     with pytest.raises(ValueError, match=r"MaxPooling2D layer 'mp'.*received \(None, 5\)"):
         L.MaxPooling2D(name="mp")(_x(2, 5))

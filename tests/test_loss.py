@@ -10,26 +10,8 @@ import gpucnn.functional as F
 from gpucnn import backend as B
 from gpucnn.backend.cuda_ops import softmax_xent as cuda_sx
 from gpucnn.backend.numpy_ops import softmax_xent as np_sx
-from gpucnn.backend.runtime import use_runtime
 from gpucnn.tensor import Tensor
 from gpucnn.testing.gradcheck import gradient_check
-
-LAUNCHES = [(1, 32), (3, 256), (None, 64), (2, 48)]
-
-
-def _emulator():
-    emu = pytest.importorskip("gpucnn.testing.emulator")
-    if not emu.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
-    return emu
-
-
-@pytest.fixture(params=LAUNCHES, ids=lambda p: f"grid{p[0]}-block{p[1]}")
-def emulated(request: pytest.FixtureRequest):
-    emu = _emulator()
-    grid_cap, block = request.param
-    with use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block)) as rt:
-        yield rt
 
 
 def _targets(rng, shape, c: int, ignore: int | None = -100) -> np.ndarray:

@@ -11,19 +11,10 @@ from gpucnn import Tensor
 from gpucnn.backend import get_backend
 from gpucnn.backend.cuda_ops import norm as cuda_norm
 from gpucnn.backend.numpy_ops import norm as np_norm
-from gpucnn.backend.runtime import use_runtime
 from gpucnn.testing.gradcheck import gradient_check
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
-LAUNCH = [(1, 32), (3, 64), (None, 256), (2, 100)]  # (grid_cap, block); 100: not a power of 2
 SHAPES = [(3, 5), (2, 7, 3, 5), (4, 3, 1, 1), (1, 33, 2, 3), (5, 2, 13)]
-
-
-def _emulated(grid_cap: int | None, block: int):
-    emu = pytest.importorskip("gpucnn.testing.emulator")
-    if not emu.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
-    return use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block))
 
 
 def _data(shape, dtype, seed=0, offset=3.0):
@@ -35,37 +26,32 @@ def _data(shape, dtype, seed=0, offset=3.0):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("grid_cap,block", LAUNCH)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_stats_forward_parity_emulated(dtype, grid_cap, block, shape):
+def test_stats_forward_parity_emulated(kernel_parity, launch_grid, dtype, shape):
     x = _data(shape, dtype)
     c = shape[1]
     rng = np.random.default_rng(1)
     w = rng.standard_normal(c).astype(dtype)
     b = rng.standard_normal(c).astype(dtype)
-    with _emulated(grid_cap, block):
-        mean, var = cuda_norm.batchnorm_stats(x)
-        y = cuda_norm.batchnorm_forward(x, mean, var, w, b, 1e-5)
-        y0 = cuda_norm.batchnorm_forward(x, mean, var, None, None, 1e-3)
-    mean_t, var_t = np_norm.batchnorm_stats(x)
+    tol = TOL[dtype]
+    (mean, var), (mean_t, var_t) = kernel_parity(
+        "norm", "batchnorm_stats", x, launch=launch_grid, **tol
+    )
     assert mean.dtype == dtype and var.dtype == dtype and mean.shape == (c,)
-    np.testing.assert_allclose(mean, mean_t, **TOL[dtype])
-    np.testing.assert_allclose(var, var_t, **TOL[dtype])
     # independent check of the twin itself
     axes = (0,) + tuple(range(2, x.ndim))
-    np.testing.assert_allclose(mean_t, x.astype(np.float64).mean(axis=axes), **TOL[dtype])
-    np.testing.assert_allclose(var_t, x.astype(np.float64).var(axis=axes), **TOL[dtype])
-    np.testing.assert_allclose(y, np_norm.batchnorm_forward(x, mean, var, w, b, 1e-5), **TOL[dtype])
-    np.testing.assert_allclose(
-        y0, np_norm.batchnorm_forward(x, mean, var, None, None, 1e-3), **TOL[dtype]
+    np.testing.assert_allclose(mean_t, x.astype(np.float64).mean(axis=axes), **tol)
+    np.testing.assert_allclose(var_t, x.astype(np.float64).var(axis=axes), **tol)
+    kernel_parity("norm", "batchnorm_forward", x, mean, var, w, b, 1e-5, launch=launch_grid, **tol)
+    kernel_parity(
+        "norm", "batchnorm_forward", x, mean, var, None, None, 1e-3, launch=launch_grid, **tol
     )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("grid_cap,block", LAUNCH)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("training", [True, False])
-def test_backward_parity_emulated(dtype, grid_cap, block, shape, training):
+def test_backward_parity_emulated(kernel_parity, launch_grid, dtype, shape, training):
     x = _data(shape, dtype)
     c = shape[1]
     rng = np.random.default_rng(2)
@@ -75,21 +61,19 @@ def test_backward_parity_emulated(dtype, grid_cap, block, shape, training):
     if not training:
         mean = rng.standard_normal(c).astype(dtype)
         var = (rng.random(c) + 0.5).astype(dtype)
-    with _emulated(grid_cap, block):
-        got = cuda_norm.batchnorm_backward(dy, x, mean, var, w, 1e-5, training)
-        got_nw = cuda_norm.batchnorm_backward(dy, x, mean, var, None, 1e-5, training)
-    want = np_norm.batchnorm_backward(dy, x, mean, var, w, 1e-5, training)
-    want_nw = np_norm.batchnorm_backward(dy, x, mean, var, None, 1e-5, training)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else TOL[dtype]
-    for g, t in zip(got + got_nw, want + want_nw):
-        assert g.dtype == dtype and g.shape == t.shape
-        np.testing.assert_allclose(g, t, **tol)
+    for weight in (w, None):
+        got, _ = kernel_parity(
+            "norm", "batchnorm_backward", dy, x, mean, var, weight, 1e-5, training,
+            launch=launch_grid, **tol,
+        )  # fmt: skip
+        assert all(g.dtype == dtype for g in got)
 
 
-def test_stats_accuracy_large_mean():
+def test_stats_accuracy_large_mean(emulate):
     """Two-pass double accumulation: a large offset does not destroy the float32 variance."""
     x = _data((64, 2, 8, 8), np.float32, offset=1e4)
-    with _emulated(None, 128):
+    with emulate(None, 128):
         _, var = cuda_norm.batchnorm_stats(x)
     ref = x.astype(np.float64).var(axis=(0, 2, 3))
     np.testing.assert_allclose(var, ref, rtol=1e-5)

@@ -336,86 +336,52 @@ def test_global_gradcheck():
 # --------------------------------------------------------------------------- twin vs emulator
 
 
-@pytest.fixture(scope="module")
-def emulator():
-    em = pytest.importorskip("gpucnn.testing.emulator")
-    if not em.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
-    return em
-
-
-GRIDS = [(1, 32), (3, 32), (None, 256)]
-
-
-def _check_parity(emulator, grid, fn_name, args, exact_idx=True, rtol=None):
-    """Run ``fn_name`` on the NumPy twin and on the emulated kernel with the same args."""
-    want = getattr(NP, fn_name)(*args)
-    with use_runtime(emulator.emulated_runtime(grid_cap=grid[0], block=grid[1])):
-        got = getattr(CP, fn_name)(*args)
-    if not isinstance(want, tuple):
-        want, got = (want,), (got,)
-    for a, b in zip(want, got):
-        assert a.shape == b.shape and a.dtype == b.dtype, (fn_name, a.shape, b.shape)
-        if a.dtype.kind == "i":
-            np.testing.assert_array_equal(b, a)
-        else:
-            tol = rtol if rtol is not None else (2e-6 if a.dtype == np.float32 else 1e-13)
-            np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_maxpool_kernels_parity(emulator, grid, dtype):
+def test_maxpool_kernels_parity(kernel_parity, launch_grid, dtype):
     rng = np.random.default_rng(11)
     for shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil in MAX_CASES:
         x = tie_free(shape, seed=12).astype(dtype)
         oh, ow = ref_out(shape[2], kh, sh, ph, dh, ceil), ref_out(shape[3], kw, sw, pw, dw, ceil)
-        _check_parity(
-            emulator, grid, "maxpool2d_forward", (x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        )
-        _, arg = NP.maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        args = (x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        kernel_parity("pool", "maxpool2d_forward", *args, launch=launch_grid)
+        _, arg = NP.maxpool2d_forward(*args)
         dy = rng.standard_normal(arg.shape).astype(dtype)
         h, w = shape[2:]
-        _check_parity(
-            emulator, grid, "maxpool2d_backward", (dy, arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
-        )
+        bargs = (dy, arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+        kernel_parity("pool", "maxpool2d_backward", *bargs, launch=launch_grid)
 
 
-@pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_avgpool_kernels_parity(emulator, grid, dtype):
+def test_avgpool_kernels_parity(kernel_parity, launch_grid, dtype):
     rng = np.random.default_rng(13)
     for shape, (kh, kw), (sh, sw), (ph, pw), ceil, cip, dov in AVG_CASES:
         x = rng.standard_normal(shape).astype(dtype)
         oh, ow = ref_out(shape[2], kh, sh, ph, 1, ceil), ref_out(shape[3], kw, sw, pw, 1, ceil)
         div = dov or 0
-        _check_parity(
-            emulator, grid, "avgpool2d_forward", (x, kh, kw, sh, sw, ph, pw, oh, ow, cip, div)
-        )
+        args = (x, kh, kw, sh, sw, ph, pw, oh, ow, cip, div)
+        kernel_parity("pool", "avgpool2d_forward", *args, launch=launch_grid)
         dy = rng.standard_normal((shape[0], shape[1], oh, ow)).astype(dtype)
         h, w = shape[2:]
-        _check_parity(
-            emulator, grid, "avgpool2d_backward", (dy, h, w, kh, kw, sh, sw, ph, pw, cip, div)
-        )
+        bargs = (dy, h, w, kh, kw, sh, sw, ph, pw, cip, div)
+        kernel_parity("pool", "avgpool2d_backward", *bargs, launch=launch_grid)
 
 
-@pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adaptive_kernels_parity(emulator, grid, dtype):
+def test_adaptive_kernels_parity(kernel_parity, launch_grid, dtype):
     rng = np.random.default_rng(14)
     for shape, out in ADAPTIVE_CASES + [((2, 3, 9, 11), (4, 5)), ((1, 2, 3, 3), (8, 6))]:
         oh, ow = _out_pair(shape, out)
         h, w = shape[2:]
         x = tie_free(shape, seed=15).astype(dtype)
         dy = rng.standard_normal((shape[0], shape[1], oh, ow)).astype(dtype)
-        _check_parity(emulator, grid, "adaptive_avgpool2d_forward", (x, oh, ow))
-        _check_parity(emulator, grid, "adaptive_avgpool2d_backward", (dy, h, w))
-        _check_parity(emulator, grid, "adaptive_maxpool2d_forward", (x, oh, ow))
+        kernel_parity("pool", "adaptive_avgpool2d_forward", x, oh, ow, launch=launch_grid)
+        kernel_parity("pool", "adaptive_avgpool2d_backward", dy, h, w, launch=launch_grid)
+        kernel_parity("pool", "adaptive_maxpool2d_forward", x, oh, ow, launch=launch_grid)
         _, arg = NP.adaptive_maxpool2d_forward(x, oh, ow)
-        _check_parity(emulator, grid, "adaptive_maxpool2d_backward", (dy, arg, h, w))
+        kernel_parity("pool", "adaptive_maxpool2d_backward", dy, arg, h, w, launch=launch_grid)
 
 
-def test_kernels_parity_random_sweep(emulator):
+def test_kernels_parity_random_sweep(kernel_parity):
     """Random configurations (seeded) through every kernel, float32, one odd grid."""
     rng = np.random.default_rng(16)
     grid = (2, 64)
@@ -433,25 +399,19 @@ def test_kernels_parity_random_sweep(emulator):
         )
         if oh >= 1 and ow >= 1:
             args = (x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            _check_parity(emulator, grid, "maxpool2d_forward", args)
+            kernel_parity("pool", "maxpool2d_forward", *args, launch=grid)
             _, arg = NP.maxpool2d_forward(*args)
             dy = rng.standard_normal(arg.shape).astype(np.float32)
-            _check_parity(
-                emulator,
-                grid,
-                "maxpool2d_backward",
-                (dy, arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw),
-            )
+            bargs = (dy, arg, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+            kernel_parity("pool", "maxpool2d_backward", *bargs, launch=grid)
         oh, ow = pool_output_size(h, kh, sh, ph, 1, ceil), pool_output_size(w, kw, sw, pw, 1, ceil)
         if oh >= 1 and ow >= 1:
             cip, div = bool(rng.integers(2)), int(rng.choice([0, 0, 2]))
-            _check_parity(
-                emulator, grid, "avgpool2d_forward", (x, kh, kw, sh, sw, ph, pw, oh, ow, cip, div)
-            )
+            args = (x, kh, kw, sh, sw, ph, pw, oh, ow, cip, div)
+            kernel_parity("pool", "avgpool2d_forward", *args, launch=grid)
             dy = rng.standard_normal((n, c, oh, ow)).astype(np.float32)
-            _check_parity(
-                emulator, grid, "avgpool2d_backward", (dy, h, w, kh, kw, sh, sw, ph, pw, cip, div)
-            )
+            bargs = (dy, h, w, kh, kw, sh, sw, ph, pw, cip, div)
+            kernel_parity("pool", "avgpool2d_backward", *bargs, launch=grid)
 
 
 # --------------------------------------------------------------------------- PyTorch parity
@@ -611,17 +571,18 @@ def test_nan_is_the_max_like_torch():
     np.testing.assert_array_equal(ia.numpy(), ti.numpy())
 
 
-def test_nan_in_kernels(emulator):
+def test_nan_in_kernels(kernel_parity, launch_grid):
     x = tie_free((1, 1, 5, 5), seed=23)
     x[0, 0, 2, 2] = x[0, 0, 2, 3] = np.nan
     x[0, 0, 0, 0] = -np.inf
     for dtype in (np.float32, np.float64):
         xd = x.astype(dtype)
-        _check_parity(emulator, GRIDS[1], "maxpool2d_forward", (xd, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5))
-        _check_parity(emulator, GRIDS[1], "adaptive_maxpool2d_forward", (xd, 3, 2))
+        args = (xd, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5)
+        kernel_parity("pool", "maxpool2d_forward", *args, launch=launch_grid)
+        kernel_parity("pool", "adaptive_maxpool2d_forward", xd, 3, 2, launch=launch_grid)
 
 
-def test_ties_first_maximum_wins(emulator):
+def test_ties_first_maximum_wins(kernel_parity, launch_grid):
     """With ties the first maximum in row-major order is the argmax (PyTorch), everywhere."""
     x = np.random.default_rng(27).integers(0, 3, (2, 2, 7, 6)).astype(np.float64)
     x[0, 0, :3, :3] = -np.inf  # an all -inf window keeps its first in-bounds position
@@ -634,10 +595,9 @@ def test_ties_first_maximum_wins(emulator):
     np.testing.assert_array_equal(ia.numpy(), ridx)
     for dtype in (np.float32, np.float64):
         xd = x.astype(dtype)
-        for grid in GRIDS:
-            args = (xd, 3, 3, 2, 2, 1, 1, 1, 1, 4, 3)
-            _check_parity(emulator, grid, "maxpool2d_forward", args)
-            _check_parity(emulator, grid, "adaptive_maxpool2d_forward", (xd, 3, 4))
+        args = (xd, 3, 3, 2, 2, 1, 1, 1, 1, 4, 3)
+        kernel_parity("pool", "maxpool2d_forward", *args, launch=launch_grid)
+        kernel_parity("pool", "adaptive_maxpool2d_forward", xd, 3, 4, launch=launch_grid)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -672,7 +632,7 @@ def test_all_minus_inf_window_keeps_first_index():
 
 
 @pytest.mark.parametrize("stride", [(4, 2), (4, 1)])  # non-overlapping / overlapping columns
-def test_windows_without_input_pixels(emulator, stride):
+def test_windows_without_input_pixels(kernel_parity, launch_grid, stride):
     # H=2, kernel 2 rows dilated by 3, padding 1: the only window row pair is (-1, 2), outside
     # the input. PyTorch outputs -inf with an out-of-plane index; no gradient flows from it.
     x = tie_free((1, 2, 2, 4), seed=28)
@@ -684,10 +644,10 @@ def test_windows_without_input_pixels(emulator, stride):
     np.testing.assert_array_equal(xt.grad.numpy(), 0.0)
     oh, ow = y.shape[2:]
     args = (x, 2, 2, stride[0], stride[1], 1, 0, 3, 1, oh, ow)
-    _check_parity(emulator, GRIDS[0], "maxpool2d_forward", args)
+    kernel_parity("pool", "maxpool2d_forward", *args, launch=launch_grid)
     dy = np.ones(y.shape)
     bargs = (dy, idx.numpy(), 2, 4, 2, 2, stride[0], stride[1], 1, 0, 3, 1)
-    _check_parity(emulator, GRIDS[0], "maxpool2d_backward", bargs)
+    kernel_parity("pool", "maxpool2d_backward", *bargs, launch=launch_grid)
 
 
 def test_avg_pool_nan_and_inf_stay_local():
@@ -787,14 +747,26 @@ def test_errors_name_op_and_values():
         F.max_pool2d(x4, 3, dilation=2)
     with pytest.raises(ValueError, match=r"avg_pool2d: input spatial size \(4, 4\)"):
         F.avg_pool2d(x4, (1, 5))
-    with pytest.raises(
-        ValueError, match=r"max_pool2d: stride must be >= 1 in each dim, got \(0, 1\)"
-    ):
+    with pytest.raises(ValueError, match=r"max_pool2d: stride must be >= 1, got \(0, 1\)"):
         F.max_pool2d(x4, 2, stride=(0, 1))
     with pytest.raises(ValueError, match=r"max_pool2d: kernel_size must be >= 1"):
         F.max_pool2d(x4, 0)
-    with pytest.raises(TypeError, match=r"max_pool2d: kernel_size must be an int or a pair"):
+    with pytest.raises(ValueError, match=r"avg_pool2d: padding must be >= 0, got \(-1, -1\)"):
+        F.avg_pool2d(x4, 2, padding=-1)
+    # a wrong length or item type is a ValueError, a value that is no int nor sequence a
+    # TypeError (gpucnn.backend.geometry.pair, shared by the whole package)
+    with pytest.raises(
+        ValueError, match=r"max_pool2d: kernel_size must be an int or a pair of ints, got \(2, 2, "
+    ):
         F.max_pool2d(x4, (2, 2, 2))
+    with pytest.raises(ValueError, match=r"max_pool2d: dilation must be an int or a pair.*1.5"):
+        F.max_pool2d(x4, 2, dilation=(1.5, 1))
+    with pytest.raises(ValueError, match=r"avg_pool2d: stride must be an int or a pair.*True"):
+        F.avg_pool2d(x4, 2, stride=(True, 1))
+    with pytest.raises(TypeError, match=r"max_pool2d: kernel_size must be an int or a pair.*2.0"):
+        F.max_pool2d(x4, 2.0)
+    with pytest.raises(TypeError, match=r"avg_pool2d: stride must be an int or a pair.*True"):
+        F.avg_pool2d(x4, 2, stride=True)
     with pytest.raises(ValueError, match=r"avg_pool2d: divisor_override must be >= 1, got 0"):
         F.avg_pool2d(x4, 2, divisor_override=0)
     with pytest.raises(
@@ -837,6 +809,9 @@ def test_stride_defaults_to_kernel():
     assert F.max_pool2d(x, (2, 3)).shape == (1, 1, 3, 3)
     assert F.max_pool2d(x, (2, 3), stride=()).shape == (1, 1, 3, 3)
     assert F.avg_pool2d(x, 3).shape == (1, 1, 2, 3)
+    # one-item sequences stand for both dims (as in PyTorch); NumPy ints are ints
+    assert F.max_pool2d(x, (3,), stride=[np.int64(3)]).shape == (1, 1, 2, 3)
+    assert F.avg_pool2d(x, np.int32(2), padding=(1,)).shape == (1, 1, 4, 5)
 
 
 # --------------------------------------------------------------------------- backends

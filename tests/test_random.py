@@ -10,7 +10,6 @@ import gpucnn.functional as F
 from gpucnn import backend as B
 from gpucnn import random as R
 from gpucnn.backend.numpy_ops import random as np_random
-from gpucnn.backend.runtime import use_runtime
 
 U64 = np.uint64
 
@@ -74,20 +73,13 @@ def test_bad_arguments() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("grid_cap, block", [(1, 32), (3, 64), (None, 256)])
 @pytest.mark.parametrize("n, offset", [(1, 0), (37, 4), (1000, 1 << 40)])
-def test_kernel_matches_twin(
-    dtype: type, grid_cap: int | None, block: int, n: int, offset: int
-) -> None:
-    emulator = pytest.importorskip("gpucnn.testing.emulator")
-    if not emulator.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
-    from gpucnn.backend.cuda_ops import random as cu_random
-
+def test_kernel_matches_twin(kernel_parity, launch_grid, dtype: type, n: int, offset: int) -> None:
     seed = 2**63 + 12345
-    with use_runtime(emulator.emulated_runtime(grid_cap=grid_cap, block=block)):
-        got = cu_random.random_uniform(n, dtype, seed, offset)
-    np.testing.assert_array_equal(got, np_random.random_uniform(n, dtype, seed, offset))
+    got, _ = kernel_parity(
+        "random", "random_uniform", n, dtype, seed, offset, launch=launch_grid, exact=True
+    )
+    assert got.shape == (n,) and got.dtype == dtype
 
 
 def test_uniform_advances_and_state_restores_exactly() -> None:

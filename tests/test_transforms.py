@@ -125,6 +125,24 @@ def test_random_crop_too_big(backend):
         T.RandomCrop(12)(_batch(backend))
 
 
+def test_random_crop_checks_its_pairs():
+    """size and padding go through gpucnn.backend.geometry.pair: ValueError for a wrong length,
+    item type or value, TypeError for neither an int nor a sequence, naming RandomCrop."""
+    t = T.RandomCrop(np.int64(7), padding=[1, np.int32(2)])
+    assert t.size == (7, 7) and t.padding == (1, 2)
+    with pytest.raises(ValueError, match=r"RandomCrop: size must be >= 1, got \(0, 4\)"):
+        T.RandomCrop((0, 4))
+    with pytest.raises(ValueError, match=r"RandomCrop: size must be an int or a pair of ints, "
+                                         r"got \(3, 4, 5\)"):
+        T.RandomCrop((3, 4, 5))
+    with pytest.raises(ValueError, match=r"RandomCrop: padding must be >= 0, got \(-1, -1\)"):
+        T.RandomCrop(4, padding=-1)
+    with pytest.raises(ValueError, match=r"RandomCrop: padding must be an int or a pair.*2.5"):
+        T.RandomCrop(4, padding=(2.5, 1))
+    with pytest.raises(TypeError, match=r"RandomCrop: size must be an int or a pair.*None"):
+        T.RandomCrop(None)
+
+
 # ----------------------------------------------------------------------------- photometric
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpucnn.backend import backend_of
+from gpucnn.backend.geometry import pair
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -30,28 +31,11 @@ IntPair = int | Sequence[int]
 # --------------------------------------------------------------------------- argument checks
 
 
-def _pair(op: str, name: str, v: Any, minimum: int) -> tuple[int, int]:
-    """``v`` (int or pair of ints) as a pair, each >= ``minimum``; errors name ``op``."""
-    if isinstance(v, bool):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int) or hasattr(v, "__index__"):
-        pair = (int(v), int(v))
-    else:
-        try:
-            vals = tuple(v)
-        except TypeError:
-            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
-        if len(vals) == 1:
-            vals = vals * 2
-        if len(vals) != 2 or not all(
-            isinstance(a, int) or (hasattr(a, "__index__") and not isinstance(a, bool))
-            for a in vals
-        ):
-            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-        pair = (int(vals[0]), int(vals[1]))
-    if min(pair) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum} in each dim, got {pair}")
-    return pair
+def _one_for_both(v: Any) -> Any:
+    """A one-item sequence ``(k,)`` as ``(k, k)``, as PyTorch's pooling accepts it."""
+    if isinstance(v, (list, tuple)) and len(v) == 1:
+        return (v[0], v[0])
+    return v
 
 
 def _check_4d(op: str, x: Any) -> Tensor:
@@ -94,11 +78,11 @@ def _window_args(
     ceil_mode: bool,
 ) -> tuple[tuple[int, int], ...]:
     """Validated ``(kernel, stride, padding, dilation, out)`` pairs of a windowed pooling op."""
-    k = _pair(op, "kernel_size", kernel_size, 1)
-    empty_stride = stride is None or (not isinstance(stride, int) and len(tuple(stride)) == 0)
-    s = k if empty_stride else _pair(op, "stride", stride, 1)
-    p = _pair(op, "padding", padding, 0)
-    d = _pair(op, "dilation", dilation, 1)
+    k = pair(_one_for_both(kernel_size), "kernel_size", op)
+    empty_stride = stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0)
+    s = k if empty_stride else pair(_one_for_both(stride), "stride", op)
+    p = pair(_one_for_both(padding), "padding", op, minimum=0)
+    d = pair(_one_for_both(dilation), "dilation", op)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(
             f"{op}: padding must be at most half the kernel size in each dim, got padding={p} "

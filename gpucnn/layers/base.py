@@ -31,17 +31,6 @@ def shape_str(shape: Any) -> str:
     return "(None" + "".join(f", {s}" for s in shape) + ")"
 
 
-def pair(v: Any, what: str, layer: str) -> tuple[int, int]:
-    """``v`` as an ``(int, int)`` pair (``ValueError`` naming the layer otherwise)."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return int(v), int(v)
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"{layer}: {what} must be an int or a pair of ints, got {v!r}") from None
-
-
 class Layer(Module):
     """Base of the built-in layers: lazy ``build``, shape inference, FLOPs and config.
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
-from gpucnn.layers.base import Layer, pair
+from gpucnn.backend.geometry import pair
+from gpucnn.layers.base import Layer
 from gpucnn.layers.conv import Conv2D
 from gpucnn.layers.normalization import BatchNormalization
 from gpucnn.layers.pooling import MaxPooling2D

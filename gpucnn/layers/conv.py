@@ -10,8 +10,8 @@ import numpy as np
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
-from gpucnn.backend.geometry import conv2d_output_size
-from gpucnn.layers.base import Layer, pair
+from gpucnn.backend.geometry import conv2d_output_size, pair
+from gpucnn.layers.base import Layer
 from gpucnn.layers.core import _act_flops, _act_name
 from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
@@ -44,9 +44,7 @@ def resolve_padding(
                          f"got {padding!r}")
     if isinstance(padding, (list, tuple)) and len(padding) == 4:
         return tuple(int(p) for p in padding)  # type: ignore[return-value]
-    ph, pw = pair(padding, "padding", layer)
-    if ph < 0 or pw < 0:
-        raise ValueError(f"{layer}: padding must be >= 0, got {padding!r}")
+    ph, pw = pair(padding, "padding", layer, minimum=0)
     return ph, ph, pw, pw
 
 
@@ -91,8 +89,6 @@ class Conv2D(Layer):
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D")
         self.strides = pair(strides, "strides", "Conv2D")
         self.dilation_rate = pair(dilation_rate, "dilation_rate", "Conv2D")
-        if min(self.kernel_size + self.strides + self.dilation_rate) < 1:
-            raise ValueError("Conv2D: kernel_size, strides and dilation_rate must be >= 1")
         resolve_padding(padding, 8, 8, self.kernel_size, self.strides, self.dilation_rate,
                         "Conv2D")  # validate now
         self.padding = padding if isinstance(padding, str) else (
@@ -188,7 +184,7 @@ class ZeroPadding2D(Layer):
         ):
             (t, b), (left, r) = padding
         else:
-            ph, pw = pair(padding, "padding", "ZeroPadding2D")
+            ph, pw = pair(padding, "padding", "ZeroPadding2D", minimum=0)
             t = b = ph
             left = r = pw
         self.pads = (int(t), int(b), int(left), int(r))

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 import gpucnn.functional as F
-from gpucnn.layers.base import Layer, pair
+from gpucnn.backend.geometry import pair
+from gpucnn.layers.base import Layer
 from gpucnn.layers.conv import resolve_padding
 from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
@@ -33,13 +34,11 @@ class _Pool2D(Layer):
         cls = type(self).__name__
         self.pool_size = pair(pool_size, "pool_size", cls)
         self.strides = self.pool_size if strides is None else pair(strides, "strides", cls)
-        if min(self.pool_size + self.strides) < 1:
-            raise ValueError(f"{cls}: pool_size and strides must be >= 1")
         resolve_padding(padding, 8, 8, self.pool_size, self.strides, (1, 1), cls)
         if isinstance(padding, str):
             self.padding: Any = padding
         else:
-            ph, pw = pair(padding, "padding", cls)
+            ph, pw = pair(padding, "padding", cls, minimum=0)
             if ph > self.pool_size[0] // 2 or pw > self.pool_size[1] // 2:
                 raise ValueError(f"{cls}: padding {padding!r} must be at most half the "
                                  f"pool size {self.pool_size}")
@@ -150,8 +149,6 @@ class _Adaptive(Layer):
                  name: str | None = None) -> None:
         super().__init__(input_shape=input_shape, name=name)
         self.output_size = pair(output_size, "output_size", type(self).__name__)
-        if min(self.output_size) < 1:
-            raise ValueError(f"{type(self).__name__}: output_size must be >= 1")
 
     def check_input_shape(self, shape: Any) -> None:
         if len(tuple(shape)) != 3:
