@@ -3,10 +3,12 @@ kernels through the emulator, and its API surface against the installed CuPy 14.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,10 +179,10 @@ def test_capture_records_and_replays(axpy) -> None:
     x = _dev(np.arange(8))
     y = _dev(np.zeros(8))
     static_in = _dev(np.zeros(8))
-    tmp = cp.empty(8, cp.float32)
-    del tmp  # a freed block of the right size: the pool serves the capture
     s = cp.cuda.Stream(non_blocking=True)
     with s:
+        tmp = cp.empty(8, cp.float32)
+        del tmp  # a freed block of the right size in s's arena: the pool serves the capture
         s.begin_capture()
         z = static_in * 2  # a new array from the pool, recorded
         axpy((1,), (8,), (z, y, np.float32(1), np.int64(8)))  # y += z
@@ -319,3 +321,294 @@ def test_main_job_smoke_trains_on_the_simulated_device(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "backend: cuda" in out.stdout and "training time" in out.stdout
     assert (tmp_path / "lenet5.npz").is_file()
+
+
+# ------------------------------------------------------------------------- threads and streams
+
+
+def _in_thread(fn, name: str = "simcuda-test-worker"):  # noqa: ANN001, ANN202
+    """Run ``fn()`` in a new thread; its result, or its exception re-raised here."""
+    import threading
+
+    out: dict = {}
+
+    def body() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            out["exc"] = exc
+
+    t = threading.Thread(target=body, name=name)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive()
+    if "exc" in out:
+        raise out["exc"]
+    return out.get("value")
+
+
+def test_pool_keeps_an_arena_per_stream() -> None:
+    """As CuPy's pool: a block freed on a side stream is reused by that stream only, and goes
+    back to its stream's arena whoever frees it; free_all_blocks(stream) empties one arena."""
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    side = cp.cuda.Stream(non_blocking=True)
+    with cp.counting() as c:
+        with side:
+            a = cp.empty(1000, cp.float32)  # 4000 -> 4096 bytes, side stream's arena
+        del a  # freed outside ``with side``: back to the side stream's arena all the same
+        assert pool._arena_blocks(side) == {4096: 1} and pool._arena_blocks() == {}
+        b = cp.empty(1000, cp.float32)  # the null stream finds nothing of its own
+        assert (c.allocations, c.pool_reuses) == (2, 0)
+        with side:
+            d = cp.empty(1000, cp.float32)  # the side stream gets its block back
+        assert (c.allocations, c.pool_reuses) == (2, 1)
+        assert pool._arena_blocks(side) == {}
+        with side:
+            e = cp.empty(256, cp.float32)  # 1024 bytes: nothing free on the side stream
+        del e
+        with side:
+            cp.empty(100, cp.float32)  # 512 bytes: a split of the 1024-byte block, dropped
+        assert (c.allocations, c.pool_reuses) == (3, 2)
+        assert pool._arena_blocks(side) == {512: 2}  # (split halves are not merged back)
+    del b, d
+    assert pool._arena_blocks() == {4096: 1} and pool._arena_blocks(side) == {4096: 1, 512: 2}
+    pool.free_all_blocks(stream=side)
+    assert pool._arena_blocks(side) == {} and pool._arena_blocks() == {4096: 1}
+    pool._check()
+    pool.free_all_blocks()
+    assert pool.n_free_blocks() == 0 and pool.free_bytes() == 0
+
+
+def test_current_stream_and_device_are_per_thread() -> None:
+    s1, s2 = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+
+    def other() -> tuple:
+        seen = [cp.cuda.get_current_stream()]
+        with s2:
+            seen.append(cp.cuda.get_current_stream())
+            with cp.cuda.Device(0):
+                seen.append(cp.cuda.runtime.getDevice())
+        seen.append(cp.cuda.get_current_stream())
+        s2.use()
+        seen.append(cp.cuda.get_current_stream())
+        return tuple(seen)
+
+    with s1:
+        assert cp.cuda.get_current_stream() is s1
+        seen = _in_thread(other)
+        assert cp.cuda.get_current_stream() is s1  # the other thread's streams are its own
+    assert seen == (cp.cuda.Stream.null, s2, 0, cp.cuda.Stream.null, s2)
+    assert cp.cuda.get_current_stream() is cp.cuda.Stream.null
+    cp.cuda.Device(0).use()
+    assert cp.cuda.runtime.getDevice() == 0
+
+
+def test_counters_attribute_events_to_their_thread_and_stream() -> None:
+    import threading
+
+    side = cp.cuda.Stream(non_blocking=True)
+    host = np.ones(64, np.float32)
+
+    def worker() -> None:
+        with side:
+            for _ in range(3):
+                out = cp.empty(64, cp.float32)
+                out.set(host, stream=side)
+            float(out.sum())  # one kernel, one sync, one read, on the side stream
+
+    with cp.counting() as total:
+        mine = cp.counters(thread="current")
+        on_side = cp.counters(stream=side)
+        a = _dev(np.arange(4))  # one upload on the null stream
+        _in_thread(worker, name="uploader")
+        _ = a + 1  # one kernel
+        assert (mine.h2d, mine.syncs, mine.cupy_kernels) == (1, 0, 1)
+        assert (on_side.h2d, on_side.syncs, on_side.cupy_kernels, on_side.d2h) == (3, 1, 1, 1)
+        assert (total.h2d, total.syncs, total.cupy_kernels) == (4, 1, 2)
+        per = cp.by_thread()
+        assert set(per) == {threading.current_thread().name, "uploader"}
+        assert per["uploader"].h2d == 3 and per["uploader"].allocations >= 1
+        assert cp.counters(thread="main") is mine
+        assert cp.counters(thread="current", stream=side).h2d == 0
+        assert cp.counters(stream="current") is cp.counters(stream=cp.cuda.Stream.null)
+        assert all("test_simcuda.py" in s for s in per["uploader"].sites["h2d"])
+    with cp.counting(thread="current") as c:
+        _in_thread(worker)
+        _ = a * 2
+    assert (c.h2d, c.syncs, c.cupy_kernels) == (0, 0, 1)  # the worker's are not in it
+    with pytest.raises(TypeError, match="thread="):
+        cp.counters(thread="mine")
+
+
+class _YieldingArena(collections.Counter):
+    """An arena that lets the other thread run in the middle of every read and write of a
+    free count (the interpreter would switch there only rarely): a pool whose updates were
+    not under its lock would lose or double-serve blocks."""
+
+    def __getitem__(self, k):  # noqa: ANN001, ANN204
+        time.sleep(0)
+        return super().__getitem__(k)
+
+    def __setitem__(self, k, v) -> None:  # noqa: ANN001
+        time.sleep(0)
+        super().__setitem__(k, v)
+
+
+def test_concurrent_allocation_from_two_threads_keeps_the_pool_consistent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two threads allocate and free a few hundred blocks each, on their own stream and on the
+    null one, and free some of each other's: no block is lost or served twice."""
+    import queue
+    import threading
+
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    monkeypatch.setattr(pool, "_arena_type", _YieldingArena)
+    used0 = pool.used_bytes()
+    handoff: queue.Queue = queue.Queue()
+    barrier = threading.Barrier(2)
+    n_iter = 400
+
+    def work(seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        own = cp.cuda.Stream(non_blocking=True)
+        live: list = []
+        made = 0
+        barrier.wait()
+        for i in range(n_iter):
+            n = int(rng.integers(1, 3000))
+            if i % 3 == 0:
+                with own:
+                    live.append(cp.empty(n, cp.float32))
+            else:
+                live.append(cp.empty(n, cp.float32))
+            made += 1
+            if i % 7 == 0:
+                handoff.put(live.pop())  # freed by whichever thread drops it last
+            if len(live) > 20:
+                del live[int(rng.integers(0, len(live)))]
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                pass
+        live.clear()
+        return made
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave the threads as often as the interpreter can
+    try:
+        with cp.counting() as c:
+            results: list = []
+            threads = [threading.Thread(target=lambda s=s: results.append(work(s)))
+                       for s in (1, 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            while not handoff.empty():
+                handoff.get_nowait()
+    finally:
+        sys.setswitchinterval(switch)
+    assert sorted(results) == [n_iter, n_iter]
+    pool._check()
+    assert pool.used_bytes() == used0  # every block came back
+    assert c.allocations + c.pool_reuses == 2 * n_iter
+    per = cp.by_thread()
+    assert sum(x.allocations + x.pool_reuses for x in per.values()) == 2 * n_iter
+    assert pool.free_bytes() == pool.total_bytes() - pool.used_bytes()
+    pool.free_all_blocks()
+    assert pool.n_free_blocks() == 0
+
+
+def test_capture_is_only_the_capturing_threads_and_its_streams() -> None:
+    """While one thread captures its stream, another thread's work on its own stream runs
+    (allocations, syncs, cuBLAS); work any thread issues on the capturing stream is recorded
+    and syncing that stream is refused; only the capturing thread may end the capture."""
+    a = _dev(np.ones((4, 4)))
+    y = _dev(np.zeros(4))
+    s = cp.cuda.Stream(non_blocking=True)
+
+    def elsewhere() -> float:
+        other = cp.cuda.Stream(non_blocking=True)
+        with other:
+            b = cp.empty(54321, cp.float32)  # a device allocation: fine in this thread
+            b.fill(1.0)
+            other.synchronize()
+            assert not cp.capturing()
+            return float((a @ a).sum() + b[:1].sum())
+
+    def on_the_capturing_stream() -> None:
+        with s:
+            assert cp.capturing()
+            y.fill(5.0)  # recorded into s's graph, not run
+            with pytest.raises(cp.StreamCaptureError):
+                cp.empty(77777, cp.float32)
+
+    with s:
+        s.begin_capture()
+        try:
+            with pytest.raises(cp.StreamCaptureError):
+                a @ a  # still refused in the capturing thread
+            assert _in_thread(elsewhere) == 65.0
+            with pytest.raises(cp.StreamCaptureError, match="not permitted"):
+                _in_thread(s.synchronize)
+            with pytest.raises(cp.StreamCaptureError):
+                _in_thread(cp.cuda.runtime.deviceSynchronize)  # it would wait on s
+            with pytest.raises(cp.StreamCaptureError, match="WrongThread"):
+                _in_thread(s.end_capture)
+            with pytest.raises(cp.StreamCaptureError, match="already"):
+                cp.cuda.Stream(non_blocking=True).begin_capture()  # one per thread
+            assert s.is_capturing() and _in_thread(s.is_capturing)
+            _in_thread(on_the_capturing_stream)
+            assert not _in_thread(cp.capturing)  # a thread on the null stream is not capturing
+        finally:
+            graph = s.end_capture()
+    assert not s.is_capturing() and not cp.capturing()
+    assert [label for label, _ in graph.nodes] == ["fill"]
+    np.testing.assert_array_equal(y.get(), 0)  # nothing ran during capture
+    graph.launch(s)
+    np.testing.assert_array_equal(y.get(), 5)
+
+
+@pytest.mark.parametrize("transform", [False, True])
+def test_loader_prefetch_does_not_change_the_consumers_allocations(transform: bool) -> None:
+    """A DataLoader prefetching in its worker thread (uploads, and an augmentation, on its own
+    stream) leaves the consuming thread's per-step device events as they are without a
+    worker: same allocations (none once warm), no uploads, no syncs, counted for that thread."""
+    from gpucnn import transforms as T
+    from gpucnn.data import DataLoader
+    from gpucnn.testing import simulated_device
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 1, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 96)
+    aug = T.Compose([T.RandomHorizontalFlip()]) if transform else None
+
+    def steps(prefetch: int) -> tuple[list, dict]:
+        with simulated_device() as sim:
+            sim.get_default_memory_pool().free_all_blocks()
+            loader = DataLoader((x, y), batch_size=8, prefetch=prefetch, seed=1, transform=aug)
+            w = sim.asarray(np.ones((16, 4), np.float32))
+            rows = []
+            sim.reset_counters()
+            for _epoch in range(2):
+                for xb, yb in loader:
+                    before = sim.counters(thread="current").snapshot()
+                    h = xb.reshape(8, 16) @ w  # the consumer's "step" on its own stream
+                    loss = (h * h).mean() + (yb == 1).sum()
+                    del h, loss
+                    after = sim.counters(thread="current").snapshot()
+                    rows.append({k: after[k] - before[k] for k in
+                                 ("allocations", "h2d", "syncs", "cupy_kernels", "cublas")})
+                    del xb, yb
+            workers = {n: c.h2d for n, c in sim.by_thread().items() if n != "MainThread"}
+        return rows, workers
+
+    plain, no_workers = steps(0)
+    ahead, workers = steps(2)
+    assert ahead == plain, (ahead, plain)
+    assert not no_workers and sum(workers.values()) == 2 * 2 * 12, workers  # 2 epochs, x and y
+    assert all(r["allocations"] == 0 for r in ahead[1:]), ahead
+    assert all(r["h2d"] == 0 and r["syncs"] == 0 for r in ahead), ahead

@@ -17,7 +17,13 @@ against the installed CuPy 14), with CuPy's strictness:
 * stream capture: between ``stream.begin_capture()`` and ``end_capture()`` nothing runs; it
   refuses what CUDA and CuPy refuse (cuBLAS through CuPy, synchronisation, host reads,
   pageable copies, allocations the pool cannot serve) and ``Graph.launch()`` replays the
-  recorded kernels and copies.
+  recorded kernels and copies;
+* threads, as CuPy: the current stream and device are per thread; the memory pool keeps an
+  arena of free blocks per stream (a block freed goes back to the arena of the stream it was
+  allocated on, so a worker thread's uploads on its own stream never change what the main
+  stream's allocations find); every event is attributed to its thread and stream
+  (``counters(thread="current")``, ``counting(thread="current")``, :func:`by_thread`); a
+  capture is its stream's and its thread's only. One lock guards the shared state.
 
 It cannot show real asynchrony, races inside a warp, FMA/denormal numerics or speed.
 """
@@ -369,9 +375,19 @@ def get_default_pinned_memory_pool() -> _state.PinnedMemoryPool:
 # --------------------------------------------------------------------------- counters
 
 
-def counters() -> Counters:
-    """The live counters (see :class:`~gpucnn.testing.simcuda._state.Counters`)."""
-    return _state.counters()
+def counters(thread: Any = None, stream: Any = None) -> Counters:
+    """The live counters (see :class:`~gpucnn.testing.simcuda._state.Counters`): of every
+    thread and stream by default; ``thread="current"`` (or ``"main"``, or a
+    ``threading.Thread``): only the events that thread caused; ``stream=`` (a
+    ``cuda.Stream`` or ``"current"``): only those issued on that stream; both: those of the
+    thread on the stream."""
+    return _state.counters(thread, stream)
+
+
+def by_thread() -> dict[str, Counters]:
+    """The live counters of each thread that caused events since the last reset, by name
+    (e.g. ``"MainThread"``, ``"gpucnn-dataloader"``)."""
+    return _state.by_thread()
 
 
 def totals() -> dict[str, int]:
@@ -385,22 +401,26 @@ def reset_counters() -> None:
 
 
 @contextlib.contextmanager
-def counting() -> Iterator[Counters]:
-    """Count the events inside the ``with`` block: ``with counting() as c: ...; c.syncs``."""
+def counting(thread: Any = None, stream: Any = None) -> Iterator[Counters]:
+    """Count the events inside the ``with`` block: ``with counting() as c: ...; c.syncs``.
+
+    Resets every counter first; ``thread=``/``stream=`` select as :func:`counters` does
+    (``counting(thread="current")``: this thread's events only, not a worker thread's)."""
     _state.reset()
-    c = _state.counters()
+    c = _state.counters(thread, stream)
     yield c
 
 
 def capturing() -> bool:
-    """Whether a stream capture is in progress."""
+    """Whether the calling thread's work is being captured (it began a capture, or its
+    current stream is being captured)."""
     return _state.capturing()
 
 
 __all__ = [
     "ndarray", "RawKernel", "RawModule", "cuda", "random", "cupyx", "asarray", "array",
     "asnumpy", "ascontiguousarray", "get_array_module", "counters", "reset_counters",
-    "counting", "capturing", "StreamCaptureError", "SimulatedDeviceError",
+    "counting", "capturing", "by_thread", "totals", "StreamCaptureError", "SimulatedDeviceError",
     "get_default_memory_pool", "get_default_pinned_memory_pool",
 ]  # fmt: skip
 

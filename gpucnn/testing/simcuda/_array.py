@@ -99,10 +99,10 @@ class ndarray:  # noqa: N801 - CuPy's name
             blocking: bool = True) -> np.ndarray:
         """A host copy (``cudaMemcpy`` device->host; waits for the device when ``blocking``)."""
         if blocking:
-            S.host_sync("ndarray.get()")
+            S.host_sync("ndarray.get()", stream)
         else:
-            S.refuse_in_capture("ndarray.get()")
-        S.count("d2h")
+            S.refuse_in_capture("ndarray.get()", stream)
+        S.count("d2h", stream=stream)
         if out is not None:
             if not isinstance(out, np.ndarray) or out.shape != self.shape:
                 raise ValueError("ndarray.get(out=): out must be a NumPy array of the same shape")
@@ -200,9 +200,9 @@ class ndarray:  # noqa: N801 - CuPy's name
             raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
         if not self.flags.c_contiguous:
             raise RuntimeError("Cannot set to non-contiguous array")
-        S.count("h2d")
+        S.count("h2d", stream=stream)
         dst = self._a
-        if S.capturing():
+        if S.capturing() or S.stream_capturing(stream):
             S.record_node(lambda: np.copyto(dst, arr), "memcpy h2d")
         else:
             np.copyto(dst, arr)

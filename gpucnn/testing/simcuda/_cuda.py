@@ -2,6 +2,8 @@
 
 Work runs synchronously on the host, so streams and events only order bookkeeping; every
 host wait (``synchronize``) is counted, and refused during stream capture, as CUDA does.
+The current stream and device are per thread, as in CuPy; each stream has its own arena in
+the memory pool and its own counters (:mod:`._state`).
 ``RawModule``/``RawKernel`` compile the source with the host emulator
 (:mod:`gpucnn.testing.emulator`), and first with the real NVRTC when
 ``GPUCNN_SIMULATE_NVRTC=1``; launches check their arguments as the emulator does (device
@@ -29,7 +31,7 @@ DEVICE_NAME = "Simulated CUDA device (gpucnn host emulator)"
 COMPUTE_CAPABILITY = "90"
 TOTAL_MEMORY = 80 * 1024**3
 
-_tls = threading.local()
+_tls = S.TLS  # per thread: the current stream (and the stack of ``with stream:``), device
 
 
 def is_available() -> bool:
@@ -63,17 +65,22 @@ class Device:
         return TOTAL_MEMORY - S.POOL.total_bytes(), TOTAL_MEMORY
 
     def use(self) -> None:
-        """Make this device current (there is only one)."""
+        """Make this device current in this thread (there is only one)."""
+        _tls.device = self.id
 
     def synchronize(self) -> None:
-        """Wait for all work on the device (counted)."""
-        S.host_sync("Device.synchronize()")
+        """Wait for all work on the device (counted; refused while any stream captures)."""
+        S.host_sync("Device.synchronize()", device_wide=True)
 
     def __enter__(self) -> Device:
+        if not hasattr(_tls, "devices"):
+            _tls.devices = []
+        _tls.devices.append(getattr(_tls, "device", 0))
+        _tls.device = self.id
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        return None
+        _tls.device = _tls.devices.pop()
 
     def __repr__(self) -> str:
         return f"<CUDA Device {self.id} (simulated)>"
@@ -88,15 +95,15 @@ class _Runtime:
 
     @staticmethod
     def getDevice() -> int:  # noqa: N802
-        return 0
+        return getattr(_tls, "device", 0)
 
     @staticmethod
     def setDevice(device: int) -> None:  # noqa: N802
-        Device(device)
+        Device(device).use()
 
     @staticmethod
     def deviceSynchronize() -> None:  # noqa: N802
-        S.host_sync("cudaDeviceSynchronize")
+        S.host_sync("cudaDeviceSynchronize", device_wide=True)
 
     @staticmethod
     def getDeviceProperties(device: int) -> dict:  # noqa: N802
@@ -139,15 +146,17 @@ class Event:
                  interprocess: bool = False) -> None:
         self.recorded = False
         self.time = 0.0
+        self.stream: Any = None
 
     def record(self, stream: Any = None) -> None:
         """Record on ``stream`` (the current one by default); notes the host time."""
         self.recorded = True
+        self.stream = stream if stream is not None else get_current_stream()
         self.time = time.perf_counter()
 
     def synchronize(self) -> None:
         """Wait on the host until the event completes (counted)."""
-        S.host_sync("Event.synchronize()")
+        S.host_sync("Event.synchronize()", self.stream)
 
     done = property(lambda self: True)
 
@@ -160,7 +169,7 @@ class Graph:
 
     def launch(self, stream: Any = None) -> None:
         """Replay every node (counted as one graph launch, not as separate kernels)."""
-        S.count("launches", name="<graph>")
+        S.count("launches", name="<graph>", stream=stream)
         for _label, fn in self.nodes:
             fn()
 
@@ -181,10 +190,11 @@ class Stream:
         self.is_null = bool(null)
         self.non_blocking = non_blocking
         self.ptr = 0 if null else id(self)
+        self._key = 0 if null else S.new_stream_key()  # its pool arena and counters
 
     def synchronize(self) -> None:
         """Wait on the host for every queued operation (counted)."""
-        S.host_sync("Stream.synchronize()")
+        S.host_sync("Stream.synchronize()", self)
 
     def record(self, event: Event | None = None) -> Event:
         """Record ``event`` (a new one by default) on this stream."""
@@ -199,39 +209,56 @@ class Stream:
 
     def use(self) -> Stream:
         """Make this stream the current one of this thread."""
-        _tls.stream = self
+        _tls.stream = None if self.is_null else self
         return self
 
     def __enter__(self) -> Stream:
         if not hasattr(_tls, "stack"):
             _tls.stack = []
         _tls.stack.append(getattr(_tls, "stream", None))  # per thread, as CuPy's
-        _tls.stream = self
+        _tls.stream = None if self.is_null else self
         return self
 
     def __exit__(self, *exc: Any) -> None:
         _tls.stream = _tls.stack.pop()
 
     def begin_capture(self, mode: Any = None) -> None:
-        """Start capturing this stream's work into a graph (nothing runs until replay)."""
+        """Start capturing this stream's work into a graph (nothing runs until replay).
+
+        The capture belongs to this stream and the calling thread: that thread's work and
+        any work issued on this stream is recorded (or refused); other threads' work on other
+        streams runs as usual. One capture per stream and per thread at a time."""
         if self.is_null:
             raise S.StreamCaptureError("the legacy default stream cannot be captured")
+        me = threading.current_thread()
         with S.LOCK:
-            if S.CAPTURE.stream is not None:
-                raise S.StreamCaptureError("a stream capture is already in progress")
-            S.CAPTURE.stream, S.CAPTURE.nodes = self, []
+            if self._key in S.CAPTURES:
+                raise S.StreamCaptureError("a stream capture is already in progress on this "
+                                           "stream")
+            if any(c.thread is me for c in S.CAPTURES.values()):
+                raise S.StreamCaptureError("a stream capture is already in progress in this "
+                                           "thread")
+            S.CAPTURES[self._key] = S.CaptureState(self, me)
 
     def end_capture(self) -> Graph:
         """Stop capturing; returns the :class:`Graph` of what was recorded."""
         with S.LOCK:
-            if S.CAPTURE.stream is not self:
+            cap = S.CAPTURES.get(self._key)
+            if cap is None:
                 raise S.StreamCaptureError("end_capture() on a stream that is not capturing")
-            nodes, S.CAPTURE.stream, S.CAPTURE.nodes = S.CAPTURE.nodes, None, []
-        return Graph(nodes)
+            if cap.thread is not threading.current_thread():
+                raise S.StreamCaptureError(
+                    "end_capture() from another thread than the one that began the capture "
+                    "(cudaErrorStreamCaptureWrongThread)")
+            del S.CAPTURES[self._key]
+        return Graph(cap.nodes)
 
     def is_capturing(self) -> bool:
-        """Whether this stream is being captured."""
-        return S.CAPTURE.stream is self
+        """Whether this stream is being captured (by any thread)."""
+        return self._key in S.CAPTURES
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.ptr} (simulated)>"
 
 
 Stream.null = Stream(null=True)
@@ -239,7 +266,7 @@ Stream.null = Stream(null=True)
 
 def get_current_stream(device_id: int | None = None) -> Stream:
     """This thread's current stream (the null stream unless one is in use)."""
-    s = getattr(_tls, "stream", None)
+    s = S.current_stream()
     return s if s is not None else Stream.null
 
 
