@@ -881,23 +881,26 @@ def test_from_batch_inner_tiled_transpose(monkeypatch, tile, bias, crop) -> None
 # bias gradient included) runs on the simulated CUDA device (gpucnn.testing.simulated_device).
 
 
-@contextlib.contextmanager
-def _emulated(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
-    """The cuda_ops launchers on the emulator over ``xp``; yields the kernel names launched."""
-    emulator = pytest.importorskip("gpucnn.testing.emulator")
-    if not emulator.compiler_available():
-        pytest.skip("no host C++ compiler: the kernel emulator cannot run")
+@pytest.fixture
+def recorded(emulator):  # noqa: ANN001, ANN201
+    """``recorded(xp=np, grid_cap=3, block=64)``: a context manager running the cuda_ops
+    launchers on the emulator (the shared ``emulator`` fixture) over ``xp``; it yields the
+    list of kernel names launched."""
     from gpucnn.backend.runtime import KernelRuntime, use_runtime
 
-    launched: list[str] = []
+    @contextlib.contextmanager
+    def run(xp=np, grid_cap=3, block=64):  # noqa: ANN001, ANN202
+        launched: list[str] = []
 
-    def get_kernel(family, name, defines=None):  # noqa: ANN001, ANN202
-        launched.append(name)
-        return emulator.get_emulated_kernel(family, name, defines)
+        def get_kernel(family, name, defines=None):  # noqa: ANN001, ANN202
+            launched.append(name)
+            return emulator.get_emulated_kernel(family, name, defines)
 
-    rt = KernelRuntime(xp, get_kernel, grid_cap=grid_cap, block=block, name="emulated cuda")
-    with use_runtime(rt):
-        yield launched
+        rt = KernelRuntime(xp, get_kernel, grid_cap=grid_cap, block=block, name="emulated cuda")
+        with use_runtime(rt):
+            yield launched
+
+    return run
 
 
 CUDA_CASES = (
@@ -921,12 +924,12 @@ CUDA_CASES = (
 )
 
 
-def _cuda_primitives(g: Conv2dGeometry, x, w, b, dy, input_grad=None, **launch) -> tuple:  # noqa: ANN001, ANN003
+def _cuda_primitives(recorded, g: Conv2dGeometry, x, w, b, dy, input_grad=None, **launch) -> tuple:  # noqa: ANN001, ANN003, E501
     """``(y, dx, dW, db, saved, forward kernels, backward kernels)`` by the CUDA primitives
     (``cconv.conv2d_forward`` / ``conv2d_backward``, ``bias_grad_nchw``) on the emulator."""
     from gpucnn.backend.cuda_ops.bias import bias_grad_nchw
 
-    with _emulated(**launch) as launched:
+    with recorded(**launch) as launched:
         y, saved = cconv.conv2d_forward(x, w, b, g)
         forward = set(launched)
         launched.clear()
@@ -938,7 +941,7 @@ def _cuda_primitives(g: Conv2dGeometry, x, w, b, dy, input_grad=None, **launch) 
 
 @pytest.mark.parametrize("dx", ["rule", "col2im", "transposed"])
 @pytest.mark.parametrize("xs, ws, kw", CUDA_CASES, ids=_ids(CUDA_CASES))
-def test_cuda_primitives_match_reference_emulated(xs, ws, kw, dx) -> None:  # noqa: ANN001
+def test_cuda_primitives_match_reference_emulated(recorded, xs, ws, kw, dx) -> None:  # noqa: ANN001
     """The CUDA primitives (forward, dx by col2im_cn or by the flipped-kernel correlation, dW;
     db by bias_grad_nchw) through the emulated kernels equal the NumPy reference; they launch
     only the batch-in-columns im2col kernels: im2col_cn for y unless x is its own columns
@@ -946,12 +949,12 @@ def test_cuda_primitives_match_reference_emulated(xs, ws, kw, dx) -> None:  # no
     g, x, w, b, dy = _case(xs, ws, kw)
     path = None if dx == "rule" else dx
     if path == "transposed" and not transposed_path_applies(g):
-        with _emulated():
+        with recorded():
             saved = cconv.conv2d_forward(x, w, b, g)[1]
             with pytest.raises(ValueError, match="input_grad='transposed' needs stride 1"):
                 cconv.conv2d_backward(dy, g, saved, True, True, input_grad=path)
         return
-    y, gx, gw, db, saved, forward, backward = _cuda_primitives(g, x, w, b, dy, path)
+    y, gx, gw, db, saved, forward, backward = _cuda_primitives(recorded, g, x, w, b, dy, path)
     assert saved.algorithm == "im2col_gemm"
     want = _reference(g, x, w, b, dy) + (dy.sum(axis=(0, 2, 3)),)
     for name, got, ref in zip(("y", "dx", "dW", "db"), (y, gx, gw, db), want):
@@ -974,9 +977,9 @@ def test_cuda_primitives_match_reference_emulated(xs, ws, kw, dx) -> None:  # no
         ((4, 8, 5, 5), (16, 8, 1, 1), dict()),
     ],
 )
-def test_cuda_primitives_float32_emulated(xs, ws, kw) -> None:  # noqa: ANN001
+def test_cuda_primitives_float32_emulated(recorded, xs, ws, kw) -> None:  # noqa: ANN001
     g, x, w, b, dy = _case(xs, ws, kw, np.float32)
-    *got, _, forward, _ = _cuda_primitives(g, x, w, b, dy, grid_cap=None, block=128)
+    *got, _, forward, _ = _cuda_primitives(recorded, g, x, w, b, dy, grid_cap=None, block=128)
     assert "im2col_cn_f32" in forward
     want = _reference(g, x, w, b, dy) + (dy.sum(axis=(0, 2, 3)),)
     for a, r in zip(got, want):
@@ -1106,14 +1109,14 @@ GEMM_PARAMS = [
 
 
 @pytest.mark.parametrize("xs, ws, kw, dx", GEMM_PARAMS)
-def test_cuda_gemms_are_2d_without_copies(xs, ws, kw, dx) -> None:  # noqa: ANN001
+def test_cuda_gemms_are_2d_without_copies(recorded, xs, ws, kw, dx) -> None:  # noqa: ANN001
     """Every GEMM the CUDA primitives issue is 2-D on C-/F-contiguous operands (what cuBLAS
     takes without a copy and where CuPy honours TF32): one per group for y, dW and dx; no
     array of the size of the columns (im2col_cn of x, or of dy on the transposed dx path) is
     ever copied: the only copies are the NCHW <-> (O, N*L) layout changes and the flipped W."""
     g, x, w, b, dy = _case(xs, ws, kw)
     xp = _RecordingXp()
-    y, gx, gw, *_ = _cuda_primitives(g, x, w, b, dy, dx, xp=xp)
+    y, gx, gw, *_ = _cuda_primitives(recorded, g, x, w, b, dy, dx, xp=xp)
     for got, ref in zip((y, gx, gw), _reference(g, x, w, b, dy)):
         np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-11)
     assert len(xp.gemms) == 3 * g.groups  # y, dW, dx: one 2-D GEMM per group each

@@ -172,15 +172,13 @@ def test_numpy_algorithm_rule(geom: Conv2dGeometry, algorithm: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=range(len(CASES)))
-def test_cuda_primitives_match_numpy_under_the_emulator(case: dict) -> None:
-    emu = pytest.importorskip("gpucnn.testing.emulator")
+def test_cuda_primitives_match_numpy_under_the_emulator(case: dict, emulate) -> None:  # noqa: ANN001
     from gpucnn.backend.cuda_ops import conv as cconv
-    from gpucnn.backend.runtime import use_runtime
 
     g, x, w, b, dy = _data(case)
     y_ref, saved_ref = nconv.conv2d_forward(x, w, b, g)
     dx_ref, dw_ref = nconv.conv2d_backward(dy, g, saved_ref, True, True)
-    with use_runtime(emu.emulated_runtime(grid_cap=3)):
+    with emulate(grid_cap=3):
         y, saved = cconv.conv2d_forward(x, w, b, g)
         dx, dw = cconv.conv2d_backward(dy, g, saved, True, True)
         dx1 = cconv.conv2d_backward_data(dy, w, g)
@@ -215,15 +213,13 @@ def test_functional_conv_has_no_device_branch() -> None:
     assert len(src.splitlines()) < 250
 
 
-def test_cuda_algorithm_and_workspace_are_checked() -> None:
-    emu = pytest.importorskip("gpucnn.testing.emulator")
+def test_cuda_algorithm_and_workspace_are_checked(emulate) -> None:  # noqa: ANN001
     from gpucnn.backend.cuda_ops import conv as cconv
-    from gpucnn.backend.runtime import use_runtime
 
     g, x, w, b, dy = _data(CASES[0])
     need = cconv.workspace_needed(g, x.dtype.itemsize)
     assert need == 4 * 3 * 3 * 2 * g.oh * g.ow * 8
-    with use_runtime(emu.emulated_runtime()):
+    with emulate():
         with pytest.raises(ValueError, match=r"algorithm must be one of \('im2col_gemm',\)"):
             cconv.conv2d_forward(x, w, b, g, algorithm="winograd")
         with pytest.raises(ValueError, match=f"needs {need} bytes of workspace"):

@@ -511,15 +511,12 @@ def test_metric_batch_sums_equal_per_sample_sums(rng) -> None:
     check(lambda t, p: p[:, 0] * 0 + 0.25, None, True, list(zip(lab, p3)))  # custom
 
 
-def _emulated_xent(monkeypatch):
+def _emulated_xent(monkeypatch, emulate):  # noqa: ANN001
     """The NumPy backend's fused cross-entropy swapped for the CUDA launchers, run by the
-    host emulator (so fit meets the kernel and its device-side target check)."""
-    emu = pytest.importorskip("gpucnn.testing.emulator")
-    if not emu.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
+    host emulator (the shared ``emulate`` fixture), so fit meets the kernel and its
+    device-side target check."""
     from gpucnn import backend as B
     from gpucnn.backend.cuda_ops import softmax_xent as cuda_sx
-    from gpucnn.backend.runtime import use_runtime
 
     be = B.get_backend("numpy")
     launched = []
@@ -530,11 +527,11 @@ def _emulated_xent(monkeypatch):
 
     monkeypatch.setattr(be, "softmax_xent_forward", fwd)
     monkeypatch.setattr(be, "softmax_xent_backward", cuda_sx.softmax_xent_backward)
-    return (lambda: use_runtime(emu.emulated_runtime())), launched
+    return emulate, launched
 
 
 @pytest.mark.numpy_internal
-def test_fit_reads_the_host_only_every_update_freq_steps(monkeypatch) -> None:
+def test_fit_reads_the_host_only_every_update_freq_steps(monkeypatch, emulate) -> None:  # noqa: ANN001
     """With deferred (device-style) target checks and the CUDA kernels, every host read of
     fit/evaluate goes through gpucnn.train.accumulate.host_read: every update_freq steps, at
     the last step of the epoch, once per validation pass; plus one more only for a callback
@@ -545,7 +542,7 @@ def test_fit_reads_the_host_only_every_update_freq_steps(monkeypatch) -> None:
     from gpucnn import metrics as M
 
     monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", True)
-    runtime, launched = _emulated_xent(monkeypatch)
+    runtime, launched = _emulated_xent(monkeypatch, emulate)
     events: list = []
     real_read, real_read_host = acc_mod.host_read, loss_mod.read_host
     inner: list = []
@@ -630,7 +627,7 @@ def test_batch_logs_are_keras_running_means_read_on_access() -> None:
 
 @pytest.mark.numpy_internal
 @pytest.mark.parametrize("kernel", [False, True], ids=["numpy-twin", "emulated-kernel"])
-def test_out_of_range_targets_in_fit_raise_from_the_deferred_check(monkeypatch, kernel) -> None:
+def test_out_of_range_targets_in_fit_raise_from_the_deferred_check(monkeypatch, request, kernel) -> None:  # noqa: ANN001, E501
     """Device-style (deferred) target checks: fit raises the op's error, naming the bad value
     and the range, at the next host read after the bad batch (not at its end)."""
     import contextlib
@@ -639,7 +636,10 @@ def test_out_of_range_targets_in_fit_raise_from_the_deferred_check(monkeypatch, 
     from gpucnn import callbacks as C
 
     monkeypatch.setattr(loss_mod, "_DEFER_HOST_CHECKS", True)
-    runtime = _emulated_xent(monkeypatch)[0] if kernel else contextlib.nullcontext
+    if kernel:
+        runtime = _emulated_xent(monkeypatch, request.getfixturevalue("emulate"))[0]
+    else:
+        runtime = contextlib.nullcontext
     x, y = _toy(64)
     bad = y.copy()
     bad[9] = 7  # batch 1 of 8

@@ -10,17 +10,8 @@ import pytest
 from gpucnn import Parameter, Tensor, optim
 from gpucnn.backend.cuda_ops import optim as cuda_optim
 from gpucnn.backend.numpy_ops import optim as np_optim
-from gpucnn.backend.runtime import use_runtime
 
-LAUNCH = [(1, 32), (3, 64), (None, 256)]
 SIZES = [1, 37, 300]
-
-
-def _emulated(grid_cap, block):
-    emu = pytest.importorskip("gpucnn.testing.emulator")
-    if not emu.compiler_available():
-        pytest.skip("no host C++ compiler for the kernel emulator")
-    return use_runtime(emu.emulated_runtime(grid_cap=grid_cap, block=block))
 
 
 def _tol(dtype):
@@ -38,16 +29,15 @@ SGD_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("grid_cap,block", LAUNCH)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("case", range(len(SGD_CASES)))
-def test_sgd_kernel_parity(dtype, grid_cap, block, n, case):
+def test_sgd_kernel_parity(dtype, launch_grid, emulate, n, case):
     kw = SGD_CASES[case]
     rng = np.random.default_rng(case)
     p0 = rng.standard_normal(n).astype(dtype)
     pa, pb = p0.copy(), p0.copy()
     ba, bb = np.zeros_like(p0), np.zeros_like(p0)
-    with _emulated(grid_cap, block):
+    with emulate(*launch_grid):
         for step in range(3):
             g = rng.standard_normal(n).astype(dtype)
             cuda_optim.sgd_update(pa, g, ba, lr=0.1, first_step=step == 0, **kw)
@@ -66,16 +56,15 @@ ADAM_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("grid_cap,block", LAUNCH)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("case", range(len(ADAM_CASES)))
-def test_adam_kernel_parity(dtype, grid_cap, block, n, case):
+def test_adam_kernel_parity(dtype, launch_grid, emulate, n, case):
     kw = ADAM_CASES[case]
     rng = np.random.default_rng(10 + case)
     p0 = rng.standard_normal(n).astype(dtype)
     sa = [p0.copy()] + [np.zeros_like(p0) for _ in range(3)]
     sb = [p0.copy()] + [np.zeros_like(p0) for _ in range(3)]
-    with _emulated(grid_cap, block):
+    with emulate(*launch_grid):
         for step in range(1, 4):
             g = rng.standard_normal(n).astype(dtype)
             for fn, s in ((cuda_optim.adam_update, sa), (np_optim.adam_update, sb)):
@@ -94,16 +83,15 @@ RMS_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("grid_cap,block", LAUNCH)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("case", range(len(RMS_CASES)))
-def test_rmsprop_kernel_parity(dtype, grid_cap, block, n, case):
+def test_rmsprop_kernel_parity(dtype, launch_grid, emulate, n, case):
     kw = RMS_CASES[case]
     rng = np.random.default_rng(20 + case)
     p0 = rng.standard_normal(n).astype(dtype)
     sa = [p0.copy()] + [np.zeros_like(p0) for _ in range(3)]
     sb = [p0.copy()] + [np.zeros_like(p0) for _ in range(3)]
-    with _emulated(grid_cap, block):
+    with emulate(*launch_grid):
         for _ in range(3):
             g = rng.standard_normal(n).astype(dtype)
             for fn, s in ((cuda_optim.rmsprop_update, sa), (np_optim.rmsprop_update, sb)):
@@ -114,9 +102,9 @@ def test_rmsprop_kernel_parity(dtype, grid_cap, block, n, case):
         np.testing.assert_allclose(a, b, **_tol(dtype))
 
 
-def test_kernel_rejects_non_contiguous_param():
+def test_kernel_rejects_non_contiguous_param(emulate):
     p = np.zeros((4, 4), np.float32)[:, ::2]
-    with _emulated(None, 32):
+    with emulate(None, 32):
         with pytest.raises(ValueError, match="sgd_update: param array must be C-contiguous"):
             cuda_optim.sgd_update(p, np.ones_like(p), None, 0.1, 0.0, 0.0, 0.0, False, True)
 
@@ -719,7 +707,7 @@ def _all_buckets(opt):
 @pytest.mark.parametrize("grid_cap,block", [(1, 32), (None, 64)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", [2, 5, 7])
-def test_flat_emulated_cuda_launchers(case, dtype, grid_cap, block, monkeypatch):
+def test_flat_emulated_cuda_launchers(case, dtype, grid_cap, block, emulate, monkeypatch):
     """The GPU path: the cuda_ops launchers (run by the emulator on NumPy arrays) once per
     bucket over the flat buffers, with GPU slice alignment (zero gaps between params), give the
     same bits as one launch per tensor."""
@@ -738,7 +726,7 @@ def test_flat_emulated_cuda_launchers(case, dtype, grid_cap, block, monkeypatch)
     monkeypatch.setitem(_flat_mod._ALIGN_BYTES, "numpy", 64)
     shapes = [(3, 5), (7,), (2, 2, 2), ()]
     out = {}
-    with _emulated(grid_cap, block):
+    with emulate(grid_cap, block):
         for flat in (True, False):
             launches.clear()
             params = _make_params(dtype, seed=2, shapes=shapes)
