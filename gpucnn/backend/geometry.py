@@ -9,6 +9,7 @@ backend picks its own algorithm inside.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "pair",
     "same_padding",
     "resolve_padding",
+    "keras_padding",
     "conv2d_output_size",
     "use_transposed_path",
     "transposed_path_applies",
@@ -99,6 +101,36 @@ def resolve_padding(
                 raise ValueError(f"conv2d: padding must be >= 0, got {vals}")
             return vals  # type: ignore[return-value]
     ph, pw = pair(padding, "padding", minimum=0)
+    return ph, ph, pw, pw
+
+
+def keras_padding(
+    padding: Any, h: int, w: int, k: tuple[int, int], s: tuple[int, int],
+    d: tuple[int, int], layer: str,
+) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of a Keras layer's ``padding`` for an ``h x w`` input
+    (the layers' convention; :func:`resolve_padding` is PyTorch's, for the functional ops).
+
+    ``"valid"``: none. ``"same"`` (Keras/TensorFlow): output ``ceil(h / stride)``, the total
+    padding ``max((out-1)*stride + dilation*(k-1) + 1 - h, 0)`` split with the odd one at the
+    bottom/right. An int or an ``(h, w)`` pair pads symmetrically; a 4-tuple is explicit.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return 0, 0, 0, 0
+        if mode == "same":
+            out = []
+            for size, kk, ss, dd in ((h, k[0], s[0], d[0]), (w, k[1], s[1], d[1])):
+                o = math.ceil(size / ss)
+                total = max((o - 1) * ss + dd * (kk - 1) + 1 - size, 0)
+                out += [total // 2, total - total // 2]
+            return out[0], out[1], out[2], out[3]
+        raise ValueError(f"{layer}: padding must be 'valid', 'same', an int or a pair, "
+                         f"got {padding!r}")
+    if isinstance(padding, (list, tuple)) and len(padding) == 4:
+        return tuple(int(p) for p in padding)  # type: ignore[return-value]
+    ph, pw = pair(padding, "padding", layer, minimum=0)
     return ph, ph, pw, pw
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import gpucnn.functional as F
 from gpucnn import initializers as _init
 from gpucnn.backend.geometry import conv2d_output_size, pair
+from gpucnn.backend.geometry import keras_padding as resolve_padding
 from gpucnn.layers.base import Layer
 from gpucnn.layers.core import _act_flops, _act_name
 from gpucnn.module import register_module
@@ -18,34 +18,6 @@ from gpucnn.tensor import Tensor
 
 __all__ = ["Conv2D", "ZeroPadding2D", "resolve_padding"]
 
-
-def resolve_padding(
-    padding: Any, h: int, w: int, k: tuple[int, int], s: tuple[int, int],
-    d: tuple[int, int], layer: str,
-) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` of ``padding`` for an ``h x w`` input.
-
-    ``"valid"``: none. ``"same"`` (Keras/TensorFlow): output ``ceil(h / stride)``, the total
-    padding ``max((out-1)*stride + dilation*(k-1) + 1 - h, 0)`` split with the odd one at the
-    bottom/right. An int or an ``(h, w)`` pair pads symmetrically; a 4-tuple is explicit.
-    """
-    if isinstance(padding, str):
-        mode = padding.lower()
-        if mode == "valid":
-            return 0, 0, 0, 0
-        if mode == "same":
-            out = []
-            for size, kk, ss, dd in ((h, k[0], s[0], d[0]), (w, k[1], s[1], d[1])):
-                o = math.ceil(size / ss)
-                total = max((o - 1) * ss + dd * (kk - 1) + 1 - size, 0)
-                out += [total // 2, total - total // 2]
-            return out[0], out[1], out[2], out[3]
-        raise ValueError(f"{layer}: padding must be 'valid', 'same', an int or a pair, "
-                         f"got {padding!r}")
-    if isinstance(padding, (list, tuple)) and len(padding) == 4:
-        return tuple(int(p) for p in padding)  # type: ignore[return-value]
-    ph, pw = pair(padding, "padding", layer, minimum=0)
-    return ph, ph, pw, pw
 
 
 @register_module
