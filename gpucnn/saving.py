@@ -15,9 +15,19 @@ Format: ONE ``.npz`` file (a zip of ``.npy`` members, readable with ``numpy.load
   load, so a truncated or corrupted file raises :class:`CheckpointError` naming the file
   instead of loading garbage.
 
-Writes are atomic: the file is written to a temporary file in the same directory, flushed and
-fsync'ed, then ``os.replace``'d over ``path`` (and the directory fsync'ed), so a crash mid-write
-leaves the previous checkpoint intact.
+Reading allocates nothing the file does not hold: members must be stored uncompressed (as
+``np.savez`` writes them; a compressed member, e.g. a deflate bomb, is refused unread), each
+``.npy`` header must account for exactly its member's bytes, and the members together for no
+more than the file. Only plain numeric arrays (and the two strings) are accepted: no pickles,
+objects or structured dtypes. After the checksum the metadata's structure is checked (a file
+tampered with and re-checksummed), and any failure to rebuild, fill, re-compile or restore the
+model from it is a :class:`CheckpointError` naming the file and the step; a refused
+:func:`load_model` leaves the process's RNG state as it was.
+
+Writes are atomic: the file is written to a temporary file ``.<name>.<pid>.<random>.tmp`` in
+the same directory, flushed and fsync'ed, then ``os.replace``'d over ``path`` (and the directory
+fsync'ed), so a crash mid-write (even ``kill -9``) leaves the previous checkpoint intact. The
+next save to ``path`` removes the temporary files such crashes left (their process is gone).
 
 This module imports :mod:`gpucnn.module` (for the registry) and never :mod:`gpucnn.model`:
 ``Model.save`` calls in here, not the other way round.
@@ -38,9 +48,14 @@ import contextlib
 import hashlib
 import inspect
 import json
+import math
 import os
+import re
 import tempfile
+import threading
+import time
 import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -89,19 +104,54 @@ def _encode(v: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
     raise TypeError(f"cannot save a value of type {type(v).__name__} in a checkpoint")
 
 
-def _decode(v: Any, arrays: dict[str, np.ndarray]) -> Any:
+#: Scalar dtypes an encoded optimizer value may name (never void/object: ``np.void(10**9)``
+#: would allocate a gigabyte).
+_SCALAR_KINDS = "biufc"
+
+
+def _decode(v: Any, arrays: dict[str, np.ndarray], depth: int = 0) -> Any:
+    """Inverse of :func:`_encode`; a malformed structure raises ``ValueError`` saying what."""
+    if depth > 100:
+        raise ValueError("encoded value nested more than 100 deep")
     if isinstance(v, list):
-        return [_decode(x, arrays) for x in v]
+        return [_decode(x, arrays, depth + 1) for x in v]
     if isinstance(v, dict):
         if "__array__" in v:
-            return arrays[v["__array__"]]
+            key = v["__array__"]
+            if not isinstance(key, str) or key not in arrays:
+                raise ValueError(f"reference to a missing array entry {key!r}")
+            return arrays[key]
         if "__dict__" in v:
-            return {_decode(k, arrays): _decode(x, arrays) for k, x in v["__dict__"]}
+            pairs = v["__dict__"]
+            if not isinstance(pairs, list) or not all(
+                    isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise ValueError("an encoded dict is not a list of [key, value] pairs")
+            out = {}
+            for k, x in pairs:
+                k = _decode(k, arrays, depth + 1)
+                if _is_array(k) or isinstance(k, (list, dict)):
+                    raise ValueError(f"an encoded dict has an unhashable key of type "
+                                     f"{type(k).__name__}")
+                out[k] = _decode(x, arrays, depth + 1)
+            return out
         if "__tuple__" in v:
-            return tuple(_decode(x, arrays) for x in v["__tuple__"])
+            if not isinstance(v["__tuple__"], list):
+                raise ValueError("an encoded tuple is not a list")
+            return tuple(_decode(x, arrays, depth + 1) for x in v["__tuple__"])
         if "__scalar__" in v:
-            return np.dtype(v["__scalar__"]).type(v["value"])
-        return {k: _decode(x, arrays) for k, x in v.items()}
+            code, value = v["__scalar__"], v.get("value")
+            try:
+                dt = np.dtype(code) if isinstance(code, str) else None
+            except TypeError:
+                dt = None
+            if dt is None or dt.kind not in _SCALAR_KINDS or dt.itemsize > 16 \
+                    or isinstance(value, (list, dict, str)) or value is None:
+                raise ValueError(f"bad encoded scalar {code!r}: {value!r}")
+            try:
+                return dt.type(value)
+            except (OverflowError, TypeError, ValueError) as exc:
+                raise ValueError(f"bad encoded scalar {code!r}: {value!r} ({exc})") from exc
+        return {k: _decode(x, arrays, depth + 1) for k, x in v.items()}
     return v
 
 
@@ -119,6 +169,74 @@ def _digest(entries: dict[str, np.ndarray]) -> str:
 
 # ----------------------------------------------------------------------------- file I/O
 
+#: A temporary file this long unmodified is an orphan even if its process id is in use again.
+_ORPHAN_AGE_S = 3600.0
+_ACTIVE: set[str] = set()  # temporary files this process is writing right now
+_ACTIVE_LOCK = threading.Lock()
+
+
+def temp_file(path: str, suffix: str) -> tuple[int, str]:
+    """``mkstemp`` next to ``path``, named ``.<name>.<pid>.<random><suffix>`` so that
+    :func:`remove_orphans` can tell a dead writer's file from a live one's."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.",
+                               suffix=suffix, dir=d)
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(tmp)
+    return fd, tmp
+
+
+def temp_done(tmp: str) -> None:
+    with _ACTIVE_LOCK:
+        _ACTIVE.discard(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, and not in _ACTIVE: left by an earlier failed attempt
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def remove_orphans(path: str, suffix: str) -> list[str]:
+    """Remove the temporary files of earlier writes of ``path`` that were never finished (the
+    writer was killed): those of a process that no longer runs (or of this one, not in
+    progress), and any not modified for an hour. Returns the removed paths."""
+    d = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    pattern = re.compile(re.escape(f".{base}.") + r"(?:(\d+)\.)?[a-z0-9_]{8}" +
+                         re.escape(suffix))
+    removed = []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None:
+            continue
+        full = os.path.join(d, name)
+        with _ACTIVE_LOCK:
+            if full in _ACTIVE:
+                continue
+        try:
+            stale = now - os.stat(full).st_mtime > _ORPHAN_AGE_S
+            # no pid: the name an older gpucnn gave its temporary files
+            if stale or m.group(1) is None or not _pid_alive(int(m.group(1))):
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            continue
+    return removed
+
 
 def _write_npz(f: Any, entries: dict[str, np.ndarray]) -> None:
     """Write the archive to the open binary file ``f`` (a seam for crash tests)."""
@@ -130,7 +248,8 @@ def _atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
     entries["__sha256__"] = np.array(_digest(entries))
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    remove_orphans(path, ".tmp")
+    fd, tmp = temp_file(path, ".tmp")
     try:
         # mkstemp creates 0600: keep the old file's mode, else rw-r--r--
         mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
@@ -145,6 +264,8 @@ def _atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        temp_done(tmp)
     with contextlib.suppress(OSError, AttributeError):
         dfd = os.open(d, os.O_RDONLY)
         try:
@@ -153,19 +274,105 @@ def _atomic_write(path: str, entries: dict[str, np.ndarray]) -> None:
             os.close(dfd)
 
 
+#: Array dtypes a checkpoint member may have: real numbers (and the unicode strings of
+#: ``__meta__``/``__sha256__``); never complex, objects, structured or void types.
+_MEMBER_KINDS = "biufU"
+
+
+def _member_dtype(dt: np.dtype, where: str) -> np.dtype:
+    if dt.kind not in _MEMBER_KINDS or dt.names is not None or dt.subdtype is not None \
+            or dt.hasobject:
+        raise CheckpointError(f"{where}: refused dtype {dt} (gpucnn saves plain arrays only)")
+    return dt
+
+
+def _read_entries(path: str) -> dict[str, np.ndarray]:
+    """Every ``.npy`` member of the archive, reading nothing the format does not allow.
+
+    gpucnn writes members stored (uncompressed), so each member's size is known from the zip
+    directory before it is read: a compressed member (a deflate bomb), members overlapping or
+    claiming more bytes than the file has, and an ``.npy`` header whose shape and dtype do not
+    account for exactly the member's bytes are all refused before any array is allocated.
+    """
+    size = os.path.getsize(path)
+    out: dict[str, np.ndarray] = {}
+    with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise CheckpointError(
+                    f"{path}: member {info.filename!r} is compressed (method "
+                    f"{info.compress_type}); gpucnn checkpoints store members uncompressed, so "
+                    "it is refused without inflating it"
+                )
+        total = sum(i.file_size for i in infos)
+        if total > size:
+            raise CheckpointError(
+                f"{path}: the members claim {total} bytes, more than the file's {size} "
+                "(overlapping or forged zip entries)"
+            )
+        for info in infos:
+            where = f"{path}: member {info.filename!r}"
+            if not info.filename.endswith(".npy") or info.is_dir():
+                raise CheckpointError(f"{where} is not an .npy array")
+            key = info.filename[:-4]
+            if key in out:
+                raise CheckpointError(f"{where} appears twice")
+            if info.header_offset + info.compress_size > size:
+                raise CheckpointError(f"{where} extends past the end of the file (truncated)")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dt = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dt = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise CheckpointError(f"{where}: unsupported .npy version {version}")
+                _member_dtype(dt, where)
+                need = math.prod(shape) * dt.itemsize
+                start = f.tell()
+                if start + need != info.file_size:
+                    raise CheckpointError(
+                        f"{where}: its header declares shape {shape} {dt} ({need} bytes) but "
+                        f"the member holds {info.file_size - start} bytes of data"
+                    )
+                buf = bytearray(need)  # bounded: need <= file_size <= the file's size
+                pos = 0
+                while pos < need:
+                    chunk = f.read(min(_READ_CHUNK, need - pos))
+                    if not chunk:
+                        raise CheckpointError(f"{where}: truncated data")
+                    buf[pos:pos + len(chunk)] = chunk
+                    pos += len(chunk)
+                if f.read(1):  # reaching the end verifies the member's CRC-32
+                    raise CheckpointError(f"{where}: more data than its header declares")
+            order = "F" if fortran else "C"
+            if dt.itemsize == 0:
+                out[key] = np.empty(shape, dt, order=order)  # holds no bytes
+            else:
+                out[key] = np.frombuffer(buf, dtype=dt).reshape(shape, order=order)
+    return out
+
+
+_READ_CHUNK = 1 << 22
+
+
 def read_checkpoint(path: Any) -> tuple[dict, dict[str, np.ndarray]]:
-    """``(meta, entries)`` of a checkpoint, after verifying its SHA-256.
+    """``(meta, entries)`` of a checkpoint, after verifying its SHA-256 and the structure of
+    its metadata.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: not a gpucnn checkpoint, truncated, or corrupt (names the file).
+        CheckpointError: not a gpucnn checkpoint, truncated, corrupt, or with metadata that
+            does not describe its contents (names the file and what is wrong).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            entries = {k: z[k] for k in z.files}
+        entries = _read_entries(path)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(
             f"{path}: cannot read the checkpoint (truncated or corrupt file?): "
@@ -173,21 +380,94 @@ def read_checkpoint(path: Any) -> tuple[dict, dict[str, np.ndarray]]:
         ) from exc
     if "__sha256__" not in entries or "__meta__" not in entries:
         raise CheckpointError(f"{path}: not a gpucnn checkpoint (no __meta__/__sha256__ entry)")
+    for key in ("__sha256__", "__meta__"):
+        if entries[key].dtype.kind != "U" or entries[key].shape != ():
+            raise CheckpointError(f"{path}: not a gpucnn checkpoint ({key} is not a string)")
     stored = str(entries["__sha256__"])
     if _digest(entries) != stored:
         raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupt")
     try:
         meta = json.loads(str(entries["__meta__"]))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: unreadable metadata: {exc}") from exc
+    _check_meta(path, meta, entries)
+    return meta, entries
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: Bounds on a recorded per-sample input shape (building allocates one such sample).
+_MAX_DIM = 1 << 16
+_MAX_SAMPLE = 1 << 24
+
+
+def _check_shape(shape: Any) -> str | None:
+    """What is wrong with a recorded ``build_input_shape`` (None if nothing)."""
+    if shape is None:
+        return None
+    if not isinstance(shape, list) or len(shape) > 8:
+        return f"build_input_shape {shape!r} is not a list of dimensions"
+    groups = shape if shape and isinstance(shape[0], list) else [shape]
+    for g in groups:
+        if not isinstance(g, list) or len(g) > 8 or not all(
+                _is_int(n) and 0 < n <= _MAX_DIM for n in g):
+            return f"build_input_shape {shape!r} is not a list of positive dimensions"
+        if math.prod(g) > _MAX_SAMPLE:
+            return f"build_input_shape {shape!r} is larger than {_MAX_SAMPLE} values per sample"
+    return None
+
+
+def _check_meta(path: str, meta: Any, entries: dict[str, np.ndarray]) -> None:
+    """Refuse metadata that does not describe a checkpoint of this format (a tampered file
+    with a recomputed checksum, or a newer/older writer's), naming the field."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: invalid checkpoint metadata: {why}")
+
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gpucnn checkpoint (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > VERSION:
+    version = meta.get("version")
+    if not _is_int(version) or version < 1:
+        raise bad(f"version {version!r} is not a positive integer")
+    if version > VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint version {meta.get('version')} is newer than this gpucnn "
-            f"supports ({VERSION})"
+            f"{path}: checkpoint version {version} is newer than this gpucnn supports "
+            f"({VERSION})"
         )
-    return meta, entries
+    kind = meta.get("kind")
+    if kind not in ("model", "weights"):
+        raise bad(f"kind {kind!r} is neither 'model' nor 'weights'")
+    names = meta.get("weights", [])
+    if not isinstance(names, list) or not all(isinstance(k, str) for k in names):
+        raise bad("'weights' is not a list of names")
+    if len(set(names)) != len(names):
+        raise bad("'weights' names an entry twice")
+    for k in names:
+        arr = entries.get(f"w/{k}")
+        if arr is None:
+            raise bad(f"weight {k!r} is listed but the file has no entry w/{k}")
+        if arr.dtype.kind not in "biuf":
+            raise bad(f"weight {k!r} has dtype {arr.dtype}, not a number type")
+    epoch = meta.get("epoch", 0)
+    if not _is_int(epoch) or epoch < 0:
+        raise bad(f"epoch {epoch!r} is not a non-negative integer")
+    why = _check_shape(meta.get("build_input_shape"))
+    if why:
+        raise bad(why)
+    if kind == "model":
+        for key, types in (("architecture", (dict, type(None))), ("compile", (dict, type(None))),
+                           ("optimizer", (dict, type(None))),
+                           ("random_state", (dict, type(None))),
+                           ("backend", (str, type(None)))):
+            if not isinstance(meta.get(key), types):
+                raise bad(f"{key!r} has type {type(meta.get(key)).__name__}")
+        opt = meta.get("optimizer")
+        if opt is not None and not isinstance(opt.get("class_name"), str):
+            raise bad("the optimizer has no class name")
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -295,6 +575,45 @@ def _state_from(entries: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndar
     return {k: entries[f"w/{k}"] for k in meta.get("weights", [])}
 
 
+def _shape_arg(shape: list) -> Any:
+    return tuple(shape) if not (shape and isinstance(shape[0], list)) else shape
+
+
+def _stage(path: str, what: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, any failure turned into a :class:`CheckpointError` naming the file and
+    the step (the file's metadata or arrays do not fit together)."""
+    try:
+        return fn(*args)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{path}: {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _recompile(path: str, model: Any, comp: dict, meta: dict, entries: dict,
+               custom_objects: dict | None) -> None:
+    loss = comp.get("loss") or (custom_objects or {}).get("loss")
+    if loss is None:
+        warnings.warn(
+            f"load_model({path!r}): the model was compiled with a custom loss; pass "
+            "custom_objects={'loss': fn} to re-compile it. Returning it uncompiled.",
+            stacklevel=5,
+        )
+        return
+    metrics = [m for m in comp.get("metrics", []) if m is not None]
+    metrics = [(custom_objects or {}).get(m, m) for m in metrics]
+    opt_spec = meta.get("optimizer")
+    if opt_spec is not None:
+        opt: Any = _stage(path, "cannot restore the optimizer", _build_optimizer, model,
+                          opt_spec, entries)
+    else:  # compiled with a named optimizer not created yet: its class, by name
+        opt = comp["optimizer"].get("class_name") or "rmsprop"
+    model.compile(optimizer=opt, loss=loss, metrics=metrics,
+                  from_logits=comp.get("from_logits"),
+                  lr=(comp["optimizer"]["config"].get("lr") if isinstance(opt, str)
+                      else None))
+
+
 def load_weights(model: Any, path: Any, strict: bool = True) -> None:
     """Load the weights of a checkpoint (``save`` or ``save_weights``) into ``model``.
 
@@ -304,7 +623,8 @@ def load_weights(model: Any, path: Any, strict: bool = True) -> None:
     meta, entries = read_checkpoint(path)
     shape = meta.get("build_input_shape")
     if not model.built and shape is not None:
-        model.build(tuple(shape) if not (shape and isinstance(shape[0], list)) else shape)
+        _stage(path, "cannot build the model for the recorded input shape",
+               model.build, _shape_arg(shape))
     try:
         model.load_state_dict(_state_from(entries, meta), strict=strict)
     except (KeyError, ValueError) as exc:
@@ -333,10 +653,22 @@ def load_model(
     Raises:
         FileNotFoundError, CheckpointError: missing, truncated, corrupt or weights-only file.
     """
+    from gpucnn.random import get_state, set_state
+
+    path = os.fspath(path)
+    before = get_state()
+    try:
+        return _load_model(path, backend, custom_objects, compile, restore_rng)
+    except BaseException:
+        set_state(before)  # a refused file leaves the process's RNG as it was
+        raise
+
+
+def _load_model(path: str, backend: str | None, custom_objects: dict | None, compile: bool,  # noqa: A002
+                restore_rng: bool) -> Any:
     from gpucnn.module import deserialize
     from gpucnn.random import set_state
 
-    path = os.fspath(path)
     meta, entries = read_checkpoint(path)
     if meta.get("kind") != "model" or meta.get("architecture") is None:
         raise CheckpointError(
@@ -353,31 +685,15 @@ def load_model(
     if not model.built:
         if shape is None:
             raise CheckpointError(f"{path}: the model was saved unbuilt (no input shape)")
-        model.build(tuple(shape) if not (shape and isinstance(shape[0], list)) else shape,
-                    backend=be)
-    model.load_state_dict(_state_from(entries, meta))
+        _stage(path, "cannot build the model for the recorded input shape",
+               lambda: model.build(_shape_arg(shape), backend=be))
+    _stage(path, "the weights do not match the architecture",
+           model.load_state_dict, _state_from(entries, meta))
     comp = meta.get("compile")
     if compile and comp:
-        loss = comp.get("loss") or (custom_objects or {}).get("loss")
-        if loss is None:
-            warnings.warn(
-                f"load_model({path!r}): the model was compiled with a custom loss; pass "
-                "custom_objects={'loss': fn} to re-compile it. Returning it uncompiled.",
-                stacklevel=2,
-            )
-        else:
-            metrics = [m for m in comp.get("metrics", []) if m is not None]
-            metrics = [(custom_objects or {}).get(m, m) for m in metrics]
-            opt_spec = meta.get("optimizer")
-            if opt_spec is not None:
-                opt: Any = _build_optimizer(model, opt_spec, entries)
-            else:  # compiled with a named optimizer not created yet: its class, by name
-                opt = comp["optimizer"].get("class_name") or "rmsprop"
-            model.compile(optimizer=opt, loss=loss, metrics=metrics,
-                          from_logits=comp.get("from_logits"),
-                          lr=(comp["optimizer"]["config"].get("lr") if isinstance(opt, str)
-                              else None))
+        _stage(path, "cannot re-compile the model", _recompile, path, model, comp, meta, entries,
+               custom_objects)
     if restore_rng and meta.get("random_state") is not None:
-        set_state(meta["random_state"])
+        _stage(path, "cannot restore the RNG state", set_state, meta["random_state"])
     model.completed_epochs = int(meta.get("epoch", 0))
     return model

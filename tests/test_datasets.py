@@ -364,8 +364,9 @@ def _cifar_batch(n: int, seed: int, label_keys: tuple = (b"labels",), protocol: 
     d: dict = {b"batch_label": b"testing batch", b"data": data,
                b"filenames": [b"img%d.png" % i for i in range(n)]}
     labels = {}
+    classes = {b"labels": 10, b"fine_labels": 100, b"coarse_labels": 20}
     for k in label_keys:
-        labels[k] = [int(v) for v in rng.integers(0, 100, size=n)]
+        labels[k] = [int(v) for v in rng.integers(0, classes.get(k, 100), size=n)]
         d[k] = labels[k]
     return pickle.dumps(d, protocol=protocol), data, labels
 
@@ -531,3 +532,253 @@ def test_split_bad_sizes():
         D.train_test_split(x, x[:9])
     with pytest.raises(ValueError, match="leave no training"):
         D.train_dev_test_split(x, x, dev_size=5, test_size=5)
+
+
+# ------------------------------------------------------------- issue 17: no silent wrong answer
+
+
+def _core_fn(name: str):
+    core = np._core if hasattr(np, "_core") else np.core
+    return getattr(core.multiarray, name)
+
+
+class _Forged:
+    """Pickles as ``fn(*args)`` (then ``BUILD state`` when given)."""
+
+    def __init__(self, fn, args, state=None):
+        self.fn, self.args, self.state = fn, args, state
+
+    def __reduce__(self):
+        return (self.fn, self.args) if self.state is None else (self.fn, self.args, self.state)
+
+
+def _batch_folder(tmp_path: Path, raw: bytes) -> None:
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_batch").write_bytes(raw)
+
+
+def test_cifar_reconstruct_without_state_refused(tmp_path):
+    """NumPy's allowed _reconstruct without the BUILD state: uninitialised 'images'."""
+    rec = _core_fn("_reconstruct")
+    for args in ((np.ndarray, (0,), b"b"), (np.ndarray, (4, 3072), np.dtype("u1"))):
+        raw = pickle.dumps({b"data": _Forged(rec, args), b"labels": [0, 1, 2, 3]}, protocol=2)
+        _batch_folder(tmp_path, raw)
+        with pytest.raises(D.DatasetError, match=r"test_batch: not a valid CIFAR batch"):
+            D.load_cifar10(tmp_path, train=False)
+
+
+def test_cifar_pickle_declaring_3gb_refused_without_allocating(tmp_path):
+    import tracemalloc
+
+    rec = _core_fn("_reconstruct")
+    state = (1, (1_000_000, 3072), np.dtype("u1"), False, b"")
+    raw = pickle.dumps({b"data": _Forged(rec, (np.ndarray, (0,), b"b"), state),
+                        b"labels": [0]}, protocol=2)
+    assert len(raw) < 400
+    direct = pickle.dumps({b"data": _Forged(np.ndarray, ((1_000_000, 3072), np.dtype("u1"))),
+                           b"labels": [0]})
+    for blob, why in ((raw, "3072000000 bytes"), (direct, "refused to call numpy.ndarray")):
+        _batch_folder(tmp_path, blob)
+        tracemalloc.start()
+        try:
+            with pytest.raises(D.DatasetError, match=why):
+                D.load_cifar10(tmp_path, train=False)
+            assert tracemalloc.get_traced_memory()[1] < 8 << 20
+        finally:
+            tracemalloc.stop()
+
+
+def test_cifar_python2_pickle_still_loads(tmp_path):
+    """The real CIFAR files are Python 2 pickles: str array data, numpy.core names."""
+    import struct
+
+    data = bytes(range(256)) * 12
+    raw = (b"\x80\x02}q\x01(U\x04dataq\x02cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\n"
+           b"ndarray\nq\x04K\x00\x85U\x01b\x87Rq\x05(K\x01K\x01M\x00\x0c\x86cnumpy\ndtype\nq\x06"
+           b"U\x02u1K\x00K\x01\x87Rq\x07(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+           b"\x89T" + struct.pack("<I", 3072) + data + b"tbU\x06labelsq\x08]q\tK\x03au.")
+    _batch_folder(tmp_path, raw)
+    x, y = D.load_cifar10(tmp_path, train=False, normalize=False)
+    assert np.array_equal(x.reshape(-1), np.frombuffer(data, np.uint8)) and y.tolist() == [3]
+    x[0, 0, 0, 0] = 1  # a fresh, writable array
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar_every_pickle_protocol_loads(tmp_path, protocol):
+    raw, data, labels = _cifar_batch(3, 4, protocol=protocol)
+    _batch_folder(tmp_path, raw)
+    x, y = D.load_cifar10(tmp_path, train=False, normalize=False)
+    assert np.array_equal(x.reshape(3, -1), data) and y.tolist() == labels[b"labels"]
+
+
+def test_cifar_labels_out_of_range_or_nested_refused(tmp_path):
+    shared = [[0] * 100] * 100
+    for labels, why in (([0, 10], r"outside 0\.\.9"), ([0, -1], "outside"),
+                        ([shared, shared], "flat list"), ([True, False], "flat list")):
+        _batch_folder(tmp_path, pickle.dumps({b"data": np.zeros((2, 3072), np.uint8),
+                                              b"labels": labels}))
+        with pytest.raises(D.DatasetError, match=why):
+            D.load_cifar10(tmp_path, train=False)
+
+
+def test_cifar_c_unpickler_memo_bomb_refused():
+    import struct
+    import tracemalloc
+
+    from gpucnn.datasets import cifar
+
+    bomb = b"\x80\x04N" + b"r" + struct.pack("<I", 1 << 28) + b"."  # C pickle: 4 GiB memo
+    tracemalloc.start()
+    try:
+        with pytest.raises(D.DatasetError, match="bomb.*expected a dict"):
+            cifar._parse_batch(bomb, "bomb", "labels", 10, 10)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_cifar_archive_member_larger_than_a_batch_refused(tmp_path, patch_tables, monkeypatch):
+    from gpucnn.datasets import cifar
+
+    monkeypatch.setattr(cifar, "_max_bytes", lambda member: 10_000)  # a batch of <= 10 kB
+    raw, _, _ = _cifar_batch(40, 0)
+    blob = _targz("cifar-10-batches-py", {"test_batch": raw})
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "cifar-10-python.tar.gz").write_bytes(blob)
+    patch_tables("cifar10", "http://unused.invalid", {"cifar-10-python.tar.gz": blob})
+    with pytest.raises(D.DatasetError, match="declares .* refused before inflating"):
+        D.load_cifar10(tmp_path, train=False)
+
+
+def test_idx_gzip_bomb_refused_without_inflating(tmp_path):
+    import struct
+    import tracemalloc
+    import zlib
+
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [co.compress(struct.pack(">HBBI", 0, 0x08, 1, 10))]
+    zeros = bytes(1 << 20)
+    parts += [co.compress(zeros) for _ in range(64)]  # 64 MiB of zeros after 10 labels
+    p = tmp_path / "bomb.gz"
+    p.write_bytes(b"".join(parts) + co.flush())
+    tracemalloc.start()
+    try:
+        with pytest.raises(D.DatasetError, match=r"bomb\.gz.*has more; refused without"):
+            D.read_idx(p)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_idx_header_declaring_too_much_refused(tmp_path):
+    import struct
+
+    p = tmp_path / "huge.gz"
+    p.write_bytes(gzip.compress(struct.pack(">HBB3I", 0, 0x08, 3, 100_000, 1000, 1000)))
+    with pytest.raises(D.DatasetError, match=r"huge\.gz.*more than the 2147483648 allowed"):
+        D.read_idx(p)
+    with pytest.raises(D.DatasetError, match=r"huge\.gz.*bytes of gzip can hold"):
+        D.read_idx(p, max_bytes=None)
+
+
+def test_idx_concatenated_gzip_members_and_trailing_garbage(tmp_path):
+    raw = gzip.decompress(_idx_bytes(np.arange(10, dtype=np.uint8)))
+    p = tmp_path / "multi.gz"
+    p.write_bytes(gzip.compress(raw[:7]) + gzip.compress(raw[7:]) + b"\0\0")
+    assert np.array_equal(D.read_idx(p), np.arange(10))
+    p.write_bytes(gzip.compress(raw) + b"junk")
+    with pytest.raises(D.DatasetError, match=r"multi\.gz.*trailing garbage"):
+        D.read_idx(p)
+
+
+def test_mnist_bad_labels_or_image_size_refused(tmp_path, patch_tables):
+    files, _, _ = _mnist_files()
+    files["train-labels-idx1-ubyte.gz"] = _idx_bytes(np.full(12, 11, np.uint8))
+    (tmp_path / "mnist").mkdir()
+    for k, v in files.items():
+        (tmp_path / "mnist" / k).write_bytes(v)
+    patch_tables("mnist", "http://unused.invalid", files)
+    with pytest.raises(D.DatasetError, match=r"train-labels-idx1-ubyte\.gz.*labels 0\.\.9"):
+        D.load_mnist(tmp_path)
+    files["t10k-images-idx3-ubyte.gz"] = _idx_bytes(np.zeros((5, 20, 20), np.uint8))
+    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(
+        files["t10k-images-idx3-ubyte.gz"])
+    patch_tables("mnist", "http://unused.invalid", files)
+    with pytest.raises(D.DatasetError, match=r"t10k-images.*\(N, 28, 28\)"):
+        D.load_mnist(tmp_path, train=False)
+
+
+def test_download_orphaned_part_file_removed(tmp_path, server):
+    import subprocess
+    import sys
+
+    files, _, _ = _mnist_files()
+    srv = server(files)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dest = tmp_path / "train-labels-idx1-ubyte.gz"
+    (tmp_path / f".{dest.name}.{dead.pid}.ab_cd123.part").write_bytes(b"half")
+    (tmp_path / f".{dest.name}.q1w2e3r4.part").write_bytes(b"older gpucnn")
+    D.download_file(f"{srv.url}/{dest.name}", dest, _sha(files[dest.name]))
+    assert _leftovers(tmp_path) == [dest.name]
+
+
+def test_download_oversized_refused(tmp_path, server):
+    files, _, _ = _mnist_files()
+    srv = server(files)
+    with pytest.raises(D.DownloadError, match="announces .* refused"):
+        D.download_file(f"{srv.url}/train-images-idx3-ubyte.gz", tmp_path / "f.gz", None,
+                        max_bytes=100)
+    assert _leftovers(tmp_path) == []
+
+
+def test_unverified_download_of_cut_gzip_refused(tmp_path, server):
+    files, _, _ = _mnist_files()
+    name = "train-images-idx3-ubyte.gz"
+    srv = server({name: files[name][:-20]})  # a complete transfer of a cut file
+    with pytest.raises(D.DatasetError, match=f"{name}.*cut short; discarded"):
+        D.download_file(f"{srv.url}/{name}", tmp_path / name, None)
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_idx_is_atomic(tmp_path, monkeypatch):
+    p = tmp_path / "a.idx.gz"
+    D.write_idx(p, np.arange(5, dtype=np.uint8))
+
+    def boom(fd):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="simulated"):
+        D.write_idx(p, np.arange(7, dtype=np.uint8))
+    monkeypatch.undo()
+    assert _leftovers(tmp_path) == ["a.idx.gz"]
+    assert np.array_equal(D.read_idx(p), np.arange(5))
+
+
+def test_cifar_malformed_dtype_state_refused_not_crashing(tmp_path):
+    """115 bytes, allowed globals only: NumPy's own dtype.__setstate__ segfaults on this state
+    (found by fuzzing); it must never reach NumPy. Run in a child so a regression is a failure,
+    not a crash of the test session."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle, numpy as np\n"
+        "from gpucnn.datasets import DatasetError\n"
+        "from gpucnn.datasets.cifar import safe_unpickle\n"
+        "class F:\n"
+        "    def __reduce__(self):\n"
+        "        return (np.dtype, ('i8', False, True), (3, '<', None, -56321, -1, 0))\n"
+        "raw = pickle.dumps({b'data': F(), b'labels': []}, protocol=2)\n"
+        "try:\n"
+        "    safe_unpickle(raw, 'test_batch')\n"
+        "except DatasetError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GPUCNN_SIMULATE_CUDA"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, f"crashed ({r.returncode}): {r.stderr[-500:]}"
+    assert "test_batch: not a valid CIFAR batch pickle (refused dtype state" in r.stdout

@@ -285,3 +285,123 @@ def test_load_on_cuda_backend(tmp_path) -> None:
     mc.save(tmp_path / "from_cuda.npz")
     mn = load_model(tmp_path / "from_cuda.npz", backend="numpy")
     np.testing.assert_allclose(mn.predict(x), mc.predict(x), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------- issue 17: no silent wrong answer
+
+
+def _tamper(path, out, edit_meta=None, edit_entries=None) -> None:
+    """Rewrite a checkpoint with changed metadata/arrays and a *recomputed* checksum."""
+    import json
+
+    with np.load(path) as z:
+        entries = {k: z[k] for k in z.files}
+    meta = json.loads(str(entries["__meta__"]))
+    if edit_meta is not None:
+        meta = edit_meta(meta)
+    if edit_entries is not None:
+        edit_entries(entries)
+    del entries["__sha256__"]
+    entries["__meta__"] = np.array(json.dumps(meta))
+    entries["__sha256__"] = np.array(saving._digest(entries))
+    np.savez(out, **entries)
+
+
+def _set(key, value):
+    def edit(meta):
+        meta[key] = value
+        return meta
+    return edit
+
+
+def test_tampered_checkpoint_with_recomputed_checksum_is_a_checkpoint_error(tmp_path) -> None:
+    """Each of these ended in a bare KeyError/AttributeError/ValueError before (issue 17)."""
+    x, y = _data(16)
+    m = _model()
+    m.compile("adam", "sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=1, verbose=0)
+    good = tmp_path / "good.npz"
+    m.save(good)
+
+    def drop_weight(entries):
+        del entries["w/0.weight"]
+
+    def drop_moment(entries):
+        del entries["o/0"]
+
+    def shrink_weight(entries):
+        entries["w/0.weight"] = entries["w/0.weight"][:1]
+
+    def optimizer_garbage(meta):
+        meta["optimizer"]["state"] = {"__dict__": [[{"__array__": "o/0"}, 1]]}
+        return meta
+
+    cases = {
+        "missing_weight": (None, drop_weight, "no entry w/0.weight"),
+        "missing_moment": (None, drop_moment, "optimizer.*missing array entry 'o/0'"),
+        "wrong_shape": (None, shrink_weight, "weights do not match the architecture"),
+        "meta_list": (lambda meta: [meta], None, "expected a JSON object"),
+        "version_text": (_set("version", "one"), None, "version 'one'"),
+        "kind": (_set("kind", "pickle"), None, "kind 'pickle'"),
+        "weights_int": (_set("weights", 5), None, "'weights' is not a list"),
+        "epoch": (_set("epoch", "3"), None, "epoch '3'"),
+        "shape": (_set("build_input_shape", [2, -6, 6]), None, "build_input_shape"),
+        "huge_shape": (_set("build_input_shape", [60000, 60000, 60000]), None,
+                       "build_input_shape"),
+        "architecture": (_set("architecture", {"class_name": "Nope"}), None, "architecture"),
+        "compile": (_set("compile", {"loss": "no_such_loss"}), None, "re-compile"),
+        "optimizer_keys": (optimizer_garbage, None, "optimizer"),
+        "rng": (_set("random_state", {"numpy": 5}), None, "RNG state"),
+    }
+    for name, (edit_meta, edit_entries, why) in cases.items():
+        out = tmp_path / f"{name}.npz"
+        _tamper(good, out, edit_meta, edit_entries)
+        rng_before = gpucnn.random.get_state()
+        with pytest.raises(CheckpointError, match=rf"{name}\.npz: .*{why}"):
+            load_model(out)
+        assert gpucnn.random.get_state() == rng_before, name  # never half-restored
+
+
+def test_compressed_checkpoint_member_refused_before_inflating(tmp_path) -> None:
+    """A deflate bomb: a compressed member declaring far more than the file holds."""
+    import tracemalloc
+
+    m = _model()
+    path = tmp_path / "ck.npz"
+    m.save_weights(path)
+    with np.load(path) as z:
+        entries = {k: z[k] for k in z.files}
+    entries["w/0.weight"] = np.zeros(1 << 26, np.float32)  # 256 MiB of zeros
+    del entries["__sha256__"]
+    entries["__sha256__"] = np.array(saving._digest(entries))
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, **entries)
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="bomb.npz: member .* is compressed"):
+            m.load_weights(bomb)
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_next_save_removes_orphaned_temporary_files(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / "ck.npz"
+    orphan = tmp_path / f".ck.npz.{dead.pid}.abcd1234.tmp"  # a writer killed with SIGKILL
+    legacy = tmp_path / ".ck.npz.x1y2z3w4.tmp"  # an older gpucnn's name (no pid)
+    stale = tmp_path / f".ck.npz.{os.getppid()}.old_0000.tmp"  # pid alive, untouched for 2 h
+    live = tmp_path / f".ck.npz.{os.getppid()}.live0000.tmp"  # a live writer's, recent
+    other = tmp_path / f".ck.npz.npz.{dead.pid}.abcd1234.tmp"  # ck.npz.npz's, not ours
+    for p in (orphan, legacy, stale, live, other):
+        p.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    _model().save_weights(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck.npz", live.name, other.name])
+    _model().load_weights(path)

@@ -5,6 +5,11 @@ Loaders return ``(images, labels)`` as NumPy arrays: images ``(N, C, H, W)`` flo
 ``$GPUCNN_DATA_DIR``, else ``~/.cache/gpucnn``; ``download=True`` fetches missing files from the
 mirrors in :data:`MIRRORS` (``$GPUCNN_DATASET_MIRROR`` first), each verified against the SHA-256
 in :data:`CHECKSUMS`. :func:`mnist_sample` needs no network: 5,000 digits ship with gpucnn.
+
+Malformed files are refused with a :class:`DatasetError` naming the file and what is wrong,
+before anything beyond what the format allows is inflated or allocated (IDX headers bound the
+gzip stream, CIFAR batches and archive members are size-checked, pickles are read with checked
+stand-ins only); downloads and :func:`write_idx` never leave a half-written file.
 """
 
 from gpucnn.datasets._download import (

@@ -3,9 +3,10 @@
 Files live in ``<cache>/<dataset>/`` where ``<cache>`` is the ``root`` argument, else the
 environment variable ``GPUCNN_DATA_DIR``, else ``~/.cache/gpucnn``. A download streams into a
 temporary file in the destination folder, hashes it on the way, and is ``os.replace``'d onto
-the final name only when the SHA-256 matches :data:`CHECKSUMS`; on a mismatch, a network error
-or an interrupt (``KeyboardInterrupt`` included) the temporary file is removed, so a partial or
-corrupt file is never left under the final name.
+the final name only when the SHA-256 matches :data:`CHECKSUMS`; on a mismatch, a network error, a
+short or oversized transfer or an interrupt (``KeyboardInterrupt`` included) the temporary file
+is removed, so a partial or corrupt file is never left under the final name; the temporary files
+of a download killed outright (``kill -9``) are removed by the next download of that file.
 
 Mirrors: :data:`MIRRORS` maps a dataset to base URLs tried in order (``<base>/<file name>``).
 The environment variable ``GPUCNN_DATASET_MIRROR`` (one base URL, or several separated by
@@ -18,9 +19,9 @@ import contextlib
 import hashlib
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 __all__ = [
@@ -147,46 +148,105 @@ def _is_offline_error(exc: BaseException) -> bool:
     return isinstance(reason, (ConnectionError, socket.gaierror, socket.timeout, TimeoutError))
 
 
-def download_file(url: str, dest: str | os.PathLike, sha256: str | None, timeout: float = 60.0
-                  ) -> Path:
+#: The most bytes one download may have (the largest file, CIFAR-100, is ~170 MB).
+MAX_DOWNLOAD_BYTES = 1 << 30
+
+
+def download_file(url: str, dest: str | os.PathLike, sha256: str | None, timeout: float = 60.0,
+                  max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
     """Download ``url`` to ``dest`` atomically, verifying ``sha256`` (hex) when given.
 
     The bytes go to a temporary file next to ``dest`` which replaces ``dest`` only after the
-    checksum matched; on any failure the temporary file is deleted and ``dest`` is untouched.
+    transfer is complete (as long as its ``Content-Length``, at most ``max_bytes``) and the
+    checksum matched, flushed to disk first; on any failure the temporary file is deleted and
+    ``dest`` is untouched. Temporary files of earlier downloads of ``dest`` whose process was
+    killed are removed first.
 
     Raises:
         ChecksumError: the downloaded bytes do not hash to ``sha256``.
-        urllib.error.URLError / OSError: the transfer failed.
+        DownloadError: the server announces or sends more than ``max_bytes``.
+        urllib.error.URLError / OSError: the transfer failed or was cut short.
     """
+    from gpucnn.saving import remove_orphans, temp_done, temp_file
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    remove_orphans(str(dest), ".part")
+    fd, tmp_name = temp_file(str(dest), ".part")
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             expected_len = resp.headers.get("Content-Length")
+            try:
+                expected = None if expected_len is None else int(expected_len)
+            except ValueError:
+                expected = None
+            if expected is not None and expected > max_bytes:
+                raise DownloadError(
+                    f"{url}: the server announces {expected} bytes, more than {dest.name} "
+                    f"can be ({max_bytes}); refused"
+                )
             got = 0
             for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                got += len(chunk)
+                if got > max_bytes:
+                    raise DownloadError(
+                        f"{url}: more than {max_bytes} bytes, more than {dest.name} can be; "
+                        "refused"
+                    )
                 out.write(chunk)
                 h.update(chunk)
-                got += len(chunk)
-            if expected_len is not None and got != int(expected_len):
+            if expected is not None and got != expected:
                 raise OSError(
                     f"incomplete download of {url}: got {got} of {expected_len} bytes"
                 )
+            out.flush()
+            os.fsync(out.fileno())
         digest = h.hexdigest()
         if sha256 is not None and digest != sha256.lower():
             raise ChecksumError(
                 f"checksum mismatch for {dest.name} downloaded from {url}: "
                 f"expected sha256 {sha256}, got {digest}; the file was discarded"
             )
+        if sha256 is None and dest.name.endswith(".gz"):
+            _check_gzip(tmp, f"{dest.name} downloaded from {url}")
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        temp_done(tmp_name)
     return dest
+
+
+def _check_gzip(path: Path, what: str, limit: int = 8 << 30) -> None:
+    """Inflate ``path`` to nowhere, in bounded steps: refuse a cut or corrupt gzip stream (the
+    check a download without a known checksum still gets)."""
+    d = zlib.decompressobj(wbits=31)
+    fed, members, out = False, 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            while chunk:
+                if not fed and members:  # between members: NUL padding is allowed
+                    chunk = chunk.lstrip(b"\0")
+                    if not chunk:
+                        break
+                fed = True
+                try:
+                    out += len(d.decompress(chunk, _CHUNK))
+                except zlib.error as exc:
+                    raise DatasetError(f"{what}: corrupt gzip data ({exc}); discarded") from exc
+                if out > limit:
+                    raise DatasetError(f"{what}: inflates to more than {limit} bytes; discarded")
+                if d.eof:
+                    members += 1
+                    chunk, d, fed = d.unused_data, zlib.decompressobj(wbits=31), False
+                else:
+                    chunk = d.unconsumed_tail
+    if fed or not members:
+        raise DatasetError(f"{what}: the gzip stream is cut short; discarded")
 
 
 def _missing_message(dataset: str, files: list[str], folder: Path, why: str) -> str:

@@ -52,12 +52,28 @@ def _finish(images: np.ndarray, labels: np.ndarray, name: str, normalize: bool
     return x, labels.astype(np.int64)
 
 
+#: The most images an MNIST-format file may hold (the real ones: 60,000 train, 10,000 test):
+#: a header declaring more is refused before any data is read or inflated.
+_MAX_IMAGES = 100_000
+
+
 def _load_idx_pair(dataset: str, root: str | os.PathLike | None, train: bool, download: bool,
                    normalize: bool) -> tuple[np.ndarray, np.ndarray]:
     paths = [fetch_file(dataset, f, root, download) for f in _FILES[train]]
-    images = read_idx(paths[0], ndim=3)
-    labels = read_idx(paths[1], ndim=1)
-    return _finish(images, labels, f"{dataset} ({paths[0].name}, {paths[1].name})", normalize)
+    images = read_idx(paths[0], ndim=3, max_bytes=_MAX_IMAGES * 28 * 28)
+    labels = read_idx(paths[1], ndim=1, max_bytes=_MAX_IMAGES)
+    name = f"{dataset} ({paths[0].name}, {paths[1].name})"
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
+        raise DatasetError(
+            f"{paths[0]}: expected uint8 images (N, 28, 28), got {images.dtype} "
+            f"{images.shape}"
+        )
+    if labels.dtype != np.uint8 or (labels.size and int(labels.max()) > 9):
+        raise DatasetError(
+            f"{paths[1]}: expected uint8 labels 0..9, got {labels.dtype} "
+            f"{'max ' + str(labels.max()) if labels.size else 'no labels'}"
+        )
+    return _finish(images, labels, name, normalize)
 
 
 def load_mnist(
