@@ -675,18 +675,23 @@ def _load_model(path: str, backend: str | None, custom_objects: dict | None, com
             f"{path}: holds weights only (saved with save_weights); build the model and call "
             "load_weights() instead"
         )
+    from gpucnn.layers.base import weight_budget
+
     be = backend or _backend.current()
-    try:
-        model = deserialize(meta["architecture"], custom_objects)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
-    model.to(be)
-    shape = meta.get("build_input_shape")
-    if not model.built:
-        if shape is None:
-            raise CheckpointError(f"{path}: the model was saved unbuilt (no input shape)")
-        _stage(path, "cannot build the model for the recorded input shape",
-               lambda: model.build(_shape_arg(shape), backend=be))
+    # the architecture may create at most the weights the file holds (a tampered config with
+    # a recomputed checksum must not make us allocate more before the weights are compared)
+    with weight_budget(sum(int(a.nbytes) for a in entries.values()), path):
+        try:
+            model = deserialize(meta["architecture"], custom_objects)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot rebuild the architecture: {exc}") from exc
+        model.to(be)
+        shape = meta.get("build_input_shape")
+        if not model.built:
+            if shape is None:
+                raise CheckpointError(f"{path}: the model was saved unbuilt (no input shape)")
+            _stage(path, "cannot build the model for the recorded input shape",
+                   lambda: model.build(_shape_arg(shape), backend=be))
     _stage(path, "the weights do not match the architecture",
            model.load_state_dict, _state_from(entries, meta))
     comp = meta.get("compile")

@@ -405,3 +405,37 @@ def test_next_save_removes_orphaned_temporary_files(tmp_path) -> None:
     _model().save_weights(path)
     assert sorted(os.listdir(tmp_path)) == sorted(["ck.npz", live.name, other.name])
     _model().load_weights(path)
+
+
+def test_tampered_architecture_cannot_allocate_more_than_the_file_holds(tmp_path) -> None:
+    """A checkpoint whose architecture asks for far larger weights (checksum recomputed) is
+    refused before those weights are allocated, naming the layer and the file."""
+    import json
+    import tracemalloc
+
+    from gpucnn.layers.base import weight_budget
+
+    good = tmp_path / "good.npz"
+    _model().save(good)
+
+    def bigger(meta):
+        arch = json.dumps(meta["architecture"])
+        units = json.dumps(meta["architecture"]).count('"units"')
+        assert units, arch
+        meta["architecture"] = json.loads(arch.replace('"units": ', '"units": 1000000', 1))
+        return meta
+
+    out = tmp_path / "big.npz"
+    _tamper(good, out, bigger, None)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"big\.npz.*Dense.*needs \d+ bytes, more than"):
+            load_model(out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+    load_model(good)  # the budget is what the file holds: the genuine model still loads
+    with weight_budget(16, "a test"):
+        with pytest.raises(ValueError, match="Dense layer .*more than a test holds"):
+            L.Dense(8).build((3,))

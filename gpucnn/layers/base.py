@@ -11,7 +11,10 @@ element: scale and shift).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,25 @@ from gpucnn import initializers as _init
 from gpucnn.module import Module
 from gpucnn.tensor import Parameter, Tensor
 
-__all__ = ["Layer", "shape_str"]
+__all__ = ["Layer", "shape_str", "weight_budget"]
+
+# Bytes the layers built in this context may still allocate for weights, and what sets it.
+_BUDGET: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "gpucnn_weight_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def weight_budget(nbytes: int, source: str) -> Iterator[None]:
+    """Layers built inside may allocate at most ``nbytes`` of weights in all; more raises
+    ``ValueError`` naming the layer, the weight and ``source`` BEFORE anything is allocated
+    (``load_model`` sets it to what the checkpoint holds, so a tampered architecture cannot
+    make it allocate more)."""
+    token = _BUDGET.set([int(nbytes), source])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
 
 
 def shape_str(shape: Any) -> str:
@@ -70,7 +91,16 @@ class Layer(Module):
         backend: str,
         trainable: bool = True,
     ) -> Parameter:
-        """Create, register and return a Parameter drawn from ``initializer``."""
+        """Create, register and return a Parameter drawn from ``initializer`` (float32)."""
+        budget = _BUDGET.get()
+        if budget is not None:
+            need = math.prod(int(d) for d in shape) * 4
+            if need > budget[0]:
+                raise ValueError(
+                    f"{self._in_desc()}: weight {name!r} of shape {tuple(shape)} needs {need} "
+                    f"bytes, more than {budget[1]} holds ({budget[0]} bytes left)"
+                )
+            budget[0] -= need
         fn = _init.get(initializer)
         p = Parameter(fn(tuple(shape), dtype=np.float32, backend=backend),
                       requires_grad=trainable)
