@@ -11,7 +11,9 @@ translations), Adam with a one-epoch linear warm-up then cosine decay of the lea
 
 Outputs in ``--out`` (default ``./mnist_out``): ``lenet5.npz`` (``model.save``; reload with
 ``gpucnn.saving.load_model``), ``history.json``, and with matplotlib (``pip install
-'gpucnn[plot]'``) ``training_curves.png`` and ``conv1_filters.png``.
+'gpucnn[plot]'``; drawn by :mod:`gpucnn.viz`) ``training_curves.png``, ``conv1_filters.png``,
+``c1_feature_maps.png`` and ``c3_feature_maps.png`` (what both conv layers make of the first
+held-out digit) and ``confusion_matrix.png`` (on the held-out set).
 """
 
 from __future__ import annotations
@@ -91,52 +93,35 @@ def make_augmentation(degrees: float, shift: int) -> T.Compose | None:
     return T.Compose(ts) if ts else None
 
 
-def _plots(history: dict, model: Any, out: Path) -> list[Path]:
+def _plots(hist: Any, model: Any, x_te: np.ndarray, y_te: np.ndarray, out: Path) -> list[Path]:
+    """The pictures (:mod:`gpucnn.viz`), when matplotlib is importable: training curves, the
+    C1 filters, the feature maps of both conv layers (C1, C3) for the first held-out digit,
+    and the confusion matrix on the held-out set. Prints where they went, or one line saying
+    they were skipped."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         print("matplotlib is not installed: no plots. Install it with: "
               "pip install 'gpucnn[plot]'  (or: pip install matplotlib)")
         return []
-    written = []
-    ep = np.arange(1, len(history["loss"]) + 1)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(ep, history["loss"], "o-", label="train loss")
-    if "val_loss" in history:
-        a1.plot(ep, history["val_loss"], "o-", label="held-out loss")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("cross-entropy")
-    a1.legend()
-    if "accuracy" in history:
-        a2.plot(ep, history["accuracy"], "o-", label="train accuracy (augmented)")
-    if "val_accuracy" in history:
-        a2.plot(ep, history["val_accuracy"], "o-", label="held-out accuracy")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy")
-    a2.legend()
-    fig.suptitle("LeNet-5 on the MNIST sample")
-    fig.tight_layout()
-    p = out / "training_curves.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    written.append(p)
+    from gpucnn import viz
 
-    w = model.layers[0].weight.numpy()  # (6, C, 5, 5)
-    fig, axes = plt.subplots(1, w.shape[0], figsize=(1.6 * w.shape[0], 1.9))
-    for i, ax in enumerate(np.atleast_1d(axes)):
-        ax.imshow(w[i, 0], cmap="gray", interpolation="nearest")
-        ax.set_title(f"filter {i}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle("first-layer (C1) filters")
-    fig.tight_layout()
-    p = out / "conv1_filters.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    written.append(p)
-    return written
+    written = [out / "training_curves.png", out / "conv1_filters.png"]
+    viz.plot_history(hist, written[0], title="LeNet-5 on the MNIST sample (training accuracy "
+                     "on augmented batches)")
+    viz.plot_filters(model.layers[0], written[1])
+    digit = x_te[0]
+    pred = model.predict(x_te, batch_size=500).argmax(axis=1)
+    maps = []
+    for name in ("c1", "c3"):
+        maps.append(out / f"{name}_feature_maps.png")
+        viz.plot_feature_maps(model, digit, name, maps[-1])
+    cm = out / "confusion_matrix.png"
+    viz.plot_confusion_matrix(y_te, pred, cm)
+    print(f"pictures: feature maps of c1 and c3 for held-out digit 0 (label {int(y_te[0])}, "
+          f"predicted {int(pred[0])}): {maps[0]}, {maps[1]}; confusion matrix on the "
+          f"{len(y_te)} held-out digits: {cm}")
+    return [*written, *maps, cm]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -192,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     files[1].write_text(json.dumps({"history": history, "test_accuracy": float(acc),
                                     "test_loss": float(loss), "train_seconds": seconds,
                                     "args": vars(args)}, indent=1))
-    files += _plots(history, model, out)
+    files += _plots(hist, model, x_te, y_te, out)
     print(f"saved: {', '.join(str(f) for f in files)}")
     print(f"training time {seconds:.1f} s on {gpucnn.backend.current()}")
     print(f"held-out test accuracy: {acc:.4f} ({int(round(acc * len(y_te)))}/{len(y_te)})",

@@ -19,6 +19,7 @@ from gpucnn import (
     optim,
     saving,
     transforms,
+    viz,
 )
 from gpucnn.backend import BackendUnavailable
 from gpucnn.backend.threads import get_num_threads, set_num_threads
@@ -66,6 +67,7 @@ __all__ = [
     "filters",
     "optim",
     "transforms",
+    "viz",
     "enable_grad",
     "functional",
     "is_grad_enabled",
