@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn._checks import check_int, check_number
+
 __all__ = [
     "Callback",
     "CallbackList",
@@ -38,6 +40,16 @@ __all__ = [
     "CSVLogger",
     "LambdaCallback",
 ]
+
+
+def _check_monitor(op: str, monitor: Any) -> None:
+    if not isinstance(monitor, str) or not monitor:
+        raise TypeError(f"{op}: monitor must be the name of a logged value (a str), got "
+                        f"{monitor!r}")
+
+
+def _check_verbose(op: str, verbose: Any) -> int:
+    return check_int(op, "verbose", verbose, 0, 2)
 
 
 class Callback:
@@ -186,10 +198,14 @@ class EarlyStopping(Callback):
         start_from_epoch: int = 0,
     ) -> None:
         super().__init__()
+        op = "EarlyStopping"
+        _check_monitor(op, monitor)
         self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
-        self.patience = int(patience)
-        self.verbose = verbose
+        self.min_delta = abs(check_number(op, "min_delta", min_delta))
+        self.patience = check_int(op, "patience", patience, 0)
+        check_number(op, "baseline", baseline, allow_none=True)
+        start_from_epoch = check_int(op, "start_from_epoch", start_from_epoch, 0)
+        self.verbose = _check_verbose(op, verbose)
         self.mode = _resolve_mode(mode, monitor, "EarlyStopping")
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
@@ -264,9 +280,13 @@ class ModelCheckpoint(Callback):
         super().__init__()
         if save_freq != "epoch":
             raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch', got {save_freq!r}")
+        if not isinstance(filepath, (str, os.PathLike)):
+            raise TypeError(f"ModelCheckpoint: filepath must be a str or a path, got "
+                            f"{filepath!r}")
+        _check_monitor("ModelCheckpoint", monitor)
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
-        self.verbose = verbose
+        self.verbose = _check_verbose("ModelCheckpoint", verbose)
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
         self.mode = _resolve_mode(mode, monitor, "ModelCheckpoint")
@@ -324,7 +344,7 @@ class LearningRateScheduler(Callback):
     def __init__(self, schedule: Any, verbose: int = 0, per_batch: bool = False) -> None:
         super().__init__()
         self.schedule = schedule
-        self.verbose = verbose
+        self.verbose = _check_verbose("LearningRateScheduler", verbose)
         self.per_batch = bool(per_batch)
         self._is_object = hasattr(schedule, "step") and not inspect.isfunction(schedule)
         if not self._is_object and not callable(schedule):
@@ -384,16 +404,19 @@ class ReduceLROnPlateau(Callback):
         min_lr: float = 0.0,
     ) -> None:
         super().__init__()
+        op = "ReduceLROnPlateau"
+        _check_monitor(op, monitor)
+        factor = check_number(op, "factor", factor)
         if not 0.0 < factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
         self.monitor = monitor
         self.factor = float(factor)
-        self.patience = int(patience)
-        self.verbose = verbose
+        self.patience = check_int(op, "patience", patience, 0)
+        self.verbose = _check_verbose(op, verbose)
         self.mode = _resolve_mode(mode, monitor, "ReduceLROnPlateau")
-        self.min_delta = float(min_delta)
-        self.cooldown = int(cooldown)
-        self.min_lr = float(min_lr)
+        self.min_delta = check_number(op, "min_delta", min_delta)
+        self.cooldown = check_int(op, "cooldown", cooldown, 0)
+        self.min_lr = check_number(op, "min_lr", min_lr, 0.0)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.wait = 0
@@ -443,6 +466,10 @@ class CSVLogger(Callback):
     def __init__(self, filename: str | os.PathLike, separator: str = ",",
                  append: bool = False) -> None:
         super().__init__()
+        if not isinstance(filename, (str, os.PathLike)):
+            raise TypeError(f"CSVLogger: filename must be a str or a path, got {filename!r}")
+        if not isinstance(separator, str) or not separator:
+            raise TypeError(f"CSVLogger: separator must be a non-empty str, got {separator!r}")
         self.filename = os.fspath(filename)
         self.sep = separator
         self.append = append

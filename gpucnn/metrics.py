@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
+from gpucnn._checks import check_int, check_number
 from gpucnn.backend.device import array_module as _array_module
 from gpucnn.backend.device import is_device_array as _is_device_array
 
@@ -170,6 +171,7 @@ def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.0) -> Any:
 
     ``threshold`` is 0 for logits (the default) and 0.5 for probabilities.
     """
+    threshold = check_number("binary_accuracy", "threshold", threshold, finite=False)
     yp = y_pred.reshape(y_pred.shape[0], -1) > threshold
     yt = y_true.reshape(y_pred.shape[0], -1) > 0.5
     return (yp == yt).mean(axis=1)
@@ -178,7 +180,7 @@ def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.0) -> Any:
 def sparse_top_k_categorical_accuracy(y_true: Any, y_pred: Any, k: int = 5) -> Any:
     """1.0 where the true class is among the ``k`` largest outputs."""
     xp = _xp(y_pred)
-    k = min(k, y_pred.shape[1])
+    k = min(check_int("sparse_top_k_categorical_accuracy", "k", k, 1), y_pred.shape[1])
     top = xp.argpartition(-y_pred, k - 1, axis=1)[:, :k]
     return (top == y_true.reshape(-1, 1)).any(axis=1) * 1.0
 

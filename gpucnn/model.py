@@ -44,6 +44,7 @@ import numpy as np
 
 from gpucnn import backend as _backend
 from gpucnn import metrics as _metrics
+from gpucnn._checks import check_bool, check_int, check_number
 from gpucnn.backend.device import is_array as _is_array
 from gpucnn.callbacks import Callback, CallbackList, History
 from gpucnn.module import Module, backend_name, deserialize, register_module, serialize
@@ -77,6 +78,12 @@ def move_optimizer_state(opt: Any, backend: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Model
+
+
+def _check_verbose(where: str, verbose: Any) -> None:
+    if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)) \
+            or verbose not in (0, 1, 2):
+        raise ValueError(f"{where}: verbose must be 0, 1 or 2, got {verbose!r}")
 
 
 class Model(Module):
@@ -267,12 +274,18 @@ class Model(Module):
             ``val_*``.
         """
         loss = self._require_compiled("fit")
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
-        if not 0.0 <= float(validation_split) < 1.0:
-            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+        _check_verbose("fit", verbose)
+        validation_split = check_number("fit", "validation_split", validation_split, 0.0, 1.0,
+                                        max_open=True)
+        initial_epoch = check_int("fit", "initial_epoch", initial_epoch, 0)
+        check_int("fit", "seed", seed, 0, allow_none=True)
+        check_int("fit", "steps_per_epoch", steps_per_epoch, 1, allow_none=True)
+        check_bool("fit", "shuffle", shuffle)
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"fit: callbacks must be a list of Callback objects or None, got "
+                            f"{type(callbacks).__name__}")
         every = update_every(update_freq, self.backend)
         train = make_data(x, y, batch_size, "fit", steps_per_epoch)
         val = None
@@ -392,6 +405,7 @@ class Model(Module):
         ``[loss, metric...]``; a dict ``{"loss": ..., name: ...}`` with ``return_dict``.
         """
         loss = self._require_compiled("evaluate")
+        _check_verbose("evaluate", verbose)
         data = make_data(x, y, batch_size, "evaluate")
         if isinstance(data, ArrayData) and data.y is None:
             raise ValueError("evaluate: y is required when x is an array")
@@ -407,7 +421,9 @@ class Model(Module):
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Model outputs for ``x`` (array/Tensor (N, ...) or an iterable of batches), batched,
-        in eval mode without gradients; a NumPy array (N, ...)."""
+        in eval mode without gradients; a NumPy array (N, ...). Zero samples give an empty
+        ``(0, ...)`` array of the model's output shape (the model runs on the empty batch)."""
+        _check_verbose("predict", verbose)
         data = make_data(x, None, batch_size, "predict")
         was = self.training
         self.eval()
@@ -423,7 +439,16 @@ class Model(Module):
             close_batches(batches)
             self.train(was)
         if not outs:
-            return np.zeros((0,), dtype=np.float32)
+            if isinstance(data, ArrayData) and data.x.ndim >= 1:
+                # No batch came (zero samples): run the model on the empty batch itself, so
+                # the result has the output's shape (0, classes), as PyTorch's forward.
+                self.eval()
+                try:
+                    empty = data.x[:0]
+                    return steps.eval_step(self, empty, None, None, None, "predict").numpy()
+                finally:
+                    self.train(was)
+            return np.zeros((0,), dtype=self.dtype)
         return np.concatenate(outs, axis=0)
 
     def train_on_batch(self, x: Any, y: Any) -> float:

@@ -165,6 +165,49 @@ class Function:
         return result
 
 
+def _host_array(data: Any) -> np.ndarray:
+    """``data`` (nested lists, tuples, scalars) as a NumPy array; a ragged nesting or a value
+    that is no number is a ``ValueError`` / ``TypeError`` naming :class:`Tensor`."""
+    if data is None:
+        raise TypeError("Tensor: data must be an array, a number or a (nested) list, got None")
+    try:
+        arr = np.asarray(data)
+    except ValueError as exc:
+        if "inhomogeneous" in str(exc) or "sequence" in str(exc):
+            raise ValueError(
+                f"Tensor: the nested lists are ragged (rows of different lengths), so they "
+                f"do not form an array: {_describe_ragged(data)}"
+            ) from None
+        raise ValueError(f"Tensor: cannot make an array of {type(data).__name__}: {exc}") from None
+    if arr.dtype == object:
+        raise TypeError(
+            f"Tensor: data must hold numbers or bools ({_describe_ragged(data) or 'objects'})"
+        )
+    return arr
+
+
+def _describe_ragged(data: Any, path: str = "data") -> str:
+    """Where a nested list first stops being rectangular (or holds a non-number)."""
+    if isinstance(data, (list, tuple)):
+        lens = [len(v) if isinstance(v, (list, tuple)) else None for v in data]
+        if any(n is None for n in lens) and any(n is not None for n in lens):
+            i = next(i for i, n in enumerate(lens) if n is not None)
+            j = next(i for i, n in enumerate(lens) if n is None)
+            return f"{path}[{i}] is a sequence but {path}[{j}] is a scalar"
+        if lens and lens[0] is not None and len(set(lens)) > 1:
+            j = next(i for i, n in enumerate(lens) if n != lens[0])
+            return f"{path}[0] has length {lens[0]} but {path}[{j}] has length {lens[j]}"
+        for i, v in enumerate(data):
+            if isinstance(v, (list, tuple)):
+                inner = _describe_ragged(v, f"{path}[{i}]")
+                if inner:
+                    return inner
+            elif not isinstance(v, (int, float, bool, complex, np.generic)):
+                return f"{path}[{i}] is a {type(v).__name__}"
+        return ""
+    return f"a {type(data).__name__}"
+
+
 class Tensor:
     """An n-dimensional array on the NumPy or CUDA backend, with autograd.
 
@@ -198,10 +241,15 @@ class Tensor:
                 data = data.astype(dtype)
         else:
             be = _backend.get_backend(backend) if backend else _backend.get()
-            arr = np.asarray(data)
+            arr = _host_array(data)
             if dtype is None and arr.dtype.kind == "f":
                 dtype = np.float32  # Python floats and lists of them: float32, as PyTorch
             data = be.xp.asarray(arr, dtype=dtype)
+        if data.dtype.kind not in "biuf":
+            raise TypeError(
+                f"Tensor: data must hold numbers or bools, got dtype {data.dtype} "
+                f"(from {type(data).__name__})"
+            )
         self.data = data
         self.requires_grad = bool(requires_grad)
         self.grad: Tensor | None = None

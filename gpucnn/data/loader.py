@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn._checks import check_bool, check_int
 from gpucnn.backend import device as _device
 from gpucnn.backend.device import empty_pinned
 from gpucnn.backend.device import is_array as _is_array
@@ -69,7 +70,26 @@ class TensorDataset:
     def __init__(self, *arrays: Any) -> None:
         if not arrays:
             raise ValueError("TensorDataset needs at least one array")
-        self.arrays = tuple(_raw(a) if _is_array(_raw(a)) else np.asarray(a) for a in arrays)
+        out = []
+        for i, a in enumerate(arrays):
+            if _is_array(_raw(a)):
+                out.append(_raw(a))
+                continue
+            try:
+                arr = np.asarray(a)
+            except ValueError:
+                raise ValueError(
+                    f"TensorDataset: array {i} is ragged (nested lists of different lengths)"
+                ) from None
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"TensorDataset: array {i} holds dtype {arr.dtype}, expected "
+                                "numbers")
+            out.append(arr)
+        for i, a in enumerate(out):
+            if a.ndim == 0:
+                raise ValueError(f"TensorDataset: array {i} is a scalar; expected a first "
+                                 "(sample) dimension")
+        self.arrays = tuple(out)
         n = len(self.arrays[0])
         for i, a in enumerate(self.arrays):
             if len(a) != n:
@@ -330,14 +350,26 @@ class DataLoader:
         prefetch: int = 2,
         dtype: Any = np.float32,
     ) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
-        if backend not in (None, "numpy", "cuda", "auto"):
+        batch_size = check_int("DataLoader", "batch_size", batch_size, 1)
+        prefetch = check_int("DataLoader", "prefetch", prefetch, 0)
+        check_int("DataLoader", "seed", seed, 0, allow_none=True)
+        if transform is not None and not callable(transform):
+            raise TypeError(f"DataLoader: transform must be callable or None, got {transform!r}")
+        if dtype is not None:
+            try:
+                dt = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"DataLoader: dtype must be a NumPy dtype or None, got "
+                                f"{dtype!r}") from None
+            if dt.kind not in "biuf":
+                raise TypeError(f"DataLoader: dtype must be numeric, got {dt}")
+        if not isinstance(backend, (str, type(None))) or \
+                backend not in (None, "numpy", "cuda", "auto"):
             raise ValueError(f"DataLoader: backend must be 'numpy', 'cuda' or None, got "
                              f"{backend!r}")
         self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
+        self.shuffle = check_bool("DataLoader", "shuffle", shuffle)
+        self.drop_last = check_bool("DataLoader", "drop_last", drop_last)
         self.seed = seed
         self.transform = transform
         self.backend = None if backend == "auto" else backend
@@ -409,8 +441,32 @@ class DataLoader:
         items = [self.dataset[int(i)] for i in idx]
         first = items[0]
         if not isinstance(first, (tuple, list)):
-            return [np.stack([_host(it) for it in items])]
-        return [np.stack([_host(it[f]) for it in items]) for f in range(len(first))]
+            return [self._stack([_sample_array(self, int(i), it) for i, it in zip(idx, items)],
+                                idx, None)]
+        nf = len(first)
+        for i, it in zip(idx, items):
+            if not isinstance(it, (tuple, list)) or len(it) != nf:
+                raise ValueError(
+                    f"DataLoader: sample {int(i)} of the dataset is "
+                    f"{_what(it)}, but sample {int(idx[0])} is a tuple of {nf}; every "
+                    f"sample must have the same fields"
+                )
+        return [self._stack([_sample_array(self, int(i), it[f]) for i, it in zip(idx, items)],
+                            idx, f) for f in range(nf)]
+
+    def _stack(self, arrays: list, idx: np.ndarray, field: int | None) -> np.ndarray:
+        """Stack one field of a batch's samples; a sample of another shape is a ValueError
+        naming the loader, the sample index and both shapes."""
+        shape0 = arrays[0].shape
+        for i, a in zip(idx, arrays):
+            if a.shape != shape0:
+                where = "" if field is None else f" field {field}"
+                raise ValueError(
+                    f"DataLoader: sample {int(i)}{where} has shape {a.shape}, but sample "
+                    f"{int(idx[0])}{where} has shape {shape0}; samples of one batch must "
+                    f"have the same shape"
+                )
+        return np.stack(arrays)
 
     def _batch_maker(self, order: np.ndarray, aug_seed: int, be: Any) -> Callable:
         bs, n, dtype, transform = self.batch_size, self._n, self.dtype, self.transform
@@ -463,6 +519,32 @@ def _host(a: Any) -> np.ndarray:
     if _is_device_array(a):
         return a.get()
     return np.asarray(_raw(a))
+
+
+def _what(item: Any) -> str:
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of {len(item)}"
+    return f"a {type(item).__name__}"
+
+
+def _sample_array(loader: DataLoader, i: int, v: Any) -> np.ndarray:
+    """One field of sample ``i`` as a host array; a ragged or non-numeric value is a
+    ``ValueError`` / ``TypeError`` naming the loader and the index."""
+    if isinstance(v, np.ndarray) or _is_device_array(v):
+        a = _host(v)
+    else:
+        try:
+            a = np.asarray(_raw(v))
+        except ValueError:
+            raise ValueError(
+                f"DataLoader: sample {i} of the dataset is ragged (nested lists of different "
+                f"lengths): {type(v).__name__}"
+            ) from None
+    if a.dtype.kind not in "biuf":
+        raise TypeError(
+            f"DataLoader: sample {i} of the dataset holds dtype {a.dtype}, expected numbers"
+        )
+    return a
 
 
 def _device_index(a: Any, idx: np.ndarray) -> Any:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gpucnn._checks import check_axis, check_number
 from gpucnn.backend import backend_of
+from gpucnn.functional._dtypes import require_float
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -36,9 +38,7 @@ _USES_OUTPUT = ("sigmoid", "tanh")
 def _check_float(op: str, x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
-    return x
+    return require_float(op, x)
 
 
 # --------------------------------------------------------------------------- element-wise
@@ -66,12 +66,14 @@ def relu(x: Tensor) -> Tensor:
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     """``x if x > 0 else negative_slope * x`` element-wise; any shape."""
-    return _Activation.apply(_check_float("leaky_relu", x), "leaky_relu", float(negative_slope))
+    slope = check_number("leaky_relu", "negative_slope", negative_slope)
+    return _Activation.apply(_check_float("leaky_relu", x), "leaky_relu", slope)
 
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
     """``x if x > 0 else alpha * (exp(x) - 1)`` element-wise; any shape."""
-    return _Activation.apply(_check_float("elu", x), "elu", float(alpha))
+    alpha = check_number("elu", "alpha", alpha)
+    return _Activation.apply(_check_float("elu", x), "elu", alpha)
 
 
 def sigmoid(x: Tensor) -> Tensor:
@@ -87,7 +89,7 @@ def tanh(x: Tensor) -> Tensor:
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     """GELU ``x * Phi(x)``; ``approximate="tanh"`` uses
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (PyTorch's two forms); any shape."""
-    if approximate not in ("none", "tanh"):
+    if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     kind = "gelu" if approximate == "none" else "gelu_tanh"
     return _Activation.apply(_check_float("gelu", x), kind, 0.0)
@@ -115,9 +117,9 @@ class _Softplus(Function):
 
 def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """``log(1 + exp(beta x)) / beta``, linear where ``beta x > threshold`` (PyTorch); any shape."""
-    if beta <= 0:
-        raise ValueError(f"softplus: beta must be > 0, got {beta}")
-    return _Softplus.apply(_check_float("softplus", x), float(beta), float(threshold))
+    beta = check_number("softplus", "beta", beta, 0.0, min_open=True)
+    threshold = check_number("softplus", "threshold", threshold, finite=False)
+    return _Softplus.apply(_check_float("softplus", x), beta, threshold)
 
 
 # --------------------------------------------------------------------------- PReLU
@@ -165,7 +167,10 @@ class _Softmax(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, axis: int, log: bool) -> Any:
         be = backend_of(x)
-        y = be.log_softmax_forward(x, axis) if log else be.softmax_forward(x, axis)
+        if x.size == 0:  # an empty batch or an empty axis: an empty result, as PyTorch
+            y = be.xp.zeros(x.shape, dtype=x.dtype)
+        else:
+            y = be.log_softmax_forward(x, axis) if log else be.softmax_forward(x, axis)
         ctx.axis, ctx.log = axis, log
         ctx.save_for_backward(y)
         return y
@@ -174,6 +179,8 @@ class _Softmax(Function):
     def backward(ctx: Context, g: Any) -> Any:
         (y,) = ctx.saved
         be = backend_of(y)
+        if y.size == 0:
+            return be.xp.zeros(y.shape, dtype=y.dtype)
         if ctx.log:
             return be.log_softmax_backward(y, g, ctx.axis)
         return be.softmax_backward(y, g, ctx.axis)
@@ -183,9 +190,7 @@ def _softmax_axis(op: str, x: Tensor, axis: int) -> int:
     _check_float(op, x)
     if x.ndim == 0:
         raise ValueError(f"{op}: expected at least a 1-D tensor, got a scalar")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"{op}: axis {axis} is out of range for a {x.ndim}-D tensor {x.shape}")
-    return axis % x.ndim
+    return check_axis(op, axis, x.ndim, shape=x.shape)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:

@@ -10,6 +10,10 @@ import builtins
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from gpucnn._checks import check_axes, check_axis, check_int, check_number
+from gpucnn.functional._dtypes import require_float, require_same_dtype
 from gpucnn.tensor import Context, Function, Tensor, unbroadcast
 
 __all__ = [
@@ -41,12 +45,14 @@ def _xp(a: Any) -> Any:
     return backend_of(a).xp
 
 
-def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    if isinstance(axis, int):
-        axis = (axis,)
-    return tuple(a % ndim for a in axis)
+def _axes(axis: Any, x: Any, op: str = "reduction") -> tuple[int, ...]:
+    return check_axes(op, axis, x.ndim, shape=x.shape)
+
+
+def _tensor(op: str, x: Any, name: str = "input") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(x).__name__}")
+    return x
 
 
 def _expand_reduced(g: Any, shape: tuple, axes: tuple[int, ...], keepdims: bool) -> Any:
@@ -90,6 +96,11 @@ class _MatMul(Function):
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """Matrix product with NumPy broadcasting rules (``a @ b``)."""
+    _tensor("matmul", a, "a")
+    _tensor("matmul", b, "b")
+    require_float("matmul", a, "operand a")
+    require_float("matmul", b, "operand b")
+    require_same_dtype("matmul", a, b, ("a", "b"))
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: both operands need at least 1 dim, got {a.shape} and {b.shape}")
     ka = a.shape[-1]
@@ -128,6 +139,17 @@ class _Linear(Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias``; x (..., in), weight (out, in), bias (out,) → (..., out)."""
+    op = "linear"
+    _tensor(op, x)
+    _tensor(op, weight, "weight")
+    require_float(op, x, "input")
+    require_float(op, weight, "weight")
+    require_same_dtype(op, x, weight, ("input", "weight"))
+    if bias is not None:
+        _tensor(op, bias, "bias")
+        require_same_dtype(op, x, bias, ("input", "bias"))
+    if x.ndim == 0:
+        raise ValueError("linear: input must have at least 1 dim (..., in), got a 0-d input")
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be (out, in), got shape {weight.shape}")
     if x.shape[-1] != weight.shape[1]:
@@ -158,7 +180,13 @@ class _Reshape(Function):
 
 def reshape(x: Tensor, shape: Sequence[int]) -> Tensor:
     """``x`` with a new shape (one entry may be -1)."""
-    shape = tuple(int(s) for s in shape)
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"reshape: shape must be a tuple of ints, got {shape!r}")
+    shape = tuple(check_int("reshape", "shape entry", s, -1) for s in shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"reshape: only one entry of the shape may be -1, got {shape}")
     try:
         return _Reshape.apply(x, shape)
     except ValueError as exc:
@@ -168,7 +196,12 @@ def reshape(x: Tensor, shape: Sequence[int]) -> Tensor:
 def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """Merge dims ``start_dim..end_dim`` into one (default keeps the batch dim, as nn.Flatten)."""
     nd = x.ndim
-    s, e = start_dim % nd, end_dim % nd
+    if nd == 0:
+        check_axis("flatten", start_dim, 0, "start_dim")
+        check_axis("flatten", end_dim, 0, "end_dim")
+        return reshape(x, (1,))
+    s = check_axis("flatten", start_dim, nd, "start_dim", x.shape)
+    e = check_axis("flatten", end_dim, nd, "end_dim", x.shape)
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} is after end_dim {end_dim} for {x.shape}")
     shape = x.shape[:s] + (-1 if x.size else 0,) + x.shape[e + 1 :]
@@ -195,7 +228,9 @@ class _Transpose(Function):
 def transpose(x: Tensor, axes: Sequence[int] | None = None) -> Tensor:
     """Permute dims (NumPy semantics: reverse them when ``axes`` is None)."""
     if axes is not None:
-        axes = tuple(a % x.ndim for a in axes)
+        if not isinstance(axes, (tuple, list)):
+            raise TypeError(f"transpose: axes must be a tuple of ints or None, got {axes!r}")
+        axes = tuple(check_axis("transpose", a, x.ndim, "axes entry", x.shape) for a in axes)
         if sorted(axes) != list(range(x.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of {x.ndim} dims")
     return _Transpose.apply(x, axes)
@@ -232,8 +267,12 @@ def concat(tensors: Sequence[Tensor], axis: int = 1) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise ValueError("concat: needs at least one tensor")
+    for i, t in enumerate(tensors):
+        _tensor("concat", t, f"tensor {i}")
     nd = tensors[0].ndim
-    ax = axis % nd
+    if nd == 0:
+        raise ValueError("concat: zero-dimensional tensors cannot be concatenated")
+    ax = check_axis("concat", axis, nd, shape=tensors[0].shape)
     ref = tensors[0].shape
     for i, t in enumerate(tensors):
         if t.ndim != nd or any(t.shape[d] != ref[d] for d in range(nd) if d != ax):
@@ -251,9 +290,17 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join tensors along a new ``axis``."""
     tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    for i, t in enumerate(tensors):
+        _tensor("stack", t, f"tensor {i}")
+        if t.shape != tensors[0].shape:
+            raise ValueError(
+                f"stack: tensor {i} has shape {t.shape}, expected {tensors[0].shape} (all equal)"
+            )
     shape = tensors[0].shape
     nd = len(shape) + 1
-    ax = axis % nd
+    ax = check_axis("stack", axis, nd)
     parts = [reshape(t, t.shape[:ax] + (1,) + t.shape[ax:]) for t in tensors]
     return concat(parts, axis=ax)
 
@@ -271,7 +318,10 @@ class _Pad(Function):
 
 def pad(x: Tensor, pad: Sequence[int], value: float = 0.0) -> Tensor:
     """Constant padding, PyTorch order: ``(left, right, top, bottom, ...)`` from the last dim."""
-    pad = tuple(int(p) for p in pad)
+    if not isinstance(pad, (tuple, list)):
+        raise TypeError(f"pad: pad must be a tuple of ints, got {pad!r}")
+    pad = tuple(check_int("pad", "pad entry", p) for p in pad)
+    value = check_number("pad", "value", value, finite=False)
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
         raise ValueError(f"pad: needs pairs for at most {x.ndim} dims, got {pad}")
     if any(p < 0 for p in pad):
@@ -289,7 +339,9 @@ class _Sum(Function):
     @staticmethod
     def forward(ctx: Context, a: Any, axes: tuple, keepdims: bool) -> Any:
         ctx.shape, ctx.axes, ctx.keepdims = a.shape, axes, keepdims
-        return a.sum(axis=axes, keepdims=keepdims)
+        # Integers and bools sum to int64 (PyTorch's rule; NumPy would keep uint64 etc.).
+        dtype = np.int64 if a.dtype.kind in "biu" else None
+        return a.sum(axis=axes, keepdims=keepdims, dtype=dtype)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
@@ -298,13 +350,17 @@ class _Sum(Function):
 
 
 def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Sum over ``axis`` (int, tuple or None for all)."""
-    return _Sum.apply(x, _axes(axis, x.ndim), keepdims)
+    """Sum over ``axis`` (int, tuple or None for all); integers and bools sum to int64."""
+    _tensor("sum", x)
+    if x.dtype.kind not in "fiub" or x.dtype == np.float16:
+        require_float("sum", x)
+    return _Sum.apply(x, _axes(axis, x, "sum"), bool(keepdims))
 
 
 def mean(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Mean over ``axis`` (int, tuple or None for all)."""
-    axes = _axes(axis, x.ndim)
+    """Mean over ``axis`` (int, tuple or None for all); floating inputs only (as PyTorch)."""
+    require_float("mean", _tensor("mean", x))
+    axes = _axes(axis, x, "mean")
     n = 1
     for a in axes:
         n *= x.shape[a]
@@ -331,7 +387,11 @@ class _Max(Function):
 
 def max(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Maximum over ``axis``; the gradient is shared evenly between tied maxima."""
-    return _Max.apply(x, _axes(axis, x.ndim), keepdims)
+    _tensor("max", x)
+    axes = _axes(axis, x, "max")
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"max: cannot reduce over an empty axis of the input of shape {x.shape}")
+    return _Max.apply(x, axes, bool(keepdims))
 
 
 # --------------------------------------------------------------------------- element-wise
@@ -351,7 +411,7 @@ class _Exp(Function):
 
 def exp(x: Tensor) -> Tensor:
     """Element-wise e**x."""
-    return _Exp.apply(x)
+    return _Exp.apply(require_float("exp", _tensor("exp", x)))
 
 
 class _Log(Function):
@@ -367,7 +427,7 @@ class _Log(Function):
 
 def log(x: Tensor) -> Tensor:
     """Element-wise natural logarithm."""
-    return _Log.apply(x)
+    return _Log.apply(require_float("log", _tensor("log", x)))
 
 
 class _Abs(Function):
@@ -388,7 +448,7 @@ def abs(x: Tensor) -> Tensor:  # noqa: A001
 
 def sqrt(x: Tensor) -> Tensor:
     """Element-wise square root."""
-    return x**0.5
+    return require_float("sqrt", _tensor("sqrt", x)) ** 0.5
 
 
 class _Clip(Function):
@@ -410,7 +470,13 @@ class _Clip(Function):
 
 def clip(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:  # noqa: A002
     """Clamp to ``[min, max]``; the gradient passes only where the value was inside."""
-    return _Clip.apply(x, min, max)
+    _tensor("clip", x)
+    lo = check_number("clip", "min", min, allow_none=True, finite=False)
+    hi = check_number("clip", "max", max, allow_none=True, finite=False)
+    # Python ints stay ints, so an integer tensor clipped by ints keeps its dtype.
+    lo = int(min) if isinstance(min, (int, np.integer)) else lo
+    hi = int(max) if isinstance(max, (int, np.integer)) else hi
+    return _Clip.apply(x, lo, hi)
 
 
 class _Where(Function):

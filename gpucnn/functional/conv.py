@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from gpucnn.backend.geometry import (
     Conv2dGeometry,
     IntPair,
@@ -22,6 +20,7 @@ from gpucnn.backend.geometry import (
     conv2d_output_size,
     same_padding,
 )
+from gpucnn.functional._dtypes import require_float
 from gpucnn.tensor import Context, Function, Tensor, is_grad_enabled
 
 __all__ = ["conv2d", "conv2d_output_size", "same_padding", "Conv2dFunction"]
@@ -72,12 +71,7 @@ class Conv2dFunction(Function):
 
 
 def _check_float(op: str, name: str, a: Any) -> None:
-    kind = np.dtype(a.dtype).kind
-    if kind != "f":
-        raise TypeError(
-            f"{op}: {name} must be a floating tensor (float32 or float64), got dtype {a.dtype}; "
-            f"convert integer images with .astype('float32') (and scale them) first"
-        )
+    require_float(op, a, name)
 
 
 def conv2d(
@@ -129,6 +123,10 @@ def conv2d(
             raise ValueError(f"conv2d: bias must have shape ({o},), got {bias.shape}")
         if bias.dtype != x.dtype:
             raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+    if x.ndim == 4 and x.shape[1] == 0:
+        raise ValueError(
+            f"conv2d: input {x.shape} has zero channels; expected (N, C, H, W) with C >= 1"
+        )
     geom = Conv2dGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
     if bias is None:
         return Conv2dFunction.apply(x, weight, geom=geom)

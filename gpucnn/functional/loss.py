@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn._checks import check_int, check_number
 from gpucnn.backend import backend_of, to_numpy
 from gpucnn.backend.device import array_module as _array_module
 from gpucnn.backend.device import is_device_array as _is_device_array
+from gpucnn.functional._dtypes import require_float
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -238,16 +240,14 @@ def _record_bad_targets(xp: Any, t: Any, c: int, ignore: int, buf: Any) -> None:
 
 
 def _check_reduction(op: str, reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def _check_float(op: str, name: str, x: Any) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: {name} must be a Tensor, got {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {x.dtype}")
-    return x
+    return require_float(op, x, name)
 
 
 def _raw(be: Any, a: Any, dtype: Any = None) -> Any:
@@ -433,8 +433,8 @@ def cross_entropy(
     op = "cross_entropy"
     _check_float(op, "input", logits)
     _check_reduction(op, reduction)
-    if not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = check_number(op, "label_smoothing", label_smoothing, 0.0, 1.0)
+    ignore_index = check_int(op, "ignore_index", ignore_index)
     if logits.ndim == 0:
         raise ValueError(f"{op}: input must be (C,), (N, C) or (N, C, d1, ...), got a scalar")
     be = backend_of(logits.data)
@@ -513,20 +513,25 @@ class _NLL(Function):
         if unchecked:  # a bad target (still to be reported) gives NaN, as the fused kernel
             loss = xp.where(valid & ~ok, lp.dtype.type(np.nan), loss)
         denom = wt.sum(dtype=wt.dtype) if reduction == "mean" else None
-        ctx.save_for_backward(tc, wt)
+        ctx.save_for_backward(tc, wt, ok)
         ctx.args = (reduction, denom, lp.shape)
         return _reduce(xp, loss, reduction, denom)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
-        tc, wt = ctx.saved
+        tc, wt, ok = ctx.saved
         reduction, denom, shape = ctx.args
         xp = backend_of(wt).xp
         grow = _expand_grad(xp, g, wt.shape, reduction, denom)
         c = shape[1]
         classes = xp.arange(c).reshape((1, c) + (1,) * (len(shape) - 2))
-        onehot = classes == xp.expand_dims(tc, 1)
-        return xp.where(onehot, xp.expand_dims(-wt * grow, 1), wt.dtype.type(0))
+        # Ignored targets get exactly 0 (PyTorch): with every target ignored the mean's
+        # normaliser is 0 and -0 * g / 0 would be NaN. Non-ignored zero-weight rows keep
+        # PyTorch's NaN (0 / 0).
+        onehot = (classes == xp.expand_dims(tc, 1)) & xp.expand_dims(ok, 1)
+        with np.errstate(invalid="ignore"):
+            gl = -wt * grow
+        return xp.where(onehot, xp.expand_dims(gl, 1), wt.dtype.type(0))
 
 
 def nll_loss(
@@ -544,6 +549,7 @@ def nll_loss(
     op = "nll_loss"
     _check_float(op, "input", log_probs)
     _check_reduction(op, reduction)
+    ignore_index = check_int(op, "ignore_index", ignore_index)
     if log_probs.ndim < 2:
         raise ValueError(
             f"{op}: input must be (N, C) or (N, C, d1, ...), got shape {log_probs.shape}"

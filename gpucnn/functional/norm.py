@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from gpucnn import backend as _backend
+from gpucnn._checks import check_bool, check_number
+from gpucnn.functional._dtypes import require_float
 from gpucnn.random import uniform
 from gpucnn.tensor import Context, Function, Tensor
 
@@ -94,8 +96,10 @@ def batch_norm(
         ValueError: wrong rank, a (C,) vector of the wrong shape, or a single value per
             channel in training.
     """
+    op = "batch_norm"
     if not isinstance(x, Tensor):
         x = Tensor(x)
+    require_float(op, x, "input")
     if x.ndim < 2:
         raise ValueError(
             f"batch_norm: expected input of shape (N, C) or (N, C, H, W), got shape {x.shape}"
@@ -107,18 +111,30 @@ def batch_norm(
         ("weight", weight),
         ("bias", bias),
     ):
-        if v is not None and tuple(v.shape) != (c,):
+        if v is None:
+            continue
+        if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+            raise TypeError(
+                f"batch_norm: {name} must be a Tensor, an array or None, got {type(v).__name__}"
+            )
+        if tuple(v.shape) != (c,):
             raise ValueError(
                 f"batch_norm: {name} must have shape ({c},) for input {x.shape} with {c} "
                 f"channels, got {tuple(v.shape)}"
             )
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"batch_norm: momentum must be in [0, 1], got {momentum}")
-    if float(eps) <= 0.0:
-        raise ValueError(f"batch_norm: eps must be > 0, got {eps}")
+        require_float(op, v, name)
+    momentum = check_number(op, "momentum", momentum, 0.0, 1.0)
+    eps = check_number(op, "eps", eps, 0.0, min_open=True)
+    training = check_bool(op, "training", training)
     be = _be(x.data)
     use_batch = training or running_mean is None or running_var is None
-    if use_batch:
+    if use_batch and x.size == 0:
+        # An empty batch: an empty result, running statistics untouched, zero gradients for
+        # weight and bias (PyTorch's answer). The statistics are placeholders.
+        mean = be.xp.zeros((c,), dtype=x.dtype)
+        var = be.xp.ones((c,), dtype=x.dtype)
+        use_batch = False
+    elif use_batch:
         m = x.size // max(c, 1)
         if m <= 1:
             raise ValueError(
@@ -169,10 +185,7 @@ class _MaskMul(Function):
 
 
 def _check_p(op: str, p: float) -> float:
-    p = float(p)
-    if not 0.0 <= p <= 1.0 or p != p:
-        raise ValueError(f"{op}: probability p must be in [0, 1], got {p}")
-    return p
+    return check_number(op, "probability p", p, 0.0, 1.0)
 
 
 def _mask(x: Tensor, shape: tuple, p: float) -> Any:
@@ -191,6 +204,10 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     comes from :func:`gpucnn.random.uniform` (seeded by :func:`gpucnn.manual_seed`).
     """
     p = _check_p("dropout", p)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"dropout: input must be a Tensor, got {type(x).__name__}")
+    require_float("dropout", x)
+    training = check_bool("dropout", "training", training)
     if not training or p == 0.0:
         return x
     return _MaskMul.apply(x, _mask(x, x.shape, p))
@@ -201,6 +218,10 @@ def dropout2d(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     probability ``p``, the others scaled by 1/(1-p). Identity when not training or p == 0.
     """
     p = _check_p("dropout2d", p)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"dropout2d: input must be a Tensor, got {type(x).__name__}")
+    require_float("dropout2d", x)
+    training = check_bool("dropout2d", "training", training)
     if x.ndim != 4:
         raise ValueError(f"dropout2d: expected a 4-D (N, C, H, W) input, got shape {x.shape}")
     if not training or p == 0.0:

@@ -13,6 +13,7 @@ from typing import Any
 
 from gpucnn.backend import backend_of
 from gpucnn.backend.geometry import pair
+from gpucnn.functional._dtypes import require_float
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -45,9 +46,7 @@ def _check_4d(op: str, x: Any) -> Tensor:
         raise ValueError(
             f"{op}: expected a 4-D input (N, C, H, W), got a {x.ndim}-D input of shape {x.shape}"
         )
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: expected a floating-point input, got dtype {x.dtype}")
-    return x
+    return require_float(op, x, "input")
 
 
 def pool_output_size(
@@ -105,6 +104,39 @@ def _window_args(
 # --------------------------------------------------------------------------- max pooling
 
 
+def _empty_window(size: int, out: int, k: int, s: int, p: int, d: int) -> int | None:
+    """The first output position along an axis whose dilated window has no tap inside
+    ``[0, size)`` (taps ``o*s - p + i*d``, ``i < k``), or None when every window has one."""
+    for o in range(out):
+        start = o * s - p
+        if not any(0 <= start + i * d < size for i in range(k)):
+            return o
+    return None
+
+
+def _check_windows_touch_input(op: str, x: Tensor, args: tuple) -> None:
+    """Refuse a dilated max pooling with a window lying entirely in the padding.
+
+    Such a window has no input pixel: PyTorch returns -inf there with an index OUTSIDE the
+    plane (e.g. 6 for a 2x2 input) and its backward then writes out of bounds; we raise.
+    Only dilation > 1 can do it (padding <= kernel/2 keeps undilated windows inside).
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = args
+    if dh == 1 and dw == 1:
+        return
+    h, w = x.shape[2], x.shape[3]
+    for axis, (size, out, k, s, p, d) in (("H", (h, oh, kh, sh, ph, dh)),
+                                           ("W", (w, ow, kw, sw, pw, dw))):
+        o = _empty_window(size, out, k, s, p, d)
+        if o is not None:
+            raise ValueError(
+                f"{op}: with input size {(h, w)}, kernel_size {(kh, kw)}, stride {(sh, sw)}, "
+                f"padding {(ph, pw)} and dilation {(dh, dw)}, the window at output {axis} "
+                f"position {o} lies entirely in the padding (no input pixel: its maximum "
+                f"would be -inf with no valid index); use a smaller dilation or padding"
+            )
+
+
 class _MaxPool2d(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, args: tuple, out_indices: dict) -> Any:
@@ -146,6 +178,7 @@ def max_pool2d(
     op = "max_pool2d"
     x = _check_4d(op, x)
     args = _window_args(op, x, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    _check_windows_touch_input(op, x, args)
     holder: dict = {}
     y = _MaxPool2d.apply(x, args, holder)
     if return_indices:
@@ -210,10 +243,16 @@ def _adaptive_size(op: str, x: Tensor, output_size: Any) -> tuple[int, int]:
     if isinstance(output_size, int) or hasattr(output_size, "__index__"):
         sizes: tuple = (output_size, output_size)
     else:
-        sizes = tuple(output_size)
-        if len(sizes) != 2:
-            raise ValueError(
+        if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
+            raise (ValueError if isinstance(output_size, (str, tuple, list)) else TypeError)(
                 f"{op}: output_size must be an int or a pair (oh, ow), got {output_size!r}"
+            )
+        sizes = tuple(output_size)
+    for v in sizes:
+        if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__")):
+            raise TypeError(
+                f"{op}: output_size must be an int or a pair (oh, ow) of ints or None, got "
+                f"{output_size!r}"
             )
     out = (h if sizes[0] is None else int(sizes[0]), w if sizes[1] is None else int(sizes[1]))
     if min(out) < 1:

@@ -7,6 +7,7 @@ from typing import Any
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
+from gpucnn._checks import check_int
 from gpucnn.backend.geometry import pair
 from gpucnn.layers.base import Layer
 from gpucnn.layers.conv import Conv2D
@@ -48,7 +49,7 @@ class ResidualBlock(Layer):
         super().__init__(input_shape=input_shape, name=name)
         if int(kernel_size) % 2 != 1:
             raise ValueError(f"ResidualBlock: kernel_size must be odd, got {kernel_size}")
-        self.filters = int(filters)
+        self.filters = check_int(type(self).__name__, "filters", filters, 1)
         self.strides = pair(strides, "strides", "ResidualBlock")
         self.kernel_size = int(kernel_size)
         self.projection = projection

@@ -9,6 +9,7 @@ import numpy as np
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
+from gpucnn._checks import check_int
 from gpucnn.backend.geometry import conv2d_output_size, pair
 from gpucnn.backend.geometry import keras_padding as resolve_padding
 from gpucnn.layers.base import Layer
@@ -57,7 +58,7 @@ class Conv2D(Layer):
         if not isinstance(groups, (int, np.integer)) or groups < 1 or filters % groups:
             raise ValueError(f"Conv2D: groups must be a positive divisor of filters={filters}, "
                              f"got {groups!r}")
-        self.filters = int(filters)
+        self.filters = check_int(type(self).__name__, "filters", filters, 1)
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D")
         self.strides = pair(strides, "strides", "Conv2D")
         self.dilation_rate = pair(dilation_rate, "dilation_rate", "Conv2D")

@@ -9,6 +9,7 @@ import numpy as np
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
+from gpucnn._checks import check_int, check_number
 from gpucnn.layers.base import Layer, as_tensor_list, shape_str
 from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
@@ -61,7 +62,7 @@ class Dense(Layer):
         super().__init__(input_shape=input_shape, name=name)
         if not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"Dense: units must be a positive int, got {units!r}")
-        self.units = int(units)
+        self.units = check_int(type(self).__name__, "units", units, 1)
         self.activation = activation
         self._act = F.get_activation(activation)
         self.use_bias = bool(use_bias)
@@ -162,9 +163,7 @@ class Dropout(Layer):
     def __init__(self, rate: float, input_shape: Sequence[int] | None = None,
                  name: str | None = None) -> None:
         super().__init__(input_shape=input_shape, name=name)
-        if not 0.0 <= float(rate) < 1.0:
-            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
-        self.rate = float(rate)
+        self.rate = check_number(type(self).__name__, "rate", rate, 0.0, 1.0, max_open=True)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.rate == 0.0:
@@ -229,7 +228,7 @@ class LeakyReLU(Layer):
     def __init__(self, negative_slope: float = 0.3, input_shape: Sequence[int] | None = None,
                  name: str | None = None) -> None:
         super().__init__(input_shape=input_shape, name=name)
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_number(type(self).__name__, "negative_slope", negative_slope)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
@@ -248,7 +247,7 @@ class ELU(Layer):
     def __init__(self, alpha: float = 1.0, input_shape: Sequence[int] | None = None,
                  name: str | None = None) -> None:
         super().__init__(input_shape=input_shape, name=name)
-        self.alpha = float(alpha)
+        self.alpha = check_number(type(self).__name__, "alpha", alpha)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.elu(x, self.alpha)
@@ -308,7 +307,7 @@ class Softmax(Layer):
     def __init__(self, axis: int = -1, input_shape: Sequence[int] | None = None,
                  name: str | None = None) -> None:
         super().__init__(input_shape=input_shape, name=name)
-        self.axis = int(axis)
+        self.axis = check_int(type(self).__name__, "axis", axis)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.softmax(x, self.axis)
@@ -354,9 +353,9 @@ class Concatenate(Layer):
     def __init__(self, axis: int = 1, input_shape: Sequence[int] | None = None,
                  name: str | None = None) -> None:
         super().__init__(input_shape=input_shape, name=name)
-        if axis == 0:
+        self.axis = check_int("Concatenate", "axis", axis)
+        if self.axis == 0:
             raise ValueError("Concatenate: axis 0 is the batch axis")
-        self.axis = int(axis)
 
     def _sample_axis(self, ndim: int) -> int:
         ax = self.axis if self.axis > 0 else self.axis + ndim + 1

@@ -9,6 +9,7 @@ import numpy as np
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
+from gpucnn._checks import check_number
 from gpucnn.layers.base import Layer
 from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
@@ -46,13 +47,9 @@ class BatchNormalization(Layer):
         if axis not in (1, -3):
             raise ValueError(f"BatchNormalization: only channels-first axis=1 is supported, "
                              f"got axis={axis}")
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"BatchNormalization: momentum must be in [0, 1], got {momentum}")
-        if float(epsilon) <= 0:
-            raise ValueError(f"BatchNormalization: epsilon must be > 0, got {epsilon}")
         self.axis = 1
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.momentum = check_number(type(self).__name__, "momentum", momentum, 0.0, 1.0)
+        self.epsilon = check_number(type(self).__name__, "epsilon", epsilon, 0.0, min_open=True)
         self.center = bool(center)
         self.scale = bool(scale)
         self.beta_initializer = beta_initializer

@@ -29,7 +29,9 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
 
 
 def _nonneg(op: str, name: str, value: float) -> None:
-    if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)) or value < 0:
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+    ) or value < 0:
         raise ValueError(f"{op}: invalid {name} {value!r} (expected a finite number >= 0)")
 
 
@@ -321,7 +323,8 @@ class Adam(Optimizer):
         flat: bool = True,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad)
+            lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps,
+            weight_decay=weight_decay, amsgrad=bool(amsgrad)
         )
         super().__init__(params, defaults, flat=flat)
 
@@ -364,7 +367,10 @@ class Adam(Optimizer):
         _nonneg(name, "eps", group["eps"])
         _nonneg(name, "weight_decay", group["weight_decay"])
         betas = group["betas"]
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{name}: invalid betas {betas!r} (expected a pair (beta1, beta2))")
+        if not all(isinstance(b, (int, float, np.floating)) and not isinstance(b, bool)
+                   and 0.0 <= float(b) < 1.0 for b in betas):
             raise ValueError(f"{name}: invalid betas {tuple(betas)} (each must be in [0, 1))")
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from gpucnn._checks import check_int, check_number
 from gpucnn.optim.optimizers import Optimizer
 
 __all__ = [
@@ -53,6 +54,7 @@ class LRScheduler:
             raise TypeError(
                 f"{type(self).__name__}: {type(optimizer).__name__} is not a gpucnn Optimizer"
             )
+        check_int(type(self).__name__, "last_epoch", last_epoch, -1)
         self.optimizer = optimizer
         if last_epoch == -1:
             for g in optimizer.param_groups:
@@ -123,10 +125,11 @@ class StepLR(LRScheduler):
     def __init__(
         self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
     ) -> None:
-        if int(step_size) <= 0:
+        step_size = check_int("StepLR", "step_size", step_size)
+        if step_size <= 0:
             raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size}")
-        self.step_size = int(step_size)
-        self.gamma = gamma
+        self.step_size = step_size
+        self.gamma = check_number("StepLR", "gamma", gamma, 0.0)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -148,8 +151,10 @@ class MultiStepLR(LRScheduler):
         gamma: float = 0.1,
         last_epoch: int = -1,
     ) -> None:
-        self.milestones = Counter(int(m) for m in milestones)
-        self.gamma = gamma
+        if not isinstance(milestones, (list, tuple, range)):
+            raise TypeError(f"MultiStepLR: milestones must be a list of ints, got {milestones!r}")
+        self.milestones = Counter(check_int("MultiStepLR", "milestone", m, 0) for m in milestones)
+        self.gamma = check_number("MultiStepLR", "gamma", gamma, 0.0)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -167,7 +172,7 @@ class ExponentialLR(LRScheduler):
     """Multiply the lr by ``gamma`` every step: ``base * gamma**t``."""
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
-        self.gamma = gamma
+        self.gamma = check_number("ExponentialLR", "gamma", gamma, 0.0)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -188,10 +193,8 @@ class CosineAnnealingLR(LRScheduler):
     def __init__(
         self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
     ) -> None:
-        if int(T_max) <= 0:
-            raise ValueError(f"CosineAnnealingLR: T_max must be a positive integer, got {T_max}")
-        self.T_max = int(T_max)
-        self.eta_min = eta_min
+        self.T_max = check_int("CosineAnnealingLR", "T_max", T_max, 1)
+        self.eta_min = check_number("CosineAnnealingLR", "eta_min", eta_min, 0.0)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -226,6 +229,9 @@ class LinearLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         name = type(self).__name__
+        start_factor = check_number(name, "start_factor", start_factor)
+        end_factor = check_number(name, "end_factor", end_factor)
+        total_iters = check_int(name, "total_iters", total_iters)
         if not 0 < start_factor <= 1:
             raise ValueError(f"{name}: start_factor must be in (0, 1], got {start_factor}")
         if not 0 <= end_factor <= 1:
@@ -265,6 +271,7 @@ class LinearWarmup(LinearLR):
         start_factor: float = 0.1,
         last_epoch: int = -1,
     ) -> None:
+        warmup_steps = check_int("LinearWarmup", "warmup_steps", warmup_steps, 0)
         super().__init__(optimizer, start_factor, 1.0, warmup_steps, last_epoch)
 
 
@@ -288,13 +295,15 @@ class SequentialLR(LRScheduler):
                 raise ValueError(f"SequentialLR: scheduler {i} is a ReduceLROnPlateau")
             if s.optimizer is not optimizer:
                 raise ValueError(f"SequentialLR: scheduler {i} belongs to another optimizer")
+        if not isinstance(milestones, (list, tuple, range)):
+            raise TypeError(f"SequentialLR: milestones must be a list of ints, got {milestones!r}")
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(
                 f"SequentialLR: expects len(milestones) == len(schedulers) - 1, got "
                 f"{len(milestones)} milestones for {len(schedulers)} schedulers"
             )
         self._schedulers = schedulers
-        self._milestones = [int(m) for m in milestones]
+        self._milestones = [check_int("SequentialLR", "milestone", m, 0) for m in milestones]
         self.last_epoch = last_epoch + 1
         self.optimizer = optimizer
         for g in optimizer.param_groups:
@@ -364,11 +373,20 @@ class ReduceLROnPlateau:
             raise TypeError(
                 f"ReduceLROnPlateau: {type(optimizer).__name__} is not a gpucnn Optimizer"
             )
+        op = "ReduceLROnPlateau"
+        factor = check_number(op, "factor", factor)
         if factor >= 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must be < 1.0, got {factor}")
-        if mode not in ("min", "max"):
+        check_number(op, "factor", factor, 0.0)
+        patience = check_int(op, "patience", patience, 0)
+        threshold = check_number(op, "threshold", threshold, 0.0)
+        cooldown = check_int(op, "cooldown", cooldown, 0)
+        eps = check_number(op, "eps", eps, 0.0)
+        for v in (min_lr if isinstance(min_lr, (list, tuple)) else [min_lr]):
+            check_number(op, "min_lr", v, 0.0)
+        if not isinstance(mode, str) or mode not in ("min", "max"):
             raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
+        if not isinstance(threshold_mode, str) or threshold_mode not in ("rel", "abs"):
             raise ValueError(
                 f"ReduceLROnPlateau: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}"
             )

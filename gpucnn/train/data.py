@@ -152,7 +152,8 @@ def is_batch(b: Any) -> bool:
 def make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = None) -> Any:
     if x is None:
         raise ValueError(f"{where}: x is required")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
         raise ValueError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
     if y is None and isinstance(x, (list, tuple)) and x and all(is_batch(b) for b in x):
         return IterData(x, steps)  # a list of batches
@@ -163,12 +164,23 @@ def make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = N
                 f"{type(x).__name__}"
             )
         return IterData(x, steps)
-    xa = raw_array(x)
+    try:
+        xa = raw_array(x)
+    except ValueError:
+        raise ValueError(f"{where}: x is ragged (nested lists of different lengths)") from None
+    if xa.dtype.kind not in "biuf":
+        raise TypeError(f"{where}: x must hold numbers, got dtype {xa.dtype}")
     if xa.ndim == 0:
         raise ValueError(f"{where}: x must have a batch dimension, got a scalar")
     ya = None
     if y is not None:
-        ya = raw_array(y)
+        try:
+            ya = raw_array(y)
+        except ValueError:
+            raise ValueError(f"{where}: y is ragged (nested lists of different lengths)") \
+                from None
+        if ya.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: y must hold numbers, got dtype {ya.dtype}")
         if ya.ndim == 0 or len(ya) != len(xa):
             raise ValueError(
                 f"{where}: x and y have different numbers of samples: x has {len(xa)} "

@@ -80,7 +80,9 @@ def maxpool2d_forward(
     Kernel twin: ``maxpool2d_fwd_f32/f64`` in ``cuda/pool2d.cu``.
     """
     n, c, h, w = x.shape
-    if (kh, kw, sh, sw, ph, pw, dh, dw) == (2, 2, 2, 2, 0, 0, 1, 1):
+    if (kh, kw, sh, sw, ph, pw, dh, dw) == (2, 2, 2, 2, 0, 0, 1, 1) and (
+        2 * oh <= h and 2 * ow <= w
+    ):  # ceil_mode with an odd H or W has a last window past the edge: the generic scan
         return _maxpool2x2(x, oh, ow)
     pads_h = _pads(h, oh, kh, sh, ph, dh)
     pads_w = _pads(w, ow, kw, sw, pw, dw)
@@ -121,7 +123,8 @@ def maxpool2d_forward(
 
 
 def _maxpool2x2(x: np.ndarray, oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`maxpool2d_forward` for 2x2 windows, stride 2, no padding: a tournament.
+    """:func:`maxpool2d_forward` for 2x2 windows, stride 2, no padding, every window inside
+    the input (``2*oh <= H`` and ``2*ow <= W``; not ``ceil_mode`` on an odd size): a tournament.
 
     Cells a b / c d of each window: the row winners (``b > a``, ``d > c``), then the rows
     (``bottom > top``); strict comparisons keep the first maximum in row-major order, as the
