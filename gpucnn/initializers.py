@@ -52,6 +52,12 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
+def _scale(numerator: float, fan: int) -> float:
+    """``sqrt(numerator / fan)``; 0 for a zero fan, which only an empty weight has (PyTorch
+    leaves a zero-element tensor as it is; there is nothing to draw)."""
+    return math.sqrt(numerator / fan) if fan > 0 else 0.0
+
+
 def _finish(a: np.ndarray, dtype: Any, backend: str) -> Any:
     return _backend.to_backend(a.astype(dtype, copy=False), backend)
 
@@ -69,37 +75,37 @@ def _uniform(shape: Sequence[int], limit: float, dtype: Any, backend: str) -> An
 def he_normal(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """N(0, 2/fan_in) (He et al. 2015; PyTorch ``kaiming_normal_`` with ReLU gain)."""
     fan_in, _ = compute_fans(shape)
-    return _normal(shape, math.sqrt(2.0 / fan_in), dtype, backend)
+    return _normal(shape, _scale(2.0, fan_in), dtype, backend)
 
 
 def he_uniform(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """U(-sqrt(6/fan_in), sqrt(6/fan_in))."""
     fan_in, _ = compute_fans(shape)
-    return _uniform(shape, math.sqrt(6.0 / fan_in), dtype, backend)
+    return _uniform(shape, _scale(6.0, fan_in), dtype, backend)
 
 
 def glorot_normal(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """N(0, 2/(fan_in+fan_out)) (Glorot & Bengio 2010)."""
     fan_in, fan_out = compute_fans(shape)
-    return _normal(shape, math.sqrt(2.0 / (fan_in + fan_out)), dtype, backend)
+    return _normal(shape, _scale(2.0, fan_in + fan_out), dtype, backend)
 
 
 def glorot_uniform(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """U(-sqrt(6/(fan_in+fan_out)), +sqrt(6/(fan_in+fan_out)))."""
     fan_in, fan_out = compute_fans(shape)
-    return _uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)), dtype, backend)
+    return _uniform(shape, _scale(6.0, fan_in + fan_out), dtype, backend)
 
 
 def lecun_normal(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """N(0, 1/fan_in)."""
     fan_in, _ = compute_fans(shape)
-    return _normal(shape, math.sqrt(1.0 / fan_in), dtype, backend)
+    return _normal(shape, _scale(1.0, fan_in), dtype, backend)
 
 
 def lecun_uniform(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """U(-sqrt(3/fan_in), sqrt(3/fan_in))."""
     fan_in, _ = compute_fans(shape)
-    return _uniform(shape, math.sqrt(3.0 / fan_in), dtype, backend)
+    return _uniform(shape, _scale(3.0, fan_in), dtype, backend)
 
 
 def zeros(shape: Sequence[int], dtype: Any = np.float32, backend: str = "numpy") -> Any:

@@ -321,6 +321,24 @@ def test_zero_input_channels_is_a_value_error():
         F.conv2d(T(np.ones((2, 0, 5, 5), np.float32)), T(np.ones((4, 0, 3, 3), np.float32)))
 
 
+@pytest.mark.parametrize("name", ["he_normal", "he_uniform", "glorot_normal", "glorot_uniform",
+                                  "lecun_normal", "lecun_uniform"])
+@pytest.mark.parametrize("shape", [(4, 0, 3, 3), (0, 4), (0,), (3, 0)])
+def test_initializers_of_empty_weights(name: str, shape: tuple) -> None:
+    """A zero fan used to divide by zero; an empty weight is returned as PyTorch leaves it."""
+    a = gpucnn.initializers.get(name)(shape)
+    assert tuple(a.shape) == shape and a.dtype == np.float32
+
+
+def test_dense_with_zero_input_features() -> None:
+    """Linear(0, 3) as PyTorch: the output is the bias alone, and the bias still learns."""
+    layer = gpucnn.layers.Dense(3)
+    y = layer(T(np.ones((2, 0), np.float32)))
+    assert y.shape == (2, 3)
+    y.sum().backward()
+    np.testing.assert_array_equal(host(layer.bias.grad), 2.0)
+
+
 def test_linear_on_a_0d_input():
     with pytest.raises(ValueError, match="linear: input must have at least 1 dim"):
         F.linear(T(np.float32(1.0)), T(np.ones((4, 1), np.float32)))

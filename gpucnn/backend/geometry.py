@@ -196,7 +196,8 @@ class Conv2dGeometry:
         """The geometry of convolving ``x_shape`` with ``w_shape``; ``ValueError`` naming ``op``
         and the expected and given values for anything that does not fit."""
         if len(x_shape) != 4:
-            raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+            forms = "4-D (N, C, H, W) or 3-D (C, H, W)" if op == "conv2d" else "4-D (N, C, H, W)"
+            raise ValueError(f"{op}: input must be {forms}, got shape {tuple(x_shape)}")
         if len(w_shape) != 4:
             raise ValueError(
                 f"{op}: weight must be 4-D (out, in/groups, kh, kw), got shape {tuple(w_shape)}"

@@ -21,6 +21,7 @@ from gpucnn.backend.geometry import (
     same_padding,
 )
 from gpucnn.functional._dtypes import require_float
+from gpucnn.functional._unbatched import accepts_unbatched
 from gpucnn.tensor import Context, Function, Tensor, is_grad_enabled
 
 __all__ = ["conv2d", "conv2d_output_size", "same_padding", "Conv2dFunction"]
@@ -74,6 +75,7 @@ def _check_float(op: str, name: str, a: Any) -> None:
     require_float(op, a, name)
 
 
+@accepts_unbatched
 def conv2d(
     x: Tensor,
     weight: Tensor,
@@ -86,7 +88,8 @@ def conv2d(
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Args:
-        x: (N, C, H, W) floating tensor (float32 or float64).
+        x: (N, C, H, W) floating tensor (float32 or float64), or unbatched (C, H, W) (the
+            result is then (O, OH, OW)).
         weight: (O, C/groups, kh, kw), same dtype as ``x``.
         bias: optional (O,).
         stride, dilation: int or (h, w) pair, >= 1.

@@ -543,25 +543,43 @@ def nll_loss(
 ) -> Tensor:
     """Negative log-likelihood ``-weight[t] * log_probs[n, t]``, PyTorch's ``F.nll_loss``.
 
-    ``log_probs`` is ``(N, C)`` or ``(N, C, d1, ...)``; ``target`` integer ``(N,)`` /
-    ``(N, d1, ...)``. ``"mean"`` divides by the summed weights of the non-ignored targets.
+    ``log_probs`` is ``(N, C)``, ``(N, C, d1, ...)`` or unbatched ``(C,)``; ``target`` integer
+    ``(N,)`` / ``(N, d1, ...)`` / ``()``. ``"mean"`` divides by the summed weights of the
+    non-ignored targets.
     """
     op = "nll_loss"
     _check_float(op, "input", log_probs)
     _check_reduction(op, reduction)
     ignore_index = check_int(op, "ignore_index", ignore_index)
-    if log_probs.ndim < 2:
+    if log_probs.ndim < 1:
         raise ValueError(
-            f"{op}: input must be (N, C) or (N, C, d1, ...), got shape {log_probs.shape}"
+            f"{op}: input must be (C,), (N, C) or (N, C, d1, ...), got shape {log_probs.shape}"
         )
     be = backend_of(log_probs.data)
-    c = log_probs.shape[1]
-    w = _class_weight(op, be, weight, c, log_probs.dtype)
-    expected = log_probs.shape[:1] + log_probs.shape[2:]
+    unbatched = log_probs.ndim == 1
+    x = log_probs
+    if unbatched:
+        from gpucnn.functional.basic import reshape
+
+        x = reshape(log_probs, (1, log_probs.shape[0]))
+        target = _target_array(be, target)
+        if target.ndim != 0:
+            raise ValueError(
+                f"{op}: target shape {tuple(target.shape)} does not match the unbatched input "
+                f"{log_probs.shape}; expected ()"
+            )
+        target = target.reshape(1)
+    c = x.shape[1]
+    w = _class_weight(op, be, weight, c, x.dtype)
+    expected = x.shape[:1] + x.shape[2:]
     t, check = _index_target(op, be, target, expected, c, int(ignore_index))
     if check is not None:
         _record_bad_targets(be.xp, t, c, int(ignore_index), check.buf)
-    out = _NLL.apply(log_probs, t, w, int(ignore_index), reduction, check is not None)
+    out = _NLL.apply(x, t, w, int(ignore_index), reduction, check is not None)
+    if unbatched and reduction == "none":
+        from gpucnn.functional.basic import reshape
+
+        out = reshape(out, ())
     return _checked(out, check)
 
 

@@ -1,6 +1,7 @@
 """2-D pooling ops: max, average, adaptive and global pooling (PyTorch semantics, NCHW).
 
-Every op takes a 4-D input ``(N, C, H, W)`` and runs on the input's backend through the
+Every op takes a 4-D input ``(N, C, H, W)`` (the ops PyTorch has also an unbatched
+``(C, H, W)``, returning a 3-D result) and runs on the input's backend through the
 primitives of :mod:`gpucnn.backend.numpy_ops.pool` / :mod:`gpucnn.backend.cuda_ops.pool`.
 Max-pooling indices are int64 flat positions ``h*W + w`` inside each input plane, exactly
 PyTorch's ``return_indices``. Backward passes are deterministic gathers.
@@ -14,6 +15,7 @@ from typing import Any
 from gpucnn.backend import backend_of
 from gpucnn.backend.geometry import pair
 from gpucnn.functional._dtypes import require_float
+from gpucnn.functional._unbatched import accepts_unbatched
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -39,12 +41,13 @@ def _one_for_both(v: Any) -> Any:
     return v
 
 
-def _check_4d(op: str, x: Any) -> Tensor:
+def _check_4d(op: str, x: Any, unbatched: bool = True) -> Tensor:
     if not isinstance(x, Tensor):
         x = Tensor(x)
     if x.ndim != 4:
+        forms = "a 3-D (C, H, W) or 4-D (N, C, H, W)" if unbatched else "a 4-D (N, C, H, W)"
         raise ValueError(
-            f"{op}: expected a 4-D input (N, C, H, W), got a {x.ndim}-D input of shape {x.shape}"
+            f"{op}: expected {forms} input, got a {x.ndim}-D input of shape {x.shape}"
         )
     return require_float(op, x, "input")
 
@@ -155,6 +158,7 @@ class _MaxPool2d(Function):
         return be.maxpool2d_backward(g, ctx.argmax, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
+@accepts_unbatched
 def max_pool2d(
     x: Tensor,
     kernel_size: IntPair,
@@ -205,6 +209,7 @@ class _AvgPool2d(Function):
         return be.avgpool2d_backward(g, h, w, kh, kw, sh, sw, ph, pw, ctx.cip, ctx.divisor)
 
 
+@accepts_unbatched
 def avg_pool2d(
     x: Tensor,
     kernel_size: IntPair,
@@ -274,6 +279,7 @@ class _AdaptiveAvgPool2d(Function):
         return backend_of(g).adaptive_avgpool2d_backward(g, h, w)
 
 
+@accepts_unbatched
 def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int | None]) -> Tensor:
     """Adaptive average pooling of ``x`` (N, C, H, W) → (N, C, oh, ow).
 
@@ -301,6 +307,7 @@ class _AdaptiveMaxPool2d(Function):
         return backend_of(g).adaptive_maxpool2d_backward(g, ctx.argmax, h, w)
 
 
+@accepts_unbatched
 def adaptive_max_pool2d(
     x: Tensor, output_size: int | Sequence[int | None], return_indices: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -337,7 +344,7 @@ class _GlobalAvgPool2d(Function):
 def global_avg_pool2d(x: Tensor, keepdims: bool = False) -> Tensor:
     """Mean over H and W of ``x`` (N, C, H, W) → (N, C), or (N, C, 1, 1) with ``keepdims``."""
     op = "global_avg_pool2d"
-    x = _check_4d(op, x)
+    x = _check_4d(op, x, unbatched=False)
     if x.shape[2] < 1 or x.shape[3] < 1:
         raise ValueError(f"{op}: input spatial size must be >= 1 in each dim, got {x.shape[2:]}")
     return _GlobalAvgPool2d.apply(x, bool(keepdims))
@@ -350,7 +357,7 @@ def global_max_pool2d(x: Tensor, keepdims: bool = False) -> Tensor:
     gradient; NaN is the maximum.
     """
     op = "global_max_pool2d"
-    x = _check_4d(op, x)
+    x = _check_4d(op, x, unbatched=False)
     oh, ow = _adaptive_size(op, x, 1)
     y = _AdaptiveMaxPool2d.apply(x, oh, ow, {})
     if keepdims:

@@ -1208,7 +1208,7 @@ def test_mse(backend: Any, data: st.DataObject) -> None:
 _UNBATCHED = "gpucnn refuses an input form torch.nn.functional accepts"
 
 
-def _form(what: str, shape: tuple, fn: Any, refused: bool = True) -> Any:
+def _form(what: str, shape: tuple, fn: Any, refused: bool = False) -> Any:
     marks = [pytest.mark.xfail(strict=True, reason=f"{_UNBATCHED}: {what}")] if refused else []
     return pytest.param(what, shape, fn, id=what.replace(" ", "_"), marks=marks)
 
@@ -1224,14 +1224,19 @@ def _index(f: Any, i: int) -> Any:
 
 FORMS = [
     _form("nll_loss (C,) with target ()", (4,), lambda f, x: f.nll_loss(x, _index(f, 2))),
-    _form("softmax of a 0-d tensor", (), lambda f, x: f.softmax(x, 0)),
-    _form("log_softmax of a 0-d tensor", (), lambda f, x: f.log_softmax(x, 0)),
+    _form("nll_loss (C,) reduction none", (4,),
+          lambda f, x: f.nll_loss(x, _index(f, 1), reduction="none")),
+    _form("softmax of a 0-d tensor", (), lambda f, x: f.softmax(x, 0), refused=True),
+    _form("log_softmax of a 0-d tensor", (), lambda f, x: f.log_softmax(x, 0), refused=True),
     _form("conv2d (C, H, W)", (2, 5, 5), "conv"),
     _form("max_pool2d (C, H, W)", (2, 5, 5), lambda f, x: f.max_pool2d(x, 2)),
+    _form("max_pool2d (C, H, W) indices", (2, 5, 5),
+          lambda f, x: f.max_pool2d(x, 3, 2, 1, return_indices=True)[0] * 1.0),
     _form("avg_pool2d (C, H, W)", (2, 5, 5), lambda f, x: f.avg_pool2d(x, 2)),
     _form("adaptive_avg_pool2d (C, H, W)", (2, 5, 5), lambda f, x: f.adaptive_avg_pool2d(x, 3)),
+    _form("adaptive_max_pool2d (C, H, W)", (2, 5, 5), lambda f, x: f.adaptive_max_pool2d(x, 2)),
     _form("cross_entropy (C,) with target ()", (4,),
-          lambda f, x: f.cross_entropy(x, _index(f, 2)), refused=False),
+          lambda f, x: f.cross_entropy(x, _index(f, 2))),
 ]
 
 
