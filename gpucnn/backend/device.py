@@ -25,6 +25,7 @@ __all__ = [
     "scatter_add",
     "empty_pinned",
     "current_device_id",
+    "device_count",
     "use_device",
     "new_stream",
     "new_event",
@@ -100,6 +101,11 @@ def empty_pinned(shape: tuple, dtype: Any) -> np.ndarray:
 def current_device_id() -> int:
     """The id of the calling thread's current CUDA device."""
     return int(cupy_module().cuda.Device().id)
+
+
+def device_count() -> int:
+    """How many CUDA devices this process sees."""
+    return int(cupy_module().cuda.runtime.getDeviceCount())
 
 
 def use_device(device_id: int) -> None:
