@@ -181,7 +181,7 @@ class GpucnnNet:
         return list(self.params.values())
 
     def num_parameters(self) -> int:
-        return int(sum(p.size for p in self.params.values()))
+        return int(sum(p.numel() for p in self.params.values()))
 
     def __call__(self, x: Any) -> Any:
         return self._forward(x)
@@ -250,7 +250,7 @@ def gpucnn_model(
                 net = net.to(backend) or net
             if hasattr(net, "train"):
                 net.train()
-            n = int(sum(p.size for p in net.parameters()))
+            n = int(sum(p.numel() for p in net.parameters()))
             if n == n_twin:
                 return net, f"gpucnn.models.{name} ({n} parameters, same as the twin)"
             reason = f"gpucnn.models.{name} has {n} parameters, the twin {n_twin}"

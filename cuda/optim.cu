@@ -1,12 +1,13 @@
 // Fused optimizer updates: SGD (momentum, dampening, Nesterov, weight decay), Adam / AdamW
-// (optional AMSGrad) and RMSprop (optional momentum, centered). PyTorch semantics.
+// (optional AMSGrad), RMSprop (optional momentum, centered), Adagrad (learning-rate decay) and
+// NAdam (momentum decay, optional decoupled weight decay). PyTorch semantics.
 //
 // Every kernel updates ONE parameter tensor and its state buffers in place, element-wise:
 // thread mapping one thread per element, 1-D grid-stride over n; all arrays are flat,
 // C-contiguous and hold n elements of T. State buffers not used by the chosen options are
 // never read or written (callers may pass any array there). Hyper-parameters arrive by value
 // as T. NumPy twins: gpucnn/backend/numpy_ops/optim.py (sgd_update, adam_update,
-// rmsprop_update).
+// rmsprop_update, adagrad_update, nadam_update).
 
 // No <math.h>: NVRTC has no libc headers; sqrt/rsqrt/fabs are CUDA built-in device functions.
 
@@ -103,6 +104,47 @@ __device__ void rmsprop(T* __restrict__ param, const T* __restrict__ grad,
     }
 }
 
+// adagrad_<T>: g = grad + wd*p; sum += g*g; p -= clr * (g / (sqrt(sum) + eps)).
+// clr = lr / (1 + (step - 1) * lr_decay) is computed by the caller. Twin: adagrad_update.
+template <typename T>
+__device__ void adagrad(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ sum,
+                        T clr, T eps, T weight_decay, long long n) {
+    GRID_STRIDE(i, n) {
+        T p = param[i];
+        T g = grad[i];
+        if (weight_decay != (T)0) g += weight_decay * p;
+        T s = sum[i] + g * g;
+        sum[i] = s;
+        param[i] = p - clr * (g / (sqrt(s) + eps));
+    }
+}
+
+// nadam_<T>: NAdam (decoupled = 0: g = grad + wd*p; decoupled = 1: p *= 1 - lr*wd).
+//   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g;  d = sqrt(v / bc2) + eps
+//   p -= coef_g * (g / d);  p -= coef_m * (m / d)
+// bc2 = 1 - beta2^t, coef_g = lr*(1-mu_t)/(1-prod_{i<=t} mu_i) and
+// coef_m = lr*mu_{t+1}/(1-prod_{i<=t+1} mu_i) are computed by the caller. Twin: nadam_update.
+template <typename T>
+__device__ void nadam(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
+                      T* __restrict__ exp_avg_sq, T lr, T beta1, T beta2, T eps, T weight_decay,
+                      T bc2, T coef_g, T coef_m, int decoupled, long long n) {
+    GRID_STRIDE(i, n) {
+        T p = param[i];
+        T g = grad[i];
+        if (weight_decay != (T)0) {
+            if (decoupled) p *= (T)1 - lr * weight_decay;
+            else g += weight_decay * p;
+        }
+        T m = beta1 * exp_avg[i] + ((T)1 - beta1) * g;
+        T v = beta2 * exp_avg_sq[i] + ((T)1 - beta2) * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        T d = sqrt(v / bc2) + eps;
+        p = p - coef_g * (g / d);
+        param[i] = p - coef_m * (m / d);
+    }
+}
+
 #define OPTIM_INSTANTIATE(T, SUF)                                                              \
     extern "C" __global__ void sgd_##SUF(T* param, const T* grad, T* buf, T lr, T momentum,   \
                                          T dampening, T weight_decay, int nesterov,           \
@@ -123,6 +165,17 @@ __device__ void rmsprop(T* __restrict__ param, const T* __restrict__ grad,
                                              long long n) {                                    \
         rmsprop<T>(param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps,           \
                    weight_decay, momentum, centered, n);                                       \
+    }                                                                                          \
+    extern "C" __global__ void adagrad_##SUF(T* param, const T* grad, T* sum, T clr, T eps,   \
+                                             T weight_decay, long long n) {                    \
+        adagrad<T>(param, grad, sum, clr, eps, weight_decay, n);                               \
+    }                                                                                          \
+    extern "C" __global__ void nadam_##SUF(T* param, const T* grad, T* exp_avg,               \
+                                           T* exp_avg_sq, T lr, T beta1, T beta2, T eps,      \
+                                           T weight_decay, T bc2, T coef_g, T coef_m,          \
+                                           int decoupled, long long n) {                       \
+        nadam<T>(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bc2,  \
+                 coef_g, coef_m, decoupled, n);                                                \
     }
 
 OPTIM_INSTANTIATE(float, f32)

@@ -31,6 +31,7 @@ import numpy as np
 import gpucnn
 from gpucnn import backend as _backend
 from gpucnn.backend.threads import set_num_threads
+from gpucnn.cli import add_backend_argument
 from gpucnn.layers import Dense, Flatten
 from gpucnn.model import Sequential
 from gpucnn.module import Module
@@ -258,15 +259,19 @@ def gpu_parity() -> float | None:
     return worst
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Write the kernel, check it, train a small model with it; returns a summary dict."""
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Add a custom CUDA kernel (swish) to gpucnn.")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    add_backend_argument(p)  # a name or alias; default $GPUCNN_BACKEND, else auto
     p.add_argument("--out", default="custom_kernel_out", help="where swish.cu is written")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="small checks and one short epoch")
     p.add_argument("--threads", type=int, default=1, help="NumPy BLAS threads (0: unchanged)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Write the kernel, check it, train a small model with it; returns a summary dict."""
+    args = build_parser().parse_args(argv)
     gpucnn.backend.use(args.backend)
     if args.threads:
         set_num_threads(args.threads)

@@ -18,6 +18,7 @@ import numpy as np
 
 import gpucnn
 from gpucnn import filters
+from gpucnn.cli import add_backend_argument
 from gpucnn.datasets import mnist_sample
 
 
@@ -57,11 +58,16 @@ def _save_png(path: Path, arr: np.ndarray, title: str, signed: bool) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--index", type=int, default=0, help="which of the 5,000 sample digits")
     p.add_argument("--out", default="edge_out", help="folder for the PNG images")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cuda"])
+    add_backend_argument(p)  # a name or alias; default $GPUCNN_BACKEND, else auto
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
 
     be = gpucnn.backend.use(args.backend)

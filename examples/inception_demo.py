@@ -19,13 +19,14 @@ import numpy as np
 import gpucnn
 from gpucnn.backend.threads import set_num_threads
 from gpucnn.callbacks import LambdaCallback
+from gpucnn.cli import add_backend_argument
 from gpucnn.datasets import mnist_sample, train_test_split
 from gpucnn.models import inception_small
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the small Inception network briefly.")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    add_backend_argument(p)  # a name or alias; default $GPUCNN_BACKEND, else auto
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--samples", type=int, default=1500, help="training images")
     p.add_argument("--batch-size", type=int, default=32)

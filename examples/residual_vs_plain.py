@@ -23,6 +23,7 @@ import numpy as np
 import gpucnn
 from gpucnn.backend.threads import set_num_threads
 from gpucnn.callbacks import LambdaCallback
+from gpucnn.cli import add_backend_argument
 from gpucnn.datasets import mnist_sample
 from gpucnn.models import cifar_resnet
 
@@ -30,7 +31,7 @@ from gpucnn.models import cifar_resnet
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="ResNet vs the same network without skip "
                                 "connections, on the same data.")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    add_backend_argument(p)  # a name or alias; default $GPUCNN_BACKEND, else auto
     p.add_argument("--depth", type=int, default=20, help="6n + 2: 8, 14, 20, 32, 56, ...")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--samples", type=int, default=800, help="training images")

@@ -30,6 +30,7 @@ from gpucnn import optim
 from gpucnn import transforms as T
 from gpucnn.backend.threads import set_num_threads
 from gpucnn.callbacks import LambdaCallback, LearningRateScheduler
+from gpucnn.cli import add_backend_argument, flag_message, parser_flags
 from gpucnn.data import DataLoader
 from gpucnn.models import resnet20
 
@@ -39,7 +40,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train ResNet-20 on CIFAR-10.")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    add_backend_argument(p)  # a name or alias; default $GPUCNN_BACKEND, else auto
     p.add_argument("--data-dir", default=None, help="folder with the CIFAR-10 archive/batches")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
     p.add_argument("--synthetic", action="store_true", help="use generated data instead")
@@ -100,7 +101,8 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndar
 def main(argv: list[str] | None = None) -> dict:
     """Run the example; returns ``{"accuracy", "loss", "history", "seconds", "files",
     "batch_losses"}``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     gpucnn.backend.use(args.backend)
     gpucnn.manual_seed(args.seed)
     if args.threads:
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         x_tr, y_tr, x_te, y_te = load_data(args)
     except (FileNotFoundError, OSError, ValueError) as exc:
-        print(f"error: {exc}\nhint: pass --data-dir DIR with the CIFAR-10 files, add --download, "
+        text, _ = flag_message(str(exc), parser_flags(parser))  # download=True: --download
+        print(f"error: {text}\nhint: pass --data-dir DIR with the CIFAR-10 files, add --download, "
               "or use --synthetic", file=sys.stderr)
         raise SystemExit(2) from exc
     norm = T.Normalize(CIFAR_MEAN, CIFAR_STD)

@@ -33,6 +33,7 @@ from gpucnn import optim
 from gpucnn import transforms as T
 from gpucnn.backend.threads import set_num_threads
 from gpucnn.callbacks import LambdaCallback, LearningRateScheduler
+from gpucnn.cli import add_backend_argument
 from gpucnn.data import DataLoader
 from gpucnn.datasets import mnist_sample, train_test_split
 from gpucnn.models import lenet5
@@ -46,8 +47,7 @@ DEFAULTS = {"epochs": 25, "batch_size": 64, "lr": 2e-3, "seed": 0, "degrees": 10
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train LeNet-5 on the embedded MNIST sample "
                                 "(4,000 train / 1,000 held-out test).")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
-                   help="compute backend (default: auto = CUDA when usable, else NumPy)")
+    add_backend_argument(p)  # a name or alias; default $GPUCNN_BACKEND, else auto
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (Adam)")

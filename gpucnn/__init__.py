@@ -8,29 +8,35 @@ CuPy is missing or broken: the backend is probed on first use.
 from gpucnn import (
     backend,
     callbacks,
+    config,
     data,
     datasets,
     filters,
     functional,
     initializers,
+    keras,
     layers,
     metrics,
     models,
     optim,
     saving,
     transforms,
+    utils,
     viz,
 )
 from gpucnn.backend import BackendUnavailable
 from gpucnn.backend.threads import get_num_threads, set_num_threads
+from gpucnn.functional.basic import cat, stack
 from gpucnn.model import Model, Sequential
-from gpucnn.module import Module, ModuleList, register_module
+from gpucnn.module import Module, ModuleList, StateDictError, register_module
 from gpucnn.random import manual_seed
-from gpucnn.saving import CheckpointError, load_model
+from gpucnn.saving import CheckpointError, load, load_model, save
 from gpucnn.tensor import (
+    Device,
     Parameter,
     Tensor,
     enable_grad,
+    from_numpy,
     is_grad_enabled,
     no_grad,
     ones,
@@ -68,6 +74,7 @@ __all__ = [
     "optim",
     "transforms",
     "viz",
+    "utils",
     "enable_grad",
     "functional",
     "is_grad_enabled",
@@ -78,5 +85,14 @@ __all__ = [
     "randn",
     "tensor",
     "zeros",
+    "Device",
+    "StateDictError",
+    "cat",
+    "from_numpy",
+    "load",
+    "save",
+    "stack",
+    "config",
+    "keras",
     "__version__",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "ReduceLROnPlateau",
     "CSVLogger",
     "LambdaCallback",
+    "TerminateOnNaN",
 ]
 
 
@@ -521,3 +522,38 @@ class LambdaCallback(Callback):
             if not name.startswith("on_"):
                 raise ValueError(f"LambdaCallback: unknown hook {name!r}")
             setattr(self, name, fn)
+
+
+class TerminateOnNaN(Callback):
+    """Stop training as soon as the loss is NaN or Inf (Keras's ``TerminateOnNaN``).
+
+    Checks the running loss at the end of every batch (``logs["loss"]``; reading it is one
+    host read per step on the GPU, as in Keras) and sets ``model.stop_training``: ``fit``
+    stops after that batch. ``stopped_batch`` / ``stopped_epoch`` tell where (None if not).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped_batch: int | None = None
+        self.stopped_epoch: int | None = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.stopped_batch = self.stopped_epoch = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        super().on_train_batch_end(batch, logs)
+        if not logs or "loss" not in logs:
+            return
+        loss = logs["loss"]
+        try:
+            bad = not math.isfinite(float(loss))
+        except (TypeError, ValueError):
+            return
+        if bad:
+            print(f"Batch {batch}: invalid loss {loss}, terminating training")
+            self.stopped_batch, self.stopped_epoch = batch, self._epoch
+            self.model.stop_training = True

@@ -7,7 +7,19 @@ and returns a per-sample array; :class:`MeanMetric` averages it over every sampl
 Names: ``"accuracy"``/``"acc"`` (chosen from the loss: sparse categorical, categorical or
 binary), ``"sparse_categorical_accuracy"``, ``"categorical_accuracy"``,
 ``"binary_accuracy"``, ``"top5"``/``"sparse_top_k_categorical_accuracy"`` (k=5),
-``"mae"``, ``"mse"``; or any callable ``f(y_true, y_pred) -> per-sample values``.
+``"top_k_categorical_accuracy"`` (one-hot targets, k=5), ``"precision"``, ``"recall"``,
+``"mae"``, ``"mse"``; metric objects (:class:`TopKCategoricalAccuracy`,
+:class:`SparseTopKCategoricalAccuracy`, :class:`Precision`, :class:`Recall`, or any
+:class:`MeanMetric`); or any callable ``f(y_true, y_pred) -> per-sample values``.
+
+Top-k accuracy follows Keras (TensorFlow's ``in_top_k``): a sample counts when fewer than
+``k`` outputs are strictly larger than the true class's, so ties never count against it.
+:class:`Precision` and :class:`Recall` are Keras's binary ones: every output element is a
+prediction, positive where the probability is above ``thresholds`` (0.5; on a logits model the
+equivalent logit), a target is positive where non-zero; they keep the global counts of true
+positives and of predicted (actual) positives over every batch, so the result is
+``tp / (tp + fp)`` (``tp / (tp + fn)``) of the whole pass, not a mean of batch values (0 when
+the denominator is 0).
 
 Running sums stay on the device: :meth:`MeanMetric.update` adds the batch's sum to a float64
 0-d array on the batch's backend (no host read), and the built-in metrics compute that sum
@@ -20,6 +32,8 @@ numbers are exactly those of summing the per-sample values batch by batch into a
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +50,14 @@ __all__ = [
     "categorical_accuracy",
     "binary_accuracy",
     "sparse_top_k_categorical_accuracy",
+    "top_k_categorical_accuracy",
     "mean_absolute_error",
     "mean_squared_error",
+    "TopKCategoricalAccuracy",
+    "SparseTopKCategoricalAccuracy",
+    "Precision",
+    "Recall",
+    "config_name",
     "get",
 ]
 
@@ -177,12 +197,36 @@ def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.0) -> Any:
     return (yp == yt).mean(axis=1)
 
 
-def sparse_top_k_categorical_accuracy(y_true: Any, y_pred: Any, k: int = 5) -> Any:
-    """1.0 where the true class is among the ``k`` largest outputs."""
+def _in_top_k(op: str, cls: Any, y_pred: Any, k: Any) -> Any:
+    """1.0 where fewer than ``k`` outputs of the row exceed the output of class ``cls``."""
     xp = _xp(y_pred)
-    k = min(check_int("sparse_top_k_categorical_accuracy", "k", k, 1), y_pred.shape[1])
-    top = xp.argpartition(-y_pred, k - 1, axis=1)[:, :k]
-    return (top == y_true.reshape(-1, 1)).any(axis=1) * 1.0
+    k = check_int(op, "k", k, 1)
+    if y_pred.ndim != 2:
+        raise ValueError(f"{op}: expects outputs (N, classes), got shape {tuple(y_pred.shape)}")
+    n, c = int(y_pred.shape[0]), int(y_pred.shape[1])
+    cls = cls.reshape(-1).astype(np.int64)
+    if int(cls.shape[0]) != n:
+        raise ValueError(f"{op}: got {n} outputs but {int(cls.shape[0])} targets")
+    true = xp.take_along_axis(y_pred, xp.clip(cls, 0, max(c - 1, 0)).reshape(n, 1), axis=1)
+    above = (y_pred > true).sum(axis=1)
+    valid = (cls >= 0) & (cls < c)
+    return ((above < k) & valid) * 1.0
+
+
+def sparse_top_k_categorical_accuracy(y_true: Any, y_pred: Any, k: int = 5) -> Any:
+    """1.0 where the true class id is among the ``k`` largest outputs (ties count for it)."""
+    return _in_top_k("sparse_top_k_categorical_accuracy", y_true, y_pred, k)
+
+
+def top_k_categorical_accuracy(y_true: Any, y_pred: Any, k: int = 5) -> Any:
+    """1.0 where ``argmax(y_true)`` (one-hot targets) is among the ``k`` largest outputs."""
+    op = "top_k_categorical_accuracy"
+    if tuple(y_true.shape) != tuple(y_pred.shape):
+        raise ValueError(
+            f"{op}: expects one-hot targets of the output's shape {tuple(y_pred.shape)}, got "
+            f"{tuple(y_true.shape)}; use sparse_top_k_categorical_accuracy for class ids"
+        )
+    return _in_top_k(op, y_true.argmax(axis=1), y_pred, k)
 
 
 def mean_absolute_error(y_true: Any, y_pred: Any) -> Any:
@@ -269,6 +313,136 @@ class MeanMetric:
         """The running sum, read to the host."""
         return float(_backend.to_numpy(self.pending()))
 
+    def fresh(self, loss_name: str | None = None, from_logits: bool = True) -> MeanMetric:
+        """A copy with empty running state (what ``compile``/``fit`` use of an object given
+        in ``metrics=``), for a model compiled with ``loss_name`` / ``from_logits``."""
+        m = copy.copy(self)
+        m._buffers = _Buffers()
+        m._sum = None
+        m.reset()
+        return m
+
+
+class TopKCategoricalAccuracy(MeanMetric):
+    """Keras's top-k accuracy for one-hot targets: the share of samples whose true class
+    (``argmax(y_true)``) is among the ``k`` largest outputs."""
+
+    def __init__(self, k: int = 5, name: str = "top_k_categorical_accuracy") -> None:
+        self.k = check_int("TopKCategoricalAccuracy", "k", k, 1)
+        super().__init__(name, lambda t, p: top_k_categorical_accuracy(t, p, self.k))
+
+
+class SparseTopKCategoricalAccuracy(MeanMetric):
+    """Keras's top-k accuracy for integer class ids ``(N,)``."""
+
+    def __init__(self, k: int = 5, name: str = "sparse_top_k_categorical_accuracy") -> None:
+        self.k = check_int("SparseTopKCategoricalAccuracy", "k", k, 1)
+        super().__init__(name, lambda t, p: sparse_top_k_categorical_accuracy(t, p, self.k))
+
+
+class _ConfusionRatio:
+    """``tp / denominator`` from global counts, summed on the device in two float64 0-d
+    arrays (true positives, denominator); :meth:`pending` gives both for the packed host read
+    and :meth:`result` turns the read pair into the ratio (0 when the denominator is 0, as
+    Keras)."""
+
+    _op = ""
+    _denominator = ""  # "predicted" (precision) or "actual" (recall)
+
+    def __init__(self, thresholds: float | None = None, name: str | None = None,
+                 from_logits: bool | None = None) -> None:
+        op = type(self).__name__
+        if thresholds is None:
+            thresholds = 0.5
+        if isinstance(thresholds, (list, tuple)):
+            raise ValueError(f"{op}: thresholds must be one number in (0, 1), got a list "
+                             f"{list(thresholds)!r} (one metric per threshold instead)")
+        self.thresholds = check_number(op, "thresholds", thresholds, 0.0, 1.0, min_open=True,
+                                       max_open=True)
+        if from_logits is not None and not isinstance(from_logits, bool):
+            raise TypeError(f"{op}: from_logits must be a bool or None, got {from_logits!r}")
+        self.from_logits = from_logits
+        self.name = name or op.lower()
+        self._tp: Any = None
+        self._den: Any = None
+        self.count = 0
+
+    def _cut(self) -> float:
+        """The threshold on the model output: the probability, or its logit."""
+        t = float(self.thresholds)
+        return math.log(t / (1.0 - t)) if self.from_logits else t
+
+    def reset(self) -> None:
+        if self._tp is not None:
+            self._tp.fill(0)
+            self._den.fill(0)
+        self.count = 0
+
+    def update(self, y_true: Any, y_pred: Any) -> None:
+        """Add the batch's counts (no host read)."""
+        op = type(self).__name__
+        n = int(y_pred.shape[0])
+        if int(y_true.size) != int(y_pred.size):
+            raise ValueError(
+                f"{op}: targets of shape {tuple(y_true.shape)} do not match the outputs "
+                f"{tuple(y_pred.shape)} (binary metrics: one target per output element)"
+            )
+        xp = _array_module(y_pred)
+        acc = self._tp
+        if acc is None or _is_device_array(acc) != _is_device_array(y_pred) or (
+            _device_key(acc) != _device_key(y_pred)
+        ):
+            self._tp = xp.zeros((), dtype=np.float64)
+            self._den = xp.zeros((), dtype=np.float64)
+        pred = y_pred.reshape(-1) > self._cut()
+        true = y_true.reshape(-1) != 0
+        tp = (pred & true).sum(dtype=np.float64)
+        den = (pred if self._denominator == "predicted" else true).sum(dtype=np.float64)
+        xp.add(self._tp, tp, out=self._tp)
+        xp.add(self._den, den, out=self._den)
+        self.count += n
+
+    def pending(self) -> tuple[Any, Any]:
+        """``(tp, denominator)`` as they are (possibly on the device; 0.0 before any batch)."""
+        return (0.0, 0.0) if self._tp is None else (self._tp, self._den)
+
+    def result(self, total: Any = None) -> float:
+        """The ratio of the counts (``total``: :meth:`pending` already read to the host)."""
+        if total is None:
+            total = tuple(_backend.to_numpy(v) if hasattr(v, "shape") else v
+                          for v in self.pending())
+        tp, den = (float(v) for v in total)
+        return tp / den if den > 0 else 0.0
+
+    def fresh(self, loss_name: str | None = None, from_logits: bool = True) -> _ConfusionRatio:
+        """A copy with zero counts; its threshold applies to probabilities, or to logits for
+        a logits model (unless ``from_logits`` was given)."""
+        m = copy.copy(self)
+        m._tp = m._den = None
+        m.count = 0
+        if self.from_logits is None:
+            m.from_logits = bool(from_logits)
+        return m
+
+
+class Precision(_ConfusionRatio):
+    """Keras's binary precision ``tp / (tp + fp)`` over every output element, from global
+    counts (see the module doc). ``thresholds``: one probability (default 0.5)."""
+
+    _denominator = "predicted"
+
+
+class Recall(_ConfusionRatio):
+    """Keras's binary recall ``tp / (tp + fn)`` over every output element, from global counts
+    (see the module doc). ``thresholds``: one probability (default 0.5)."""
+
+    _denominator = "actual"
+
+
+def config_name(metric: Any) -> str | None:
+    """The name to record for a metric object in a saved model's compile settings."""
+    return getattr(metric, "name", None) if not isinstance(metric, str) else metric
+
 
 _NAMES: dict[str, Callable[..., Any]] = {
     "sparse_categorical_accuracy": sparse_categorical_accuracy,
@@ -276,6 +450,7 @@ _NAMES: dict[str, Callable[..., Any]] = {
     "binary_accuracy": binary_accuracy,
     "sparse_top_k_categorical_accuracy": sparse_top_k_categorical_accuracy,
     "top5": sparse_top_k_categorical_accuracy,
+    "top_k_categorical_accuracy": top_k_categorical_accuracy,
     "mae": mean_absolute_error,
     "mean_absolute_error": mean_absolute_error,
     "mse": mean_squared_error,
@@ -291,9 +466,8 @@ _BATCH_SUMS: dict[Callable[..., Any], BatchSum] = {
 }
 
 
-def get(metric: str | Callable[..., Any], loss_name: str | None = None,
-        from_logits: bool = True) -> MeanMetric:
-    """A :class:`MeanMetric` for ``metric`` (a name, or a callable).
+def get(metric: Any, loss_name: str | None = None, from_logits: bool = True) -> Any:
+    """A fresh metric for ``metric`` (a name, a metric object, or a callable).
 
     ``"accuracy"``/``"acc"`` picks the accuracy that fits ``loss_name``; binary accuracy
     thresholds at 0 for logits and 0.5 for probabilities (``from_logits=False``).
@@ -301,6 +475,11 @@ def get(metric: str | Callable[..., Any], loss_name: str | None = None,
     Raises:
         ValueError: unknown metric name (the message lists the known ones).
     """
+    if isinstance(metric, (MeanMetric, _ConfusionRatio)):
+        return metric.fresh(loss_name, from_logits)
+    if isinstance(metric, type) and issubclass(metric, (MeanMetric, _ConfusionRatio)):
+        raise TypeError(f"metrics: got the class {metric.__name__}; pass an instance "
+                        f"({metric.__name__}())")
     if callable(metric):
         return MeanMetric(getattr(metric, "__name__", "metric"), metric)
     if not isinstance(metric, str):
@@ -320,10 +499,15 @@ def get(metric: str | Callable[..., Any], loss_name: str | None = None,
         return MeanMetric(metric, sparse_categorical_accuracy, _sparse_acc_sum)
     if key == "binary_accuracy":
         return binary()
+    if key == "precision":
+        return Precision(name=metric).fresh(loss_name, from_logits)
+    if key == "recall":
+        return Recall(name=metric).fresh(loss_name, from_logits)
     fn = _NAMES.get(key)
     if fn is None:
         raise ValueError(
             f"compile(metrics=...): unknown metric {metric!r}; known: accuracy, acc, "
-            f"{', '.join(sorted(_NAMES))}, or a callable(y_true, y_pred)"
+            f"{', '.join(sorted([*_NAMES, 'precision', 'recall']))}, a metric object or a "
+            "callable(y_true, y_pred)"
         )
     return MeanMetric(metric, fn, _BATCH_SUMS.get(fn))

@@ -13,10 +13,12 @@ Conventions:
   ``Activation("softmax"/"sigmoid")`` or ``activation="softmax"/"sigmoid"`` on the last
   layer) compile detects it (``from_logits=None``) and the loss takes the log of the
   (clipped) probabilities instead; pass ``from_logits=True/False`` to override.
-* Inputs are NCHW (or (N, features)). In-memory arrays are batched by a
-  :class:`gpucnn.data.DataLoader` on the model's backend and cast to its dtype (float32 by
-  default; integer images are cast, not scaled): pinned, prefetched uploads of host arrays on
-  CUDA; device arrays (or cuda Tensors) are batched where they are, never copied to the host.
+* Inputs are NCHW (or (N, features)); a :class:`Sequential` of channels-last layers takes
+  NHWC (``data_format``, :mod:`gpucnn.config`) and transposes once to NCHW. In-memory
+  arrays are batched by a :class:`gpucnn.data.DataLoader` on the model's backend and cast
+  to its dtype (float32 by default; integer images are cast, not scaled): pinned, prefetched
+  uploads of host arrays on CUDA; device arrays (or cuda Tensors) are batched where they are,
+  never copied to the host.
   ``fit``, ``train_on_batch``, ``evaluate`` and ``predict`` run one train step and one eval step
   (:func:`gpucnn.train.step.train_step` / :func:`gpucnn.train.step.eval_step`).
 * Host reads: a training step does not synchronise with the device. The running loss and
@@ -47,9 +49,18 @@ from gpucnn import metrics as _metrics
 from gpucnn._checks import check_bool, check_int, check_number
 from gpucnn.backend.device import is_array as _is_array
 from gpucnn.callbacks import Callback, CallbackList, History
+from gpucnn.layers.base import (
+    in_native_layout,
+    layout_hint,
+    native_layout,
+    shape_to_nchw,
+    shape_to_nhwc,
+    to_nchw,
+    to_nhwc,
+)
 from gpucnn.module import Module, backend_name, deserialize, register_module, serialize
 from gpucnn.tensor import Tensor
-from gpucnn.train import accumulate
+from gpucnn.train import accumulate, checks
 from gpucnn.train import step as steps
 from gpucnn.train.accumulate import DEFAULT_UPDATE_FREQ as DEFAULT_UPDATE_FREQ  # fit doc
 from gpucnn.train.accumulate import BatchLogs, Running, update_every
@@ -61,7 +72,12 @@ __all__ = ["Model", "Sequential", "LOSSES", "OPTIMIZERS", "move_optimizer_state"
 
 # Keras default learning rates
 OPTIMIZERS = {"sgd": ("SGD", 0.01), "adam": ("Adam", 1e-3), "adamw": ("AdamW", 1e-3),
-              "rmsprop": ("RMSprop", 1e-3)}
+              "rmsprop": ("RMSprop", 1e-3), "adagrad": ("Adagrad", 1e-3),
+              "nadam": ("NAdam", 1e-3)}
+
+
+# fractions of summary(line_length=...) per column: layer (type), output shape, params, FLOPs
+_SUMMARY_COLUMNS = (0.36, 0.28, 0.16, 0.20)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -96,7 +112,16 @@ class Model(Module):
         name: a display name (default: snake_case class name plus a counter).
     """
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and name is None:
+            name, args = args[0], ()
+        if args or kwargs:
+            given = ", ".join([type(a).__name__ for a in args] + [f"{k}=" for k in kwargs])
+            raise TypeError(
+                f"Model({given}): gpucnn has no functional API (Model(inputs, outputs)); use "
+                "Sequential([Input(shape=...), layer, ...]) or subclass Model (layers in "
+                "__init__, a forward method); Model takes only name="
+            )
         super().__init__(name=name)
         self.optimizer: Any = None
         self.stop_training = False
@@ -115,25 +140,35 @@ class Model(Module):
         metrics: list | None = None,
         lr: float | None = None,
         from_logits: bool | None = None,
+        *,
+        learning_rate: float | None = None,
     ) -> None:
         """Configure training.
 
         Args:
-            optimizer: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"`` (Keras default
-                learning rates 0.01, 1e-3, 1e-3, 1e-3), an :class:`gpucnn.optim.Optimizer`
-                instance, or a callable ``params -> Optimizer`` (e.g. ``functools.partial(
-                optim.SGD, lr=0.1, momentum=0.9)``) for models whose parameters do not exist
-                yet. Named optimizers are created as soon as the model is built.
+            optimizer: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``, ``"adagrad"``,
+                ``"nadam"`` (Keras default learning rates 0.01, then 1e-3 for the others), an
+                :class:`gpucnn.optim.Optimizer` instance (one built without parameters,
+                Keras style ``optim.Adam(learning_rate=1e-3)``, is bound to the model's
+                trainable parameters once the model is built), or a callable
+                ``params -> Optimizer`` (e.g. ``functools.partial(optim.SGD, lr=0.1,
+                momentum=0.9)``). Named optimizers are created as soon as the model is built.
             loss: a name in :data:`LOSSES` or ``callable(output, target) -> scalar Tensor``.
-            metrics: names (see :mod:`gpucnn.metrics`) or callables.
-            lr: learning rate for a named optimizer.
+            metrics: names (see :mod:`gpucnn.metrics`), metric objects
+                (``metrics.Precision()``, ``metrics.TopKCategoricalAccuracy(k=3)``) or
+                callables.
+            lr: learning rate for a named optimizer (or to set on an optimizer instance).
             from_logits: whether the model outputs logits; ``None`` detects a final
                 softmax/sigmoid (see the module doc).
+            learning_rate: Keras' name for ``lr`` (give one of them; different values are a
+                ValueError).
 
         Raises:
             ValueError: unknown optimizer, loss or metric name (listing the valid ones).
         """
         from gpucnn import optim
+
+        lr = optim.optimizers.resolve_lr("compile", lr, learning_rate, None)
 
         if loss is None:
             raise ValueError(
@@ -167,8 +202,11 @@ class Model(Module):
         elif isinstance(optimizer, optim.Optimizer):
             if lr is not None:
                 optimizer.lr = float(lr)
-            self._optimizer_factory = None
-            self.optimizer = optimizer
+            if optimizer.bound:
+                self._optimizer_factory = None
+                self.optimizer = optimizer
+            else:  # Keras style: bound to the model's parameters once it is built
+                self._optimizer_factory = optimizer.bind
             opt_cfg = {"class_name": type(optimizer).__name__, "config": {}}
         elif callable(optimizer):
             self._optimizer_factory = optimizer
@@ -181,10 +219,11 @@ class Model(Module):
         self._compile_config = {
             "optimizer": opt_cfg,
             "loss": self._loss.name if self._loss.kind != "custom" else None,
-            "metrics": [m if isinstance(m, str) else getattr(m, "__name__", None) for m in specs],
+            "metrics": [m if isinstance(m, str) else getattr(m, "__name__", None)
+                        or _metrics.config_name(m) for m in specs],
             "from_logits": bool(from_logits),
         }
-        if self.built:
+        if self.built and self.trainable_parameters():  # nothing to train: fit says so
             self._ensure_optimizer()
 
     def _output_activation(self) -> str | None:
@@ -204,7 +243,7 @@ class Model(Module):
                 raise RuntimeError("no optimizer: call compile() first")
             params = self.trainable_parameters()
             if not params:
-                raise RuntimeError(f"{self.name}: the model has no trainable parameters")
+                raise ValueError(checks.no_trainable_message(self))
             self.optimizer = self._optimizer_factory(params)
             cfg = self._compile_config
             if cfg is not None and cfg["optimizer"]["class_name"] is None:
@@ -243,6 +282,8 @@ class Model(Module):
         seed: int | None = None,
         steps_per_epoch: int | None = None,
         update_freq: int | str | None = None,
+        class_weight: dict | None = None,
+        sample_weight: Any = None,
     ) -> History:
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the final epoch index).
 
@@ -255,8 +296,8 @@ class Model(Module):
             callbacks: :class:`gpucnn.callbacks.Callback` instances.
             validation_split: fraction of the LAST samples of ``x``/``y`` (taken before
                 shuffling, as Keras) held out for validation (arrays only).
-            validation_data: ``(x_val, y_val)`` or an iterable of batches (overrides
-                ``validation_split``).
+            validation_data: ``(x_val, y_val)``, ``(x_val, y_val, val_sample_weight)`` or an
+                iterable of batches (overrides ``validation_split``).
             shuffle: shuffle array data each epoch (see the module doc on reproducibility).
             initial_epoch: epoch to start from (to resume training).
             seed: seed of the per-epoch shuffles.
@@ -268,6 +309,18 @@ class Model(Module):
                 every :data:`DEFAULT_UPDATE_FREQ` steps on cuda. The last step of an epoch is
                 always read. The progress bar's numbers refresh at these reads; ``History``
                 and the epoch logs are the same whatever the frequency.
+            class_weight: ``{class id: weight}`` (Keras): each training sample's loss is
+                multiplied by the weight of its class (the label; the argmax of one-hot
+                targets; the rounded binary target), 1.0 for classes not named. Not applied
+                to validation, as Keras.
+            sample_weight: per-sample weights ``(N,)`` for array ``x`` (Keras): each sample's
+                loss times its weight, the batch loss their sum divided by the batch size.
+                ``validation_split`` splits them too (the held-out samples keep theirs, as
+                Keras). A loader may yield ``(x, y, w)`` batches
+                instead. Not together with ``class_weight``.
+
+        Warnings (:class:`gpucnn.train.checks.TrainingWarning`, once per call each): NaN or
+        Inf in array ``x``/``y`` or in the loss; ``uint8`` images in 0-255 (not scaled).
 
         Returns:
             The :class:`History` (also ``self.history``): per-epoch ``loss``, metrics and
@@ -287,12 +340,37 @@ class Model(Module):
             raise TypeError(f"fit: callbacks must be a list of Callback objects or None, got "
                             f"{type(callbacks).__name__}")
         every = update_every(update_freq, self.backend)
+        cw_table = None
+        if class_weight is not None:
+            if sample_weight is not None:
+                raise ValueError("fit: give class_weight or sample_weight, not both (fold the "
+                                 "class weights into sample_weight)")
+            cw_table = checks.class_weight_table(checks.check_class_weight("fit", class_weight))
+        if (class_weight is not None or sample_weight is not None) and loss.kind == "custom":
+            raise ValueError(
+                f"fit: sample_weight / class_weight need a built-in loss; the custom loss "
+                f"{loss.name!r} returns one scalar, not a loss per sample"
+            )
         train = make_data(x, y, batch_size, "fit", steps_per_epoch)
+        if sample_weight is not None:
+            if not isinstance(train, ArrayData):
+                raise ValueError(
+                    "fit: sample_weight needs array x and y; a data loader yields "
+                    "(x, y, sample_weight) batches instead"
+                )
+            train.w = checks.check_sample_weight("fit", sample_weight, len(train.x))
+        if isinstance(train, ArrayData):
+            checks.warn_suspicious_inputs(train.x, train.y, "fit", self.dtype)
         val = None
         if validation_data is not None:
             if isinstance(validation_data, tuple) and len(validation_data) in (2, 3):
                 val = make_data(validation_data[0], validation_data[1], batch_size,
                                 "fit(validation_data)")
+                if len(validation_data) == 3 and validation_data[2] is not None:
+                    val.w = checks.check_sample_weight("fit(validation_data)",
+                                                       validation_data[2], len(val.x))
+                checks.warn_suspicious_inputs(val.x, val.y, "fit(validation_data)",
+                                              self.dtype)
             else:
                 val = make_data(validation_data, None, batch_size, "fit(validation_data)")
         elif validation_split > 0:
@@ -314,7 +392,12 @@ class Model(Module):
         if isinstance(train, ArrayData) and len(train.x):
             self._ensure_built_for(train.x[:1])
         if self.built:
+            if not self.trainable_parameters():
+                raise ValueError(checks.no_trainable_message(self))
             self._ensure_optimizer()  # so callbacks see it from on_train_begin
+        from gpucnn.distributed.fit import fit_setup  # no-op unless init() found >1 rank
+
+        ddp, train, callbacks, verbose = fit_setup(self, train, callbacks, verbose)
 
         base_seed = seed
         if base_seed is None:
@@ -333,6 +416,7 @@ class Model(Module):
         metric_objs = self._metric_objects(loss)
         run = Running(metric_objs)
         keys = ["loss", *(m.name for m in metric_objs)]
+        watch = checks.LossWatch("fit")  # warns once if a loss read is NaN/Inf
         cbs.on_train_begin({})
         logs: dict = {}
         for epoch in range(int(initial_epoch), int(epochs)):
@@ -348,12 +432,13 @@ class Model(Module):
             batches: Any = None
             try:
                 batches = iter_batches(train, self.backend, self.dtype, epoch, shuffle,
-                                       int(base_seed))
+                                       int(base_seed), triples=True)
                 step = -1  # counted by hand: enumerate would keep the last batch alive
-                for xb, yb in batches:
+                for xb, yb, wb in batches:
                     step += 1
                     cbs.on_train_batch_begin(step, {})
-                    n, lv = steps.train_step(self, xb, yb, loss, run, "fit", y_all)
+                    n, lv = steps.train_step(self, xb, yb, loss, run, "fit", y_all, wb,
+                                             cw_table)
                     y_all = None  # checked once per epoch
                     batch_logs = BatchLogs(run, lv, n, step, keys)
                     refresh = (every is not None and (step + 1) % every == 0) or (
@@ -361,18 +446,23 @@ class Model(Module):
                     )
                     if refresh:  # the step's one host read
                         logs = {k: v for k, v in batch_logs.resolve().items() if k in keys}
+                        watch.check(logs)
                     prog.update(logs if refresh else None, run.seen)
                     cbs.on_train_batch_end(step, batch_logs)
+                    if not refresh and batch_logs.resolved:  # a callback read them: current
+                        logs = {k: v for k, v in batch_logs.resolve().items() if k in keys}
+                        watch.check(logs)
                     batch_logs.close()
                     # Drop this step's arrays before the next upload, so the memory pool
                     # serves the next step from them (one generation of buffers, not two).
-                    xb = yb = lv = batch_logs = None  # type: ignore[assignment]
+                    xb = yb = wb = lv = batch_logs = None  # type: ignore[assignment]
                     if self.stop_training:
                         break
                 if run.seen == 0:
                     raise ValueError("fit: the training data produced no batches")
                 if run.dirty:  # data of unknown length, or stopped early: read the epoch's end
                     logs, _ = run.read()
+                watch.check(logs)
             except BaseException:
                 prog.abort()
                 raise
@@ -382,6 +472,8 @@ class Model(Module):
             if val is not None:
                 vlogs = steps.eval_pass(self, val, loss, metric_objs, "fit(validation)")
                 logs.update({f"val_{k}": v for k, v in vlogs.items()})
+            if ddp is not None:  # the epoch logs averaged over the ranks
+                logs = ddp.average_logs(logs)
             prog.close(logs, run.seen)
             self.completed_epochs = epoch + 1
             cbs.on_epoch_end(epoch, logs)
@@ -398,8 +490,13 @@ class Model(Module):
         batch_size: int = 32,
         verbose: int = 0,
         return_dict: bool = False,
+        sample_weight: Any = None,
     ) -> Any:
         """Loss and metrics on ``x``/``y`` (or a loader), in eval mode without gradients.
+
+        ``sample_weight``: per-sample weights ``(N,)`` of the loss (Keras semantics, see
+        :meth:`fit`). Warns (once) about NaN/Inf in array ``x``/``y`` and unscaled ``uint8``
+        images.
 
         Returns, as Keras: the loss (a float) when there are no metrics, else
         ``[loss, metric...]``; a dict ``{"loss": ..., name: ...}`` with ``return_dict``.
@@ -409,6 +506,20 @@ class Model(Module):
         data = make_data(x, y, batch_size, "evaluate")
         if isinstance(data, ArrayData) and data.y is None:
             raise ValueError("evaluate: y is required when x is an array")
+        if sample_weight is not None:
+            if not isinstance(data, ArrayData):
+                raise ValueError(
+                    "evaluate: sample_weight needs array x and y; a data loader yields "
+                    "(x, y, sample_weight) batches instead"
+                )
+            if loss.kind == "custom":
+                raise ValueError(
+                    f"evaluate: sample_weight needs a built-in loss; the custom loss "
+                    f"{loss.name!r} returns one scalar, not a loss per sample"
+                )
+            data.w = checks.check_sample_weight("evaluate", sample_weight, len(data.x))
+        if isinstance(data, ArrayData):
+            checks.warn_suspicious_inputs(data.x, data.y, "evaluate", self.dtype)
         metric_objs = self._metric_objects(loss)
         t0 = time.perf_counter()
         logs = steps.eval_pass(self, data, loss, metric_objs, "evaluate")
@@ -451,6 +562,19 @@ class Model(Module):
             return np.zeros((0,), dtype=self.dtype)
         return np.concatenate(outs, axis=0)
 
+    def predict_on_batch(self, x: Any) -> np.ndarray:
+        """Model outputs for one batch ``x`` (array or Tensor (N, ...)), in eval mode without
+        gradients, as a NumPy array (Keras ``predict_on_batch``: no batching, no callbacks)."""
+        if isinstance(x, (list, tuple)) or not (isinstance(x, Tensor) or _is_array(x)
+                                                 or isinstance(x, np.ndarray)):
+            x = np.asarray(x)
+        was = self.training
+        self.eval()
+        try:
+            return steps.eval_step(self, x, None, None, None, "predict_on_batch").numpy()
+        finally:
+            self.train(was)
+
     def train_on_batch(self, x: Any, y: Any) -> float:
         """One optimisation step on one batch; returns the loss."""
         loss = self._require_compiled("train_on_batch")
@@ -463,13 +587,20 @@ class Model(Module):
                 line_length: int = 92) -> str:
         """Print and return a Keras-like table: layer (type), output shape, parameters and
         forward FLOPs per sample (a multiply-add counts 2) of each top-level layer; then the
-        total / trainable / non-trainable parameter counts (buffers such as batch-norm running
-        statistics are not parameters; they are listed separately).
+        total / trainable / non-trainable parameter counts, as Keras counts them: the
+        non-trainable ones are the frozen parameters plus the persistent state (batch-norm
+        moving mean and variance), so ``Total params`` is ``count_params()`` (parameters only,
+        PyTorch's count) plus that state, and ``Trainable params`` is
+        ``count_params(trainable=True)``.
 
         Args:
-            input_shape: per-sample input shape, needed when the model is not built and has
-                no ``input_shape`` on its first layer.
+            input_shape: per-sample input shape (in the model's data format), needed when the
+                model is not built and has no ``input_shape`` on its first layer.
+            print_fn: called with the whole text (``None``: only return it).
+            line_length: total width; the four columns take 36/28/16/20 % of it (Keras
+                scales its columns the same way), each widened to fit its longest entry.
         """
+        line_length = check_int("summary", "line_length", line_length, 1)
         shape = input_shape
         if shape is None:
             shape = getattr(self, "input_shape", None) or self.__dict__.get("_build_input_shape")
@@ -482,16 +613,15 @@ class Model(Module):
         if not self.built:
             self.build(shape)
         rows = self._summary_rows(shape)
-        total = self.count_params()
         trainable = self.count_params(True)
-        n_buf = sum(b.size for b in self.buffers())
-        # Columns grow to fit the longest entry (plus a space), so they never run together.
-        w = [
-            max(30, line_length - 62, *(len(r[0]) + 1 for r in rows)),
-            max(26, *(len(r[1]) + 1 for r in rows)),
-            14,
-            16,
-        ]
+        total = self.count_params() + _state_count(self)
+        # Columns are fractions of line_length, grown to fit the longest entry (plus a space)
+        # so they never run together.
+        cells = [("Layer (type)", [r[0] for r in rows]), ("Output Shape", [r[1] for r in rows]),
+                 ("Param #", [f"{r[2]:,}" for r in rows]), ("FLOPs", [f"{r[3]:,}" for r in rows])]
+        ends = [round(line_length * sum(_SUMMARY_COLUMNS[:i + 1])) for i in range(4)]
+        w = [max(end - start, len(head) + 1, *(len(c) + 1 for c in col))
+             for start, end, (head, col) in zip([0, *ends[:3]], ends, cells)]
         sep = "─" * sum(w)
         lines = [f'Model: "{self.name}" ({type(self).__name__}), input (None, '
                  f'{", ".join(map(str, shape))})', sep,
@@ -504,7 +634,6 @@ class Model(Module):
             f"Total params: {total:,}",
             f"Trainable params: {trainable:,}",
             f"Non-trainable params: {total - trainable:,}",
-            f"Buffers (not parameters, e.g. running statistics): {n_buf:,}",
             f"Forward FLOPs per sample: {sum(r[3] for r in rows):,}",
             sep,
         ]
@@ -525,11 +654,47 @@ class Model(Module):
             else:
                 fl, out_s = 0, "(not called)"
             rows.append((f"{child.name} ({type(child).__name__})", out_s,
-                         child.count_params(), fl))
-        own = sum(p.size for p in self._parameters.values() if p is not None)
+                         _keras_count(child), fl))
+        own = sum(int(p.data.size) for p in self._parameters.values() if p is not None)
+        own += sum(int(b.data.size) for k, b in self._buffers.items()
+                   if b is not None and k not in self._non_persistent)
         if own:
             rows.append(("(own parameters)", "", own, 0))
         return rows
+
+    # ------------------------------------------------------------------ introspection
+    def _top_layers(self) -> list[Module]:
+        """The layers :meth:`get_layer` indexes: the direct sub-modules, in order."""
+        return list(self.children())
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Module:
+        """A top-level layer by ``name`` or by ``index`` (Keras semantics: give exactly one;
+        ``index`` counts the layers in order, negative from the end).
+
+        Raises:
+            ValueError: both or neither given, no layer of that name (the message lists
+                them), or the index is out of range.
+        """
+        if name is not None and index is not None:
+            raise ValueError(f"get_layer: provide only a layer name or a layer index, got "
+                             f"name={name!r} and index={index!r}")
+        layers = self._top_layers()
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                raise TypeError(f"get_layer: index must be an int, got {type(index).__name__}")
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"get_layer: asked for the layer at index {index} but "
+                                 f"{self.name} has only {len(layers)} layers")
+            return layers[int(index)]
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"get_layer: name must be a str, got {type(name).__name__}")
+            for layer in layers:
+                if layer.name == name:
+                    return layer
+            raise ValueError(f"get_layer: no such layer: {name!r}; the layers of {self.name} "
+                             f"are {[m.name for m in layers]}")
+        raise ValueError("get_layer: provide either a layer name or a layer index")
 
     # ------------------------------------------------------------------ devices
     def to(self, backend: str) -> Model:
@@ -566,17 +731,28 @@ class Sequential(Model):
     """A linear stack of layers (a :class:`Model`): ``forward`` calls them in order.
 
     Args:
-        layers: initial layers (Modules).
+        layers: initial layers (Modules); the first may be an :class:`~gpucnn.layers.Input`
+            / ``InputLayer`` (it sets the input shape and is not one of ``layers``).
         name: display name.
 
-    If the first layer was given ``input_shape=(C, H, W)``, every added layer is built at once
-    (so :meth:`summary` works before any data) and inputs are checked against that shape.
+    If the first layer was given ``input_shape=`` (or an ``Input`` comes first), every added
+    layer is built at once (so :meth:`summary` works before any data) and inputs are checked
+    against that shape.
+
+    Data format: the model's is the ``data_format`` of its image layers (they must agree;
+    none: channels-first). A channels-last model takes NHWC inputs, reads ``input_shape`` as
+    (H, W, C) and reports shapes (``input_shape``, :meth:`output_shape`, :meth:`summary`) in
+    that layout; it transposes the input once to NCHW for its layers and a 4-D output back
+    once (autograd transposes, so gradients flow).
     """
 
     def __init__(self, layers: Iterable[Module] | None = None, name: str | None = None) -> None:
         super().__init__(name=name)
-        object.__setattr__(self, "_input_shape", None)
-        object.__setattr__(self, "_out_shape", None)
+        object.__setattr__(self, "_input_shape", None)  # per sample, in the model's layout
+        object.__setattr__(self, "_out_shape", None)  # per sample, NCHW (native)
+        object.__setattr__(self, "_data_format", None)  # set by the first image layer
+        object.__setattr__(self, "_format_from", None)
+        object.__setattr__(self, "_input_layer", None)
         for layer in layers or ():
             self.add(layer)
 
@@ -585,32 +761,100 @@ class Sequential(Model):
         return list(self._modules.values())
 
     @property
+    def data_format(self) -> str:
+        """``"channels_last"`` or ``"channels_first"`` (also when no layer has a format)."""
+        return self._data_format or "channels_first"
+
+    @property
     def input_shape(self) -> tuple | None:
-        """Per-sample input shape, when known (from ``input_shape=`` or the first build)."""
+        """Per-sample input shape in the model's layout, when known (from ``input_shape=``,
+        an ``Input`` or the first build or call)."""
+        if self._input_shape is None and "_build_input_shape" in self.__dict__:
+            shape = self.__dict__["_build_input_shape"]
+            return tuple(shape) if shape is not None and not _is_multi_shape(shape) else None
         return self._input_shape
 
+    # ------------------------------------------------------------------ layouts
+    def _converts(self) -> bool:
+        """Whether this model translates between NHWC and its layers' NCHW (a channels-last
+        model not itself running inside another model or layer)."""
+        return self._data_format == "channels_last" and not in_native_layout()
+
+    def _to_native(self, shape: Any) -> Any:
+        return shape_to_nchw(shape) if self._converts() else tuple(shape)
+
+    def _to_user(self, shape: Any) -> Any:
+        return shape_to_nhwc(shape) if self._converts() else tuple(shape)
+
+    def _adopt_format(self, layer: Module) -> None:
+        """Take ``layer``'s data format as the model's, or refuse a different one."""
+        fmt = _format_of(layer)
+        if fmt is None:
+            return
+        if self._data_format is None:
+            object.__setattr__(self, "_data_format", fmt)
+            object.__setattr__(self, "_format_from", layer.name)
+            return
+        if fmt != self._data_format:
+            raise ValueError(
+                f"{self.name} (Sequential): layer {layer.name!r} ({type(layer).__name__}) has "
+                f"data_format={fmt!r} but the model is {self._data_format!r} (from layer "
+                f"{self._format_from!r}); one model cannot mix formats: give every image layer "
+                f"data_format={self._data_format!r}, or call gpucnn.config."
+                f"set_image_data_format({self._data_format!r}) before creating the layers"
+            )
+
+    def _native_shape_through(self, upto: int | None = None) -> Any:
+        """The NCHW per-sample shape after the first ``upto`` layers (all: None)."""
+        shape: Any = shape_to_nchw(self._input_shape) \
+            if self._data_format == "channels_last" else tuple(self._input_shape)
+        with native_layout():
+            for layer in self.layers[:upto]:
+                shape = tuple(layer.output_shape(shape))
+        return shape
+
+    # ------------------------------------------------------------------ building
     def add(self, layer: Module) -> Sequential:
         """Append ``layer`` (built at once when the input shape is known)."""
         if not isinstance(layer, Module):
             raise TypeError(
                 f"Sequential.add: expected a layer (Module), got {type(layer).__name__}"
             )
+        from gpucnn.layers.core import InputLayer
+
+        if isinstance(layer, InputLayer):
+            if self._modules or self._input_layer is not None:
+                raise ValueError(
+                    f"{self.name} (Sequential): an InputLayer / Input must be the first "
+                    f"element (the model already has {len(self._modules)} layers"
+                    + (" and an input" if self._input_layer is not None else "") + ")"
+                )
+            object.__setattr__(self, "_input_layer", layer)
+            object.__setattr__(self, "_input_shape", layer.shape)
+            return self
         first = not self._modules
+        had_format = self._data_format is not None
+        self._adopt_format(layer)
         self._modules[str(len(self._modules))] = layer
-        if first and getattr(layer, "_input_shape_arg", None) is not None:
-            object.__setattr__(self, "_input_shape", tuple(layer._input_shape_arg))
-            object.__setattr__(self, "_out_shape", self._input_shape)
-        if self._out_shape is not None:
-            try:
-                if not layer.built:
-                    layer.check_input_shape(self._out_shape)
-                    layer.build(self._out_shape, backend=self._backend_name)
-                else:
-                    layer.check_input_shape(self._out_shape)
-                object.__setattr__(self, "_out_shape", tuple(layer.output_shape(self._out_shape)))
-            except Exception:
-                self._modules.pop(str(len(self._modules) - 1))
-                raise
+        try:
+            if first and self._input_shape is None \
+                    and getattr(layer, "_input_shape_arg", None) is not None:
+                object.__setattr__(self, "_input_shape", tuple(layer._input_shape_arg))
+            if self._input_shape is not None:
+                # the format may have just been fixed: recompute the shapes from the input
+                shape = self._native_shape_through(len(self._modules) - 1) \
+                    if not had_format or self._out_shape is None else self._out_shape
+                with native_layout():
+                    layer.check_input_shape(shape)
+                    if not layer.built:
+                        layer.build(shape, backend=self._backend_name)
+                    object.__setattr__(self, "_out_shape", tuple(layer.output_shape(shape)))
+        except Exception:
+            self._modules.pop(str(len(self._modules) - 1))
+            if not had_format:
+                object.__setattr__(self, "_data_format", None)
+                object.__setattr__(self, "_format_from", None)
+            raise
         return self
 
     def pop(self) -> Module:
@@ -618,11 +862,11 @@ class Sequential(Model):
         if not self._modules:
             raise IndexError("Sequential.pop: no layers")
         layer = self._modules.pop(str(len(self._modules) - 1))
+        if not any(_format_of(m) for m in self.layers):
+            object.__setattr__(self, "_data_format", None)
+            object.__setattr__(self, "_format_from", None)
         if self._input_shape is not None:
-            shape: Any = self._input_shape
-            for m in self.layers:
-                shape = tuple(m.output_shape(shape))
-            object.__setattr__(self, "_out_shape", shape)
+            object.__setattr__(self, "_out_shape", self._native_shape_through())
         return layer
 
     def __getitem__(self, idx: int | slice) -> Any:
@@ -638,26 +882,44 @@ class Sequential(Model):
         return iter(self.layers)
 
     def build(self, input_shape: Any, backend: str | None = None) -> None:
-        shape = tuple(input_shape)
+        """Build every layer for per-sample ``input_shape`` (in the model's layout)."""
+        user = tuple(input_shape)
+        shape = self._to_native(user)
         if self._input_shape is None:
-            object.__setattr__(self, "_input_shape", shape)
+            object.__setattr__(self, "_input_shape",
+                               shape_to_nhwc(shape) if self._data_format == "channels_last"
+                               else shape)
         be = backend or self._backend_name
-        for layer in self.layers:
-            layer.check_input_shape(shape)
-            if not layer.built:
-                layer.build(shape, backend=be)
-            shape = tuple(layer.output_shape(shape))
+        with native_layout():
+            for layer in self.layers:
+                layer.check_input_shape(shape)
+                if not layer.built:
+                    layer.build(shape, backend=be)
+                shape = tuple(layer.output_shape(shape))
         object.__setattr__(self, "_out_shape", shape)
 
     def check_input_shape(self, shape: Any) -> None:
-        exp = self._input_shape
+        exp = self._input_shape if in_native_layout() else self.input_shape
+        if exp is not None and in_native_layout() and self._data_format == "channels_last":
+            exp = shape_to_nchw(exp)
         if exp is not None and tuple(shape) != tuple(exp):
+            fmt = "channels_first" if in_native_layout() else self.data_format
+            hint = layout_hint(tuple(shape), None, fmt, expected=exp)
             raise ValueError(
                 f"{self.name} (Sequential): input shape mismatch: expected (None, "
                 f"{', '.join(map(str, exp))}), received (N, {', '.join(map(str, shape))})"
+                + (f" ({hint})" if hint else "")
             )
         if exp is None and self.layers:
-            self.layers[0].check_input_shape(shape)
+            native = self._to_native(shape)
+            if self._converts() and len(tuple(shape)) != 3:
+                raise ValueError(
+                    f"{self.name} (Sequential, channels_last): expected 4-D (N, H, W, C) "
+                    f"inputs, received (N, {', '.join(map(str, shape))})"
+                    + (f" ({layout_hint(tuple(shape))})" if len(tuple(shape)) == 2 else "")
+                )
+            with native_layout():
+                self.layers[0].check_input_shape(native)
 
     def _build_from_inputs(self, args: tuple) -> None:
         first = args[0] if args else None
@@ -667,35 +929,50 @@ class Sequential(Model):
         # layers build themselves lazily in forward (on the input's backend)
 
     def forward(self, x: Any) -> Any:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        convert = self._converts() and isinstance(x, Tensor) and x.ndim == 4
+        if convert:
+            x = to_nchw(x)
+        with native_layout():
+            for layer in self.layers:
+                x = layer(x)
+        return to_nhwc(x) if convert else x
 
     def output_shape(self, input_shape: Any) -> Any:
-        shape = tuple(input_shape)
-        for layer in self.layers:
-            shape = tuple(layer.output_shape(shape))
-        return shape
+        """Per-sample output shape for per-sample ``input_shape`` (in the model's layout)."""
+        shape = self._to_native(input_shape)
+        with native_layout():
+            for layer in self.layers:
+                shape = tuple(layer.output_shape(shape))
+        return self._to_user(shape)
 
     def flops(self, input_shape: Any) -> int:
-        total, shape = 0, tuple(input_shape)
-        for layer in self.layers:
-            total += layer.flops(shape)
-            shape = tuple(layer.output_shape(shape))
+        total, shape = 0, self._to_native(input_shape)
+        with native_layout():
+            for layer in self.layers:
+                total += layer.flops(shape)
+                shape = tuple(layer.output_shape(shape))
         return total
 
     def _summary_rows(self, shape: Any) -> list[tuple[str, str, int, int]]:
         rows: list[tuple[str, str, int, int]] = []
-        s = shape
-        for layer in self.layers:
-            out = tuple(layer.output_shape(s))
-            rows.append((f"{layer.name} ({type(layer).__name__})", _shape_str(out),
-                         layer.count_params(), int(layer.flops(s))))
-            s = out
+        s, convert = self._to_native(shape), self._converts()
+        with native_layout():
+            for layer in self.layers:
+                out = tuple(layer.output_shape(s))
+                rows.append((f"{layer.name} ({type(layer).__name__})",
+                             _shape_str(shape_to_nhwc(out) if convert else out),
+                             _keras_count(layer), int(layer.flops(s))))
+                s = out
         return rows
 
+    def _top_layers(self) -> list[Module]:
+        return self.layers
+
     def get_config(self) -> dict:
-        return {"layers": [serialize(m) for m in self.layers], "name": self.name}
+        specs = [serialize(m) for m in self.layers]
+        if self._input_layer is not None:
+            specs.insert(0, serialize(self._input_layer))
+        return {"layers": specs, "name": self.name}
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> Module:
@@ -703,8 +980,31 @@ class Sequential(Model):
         return cls(layers, name=config.get("name"))
 
 
+def _is_multi_shape(shape: Any) -> bool:
+    return bool(shape) and isinstance(shape[0], (list, tuple))
+
+
+def _format_of(m: Module) -> str | None:
+    """The data format ``m`` declares (an image layer's, a Sequential's own), else None."""
+    if isinstance(m, Sequential):
+        return m._data_format
+    fmt = m.__dict__.get("data_format")
+    return fmt if isinstance(fmt, str) else None
+
+
+def _keras_count(m: Module) -> int:
+    """Keras's parameter count of ``m``: its parameters plus its persistent state (batch-norm
+    moving mean and variance), which Keras counts as non-trainable weights."""
+    return m.count_params() + _state_count(m)
+
+
+def _state_count(m: Module) -> int:
+    """Elements of ``m``'s persistent buffers (saved state that is not trained)."""
+    return sum(int(b.data.size) for mod in m.modules() for k, b in mod._buffers.items()
+               if b is not None and k not in mod._non_persistent)
+
+
 def _shape_str(shape: Any) -> str:
     if isinstance(shape, list):
         return ", ".join(_shape_str(s) for s in shape)
     return "(None, " + ", ".join(str(s) for s in shape) + ")" if shape else "(None,)"
-

@@ -35,32 +35,42 @@ import contextlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from gpucnn import backend as _backend
+from gpucnn.backend.device import is_array as _backend_is_array
 from gpucnn.tensor import Parameter, Tensor, no_grad
 
 __all__ = [
     "Module",
     "ModuleList",
+    "StateDictError",
     "register_module",
     "get_registered",
     "serialize",
     "deserialize",
 ]
 
-_BACKEND_ALIASES = {"cpu": "numpy", "np": "numpy", "numpy": "numpy", "gpu": "cuda", "cuda": "cuda"}
+
+class StateDictError(KeyError, ValueError):
+    """A state dict does not fit a module: missing, unexpected or mis-shaped entries (the
+    message names each). A ``KeyError`` and a ``ValueError``, so either ``except`` catches it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _value_shape(v: Any) -> tuple:
+    return tuple(v.shape) if hasattr(v, "shape") else tuple(np.shape(v))
 
 
 def backend_name(backend: str) -> str:
-    """The canonical backend name ("numpy" or "cuda") of ``backend`` or an alias of it."""
-    name = _BACKEND_ALIASES.get(str(backend).lower())
-    if name is None:
-        raise ValueError(f"to(): unknown backend {backend!r}; use 'numpy' or 'cuda'")
-    return name
+    """The canonical backend name ("numpy" or "cuda") of ``backend`` or an alias of it
+    (``"cpu"``, ``"gpu"``, ``"cuda:0"``; see :func:`gpucnn.backend.canonical_name`)."""
+    return _backend.canonical_name(backend, allow_auto=False, op="to()")
 
 
 # ----------------------------------------------------------------------------- registry
@@ -356,7 +366,8 @@ class Module:
     def count_params(self, trainable: bool | None = None) -> int:
         """Number of parameter elements (all, or only (non-)trainable ones)."""
         return sum(
-            p.size for p in self.parameters() if trainable is None or p.requires_grad == trainable
+            p.numel() for p in self.parameters()
+            if trainable is None or p.requires_grad == trainable
         )
 
     # ------------------------------------------------------------------ state dict
@@ -381,44 +392,58 @@ class Module:
                         out[f"{mname}.{k}" if mname else k] = t
         return out
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> dict:
-        """Copy values from ``state`` (name -> array) into the parameters/buffers, in place.
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> dict:
+        """Copy values from ``state`` (name -> array or Tensor) into the parameters/buffers, in
+        place (nothing is copied when anything is wrong).
 
-        Returns ``{"missing_keys": [...], "unexpected_keys": [...]}``.
+        ``strict=False`` skips missing and unexpected keys (as PyTorch); a value of the wrong
+        shape is an error either way. Returns ``{"missing_keys": [...],
+        "unexpected_keys": [...]}``.
 
         Raises:
-            KeyError: ``strict`` and keys are missing or unexpected (the message lists them).
-            ValueError: a value's shape differs from the parameter's (names both shapes).
+            TypeError: ``state`` is not a mapping.
+            StateDictError: (a ``KeyError`` and a ``ValueError``) missing or unexpected keys
+                when ``strict``, or mis-shaped values; one message names every such key with
+                the shape in the model and in ``state``.
         """
+        where = f"load_state_dict for {type(self).__name__} {self.name!r}"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{where}: expected a dict of name -> array, got "
+                            f"{type(state).__name__}")
         own = self._state_tensors()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
+        wrong = []
+        for k, t in own.items():
+            if k in state:
+                shape = _value_shape(state[k])
+                if shape != t.shape:
+                    wrong.append(f"{k!r} has shape {shape} in the state dict but {t.shape} in "
+                                 "the model")
+        problems = []
         if strict and (missing or unexpected):
+            exp = ", ".join(f"{k} {own[k].shape}" for k in missing)
+            got = ", ".join(f"{k} {_value_shape(state[k])}" for k in unexpected)
+            problems.append(
+                f"missing keys {missing}{f' (model shapes: {exp})' if missing else ''}, "
+                f"unexpected keys {unexpected}{f' (state dict shapes: {got})' if got else ''}"
+            )
+        if wrong:
+            problems.append("shape mismatch: " + "; ".join(wrong))
+        if problems:
             hint = ""
             if not self.built:
                 hint = (
                     f" ({self.name} is not built yet: call build(input_shape) or run one batch "
                     "through it first)"
                 )
-            raise KeyError(
-                f"load_state_dict for {type(self).__name__} {self.name!r}: missing keys "
-                f"{missing}, unexpected keys {unexpected}{hint}"
-            )
-        for k, t in own.items():
-            if k not in state:
-                continue
-            v = state[k]
-            v = v.numpy() if isinstance(v, Tensor) else v
-            shape = tuple(np.shape(v))
-            if shape != t.shape:
-                raise ValueError(
-                    f"load_state_dict for {type(self).__name__} {self.name!r}: {k!r} has shape "
-                    f"{shape} in the state dict but {t.shape} in the model"
-                )
+            raise StateDictError(f"{where}: {'; '.join(problems)}{hint}")
         for k, t in own.items():
             if k in state:
                 v = state[k]
-                v = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+                v = v.data if isinstance(v, Tensor) else v
+                if not _backend_is_array(v):
+                    v = np.asarray(v)
                 t.data[...] = _backend.to_backend(v.astype(t.dtype, copy=False), t.backend)
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
@@ -482,7 +507,7 @@ class Module:
         """
         if self.built:
             return
-        be = backend or self._backend_name or _backend.current()
+        be = backend_name(backend) if backend else (self._backend_name or _backend.current())
         x = _dummy_input(input_shape, be, self.dtype)
         was = self.training
         self.eval()

@@ -1,16 +1,20 @@
-"""Checkpoints: ``model.save(path)`` / :func:`load_model`, ``save_weights`` / ``load_weights``.
+"""Checkpoints: ``model.save(path)`` / :func:`load_model`, ``save_weights`` / ``load_weights``,
+and PyTorch-style :func:`save` / :func:`load` of state dicts and other nested values.
 
 Format: ONE ``.npz`` file (a zip of ``.npy`` members, readable with ``numpy.load`` and
 ``allow_pickle=False``):
 
-* ``__meta__``: a JSON string: format name and version, ``kind`` (``"model"`` or
-  ``"weights"``), the architecture (``{"class_name", "config"}``, see
-  :func:`gpucnn.module.serialize`), the per-sample input shape the model was built for, the
-  compile settings, the optimizer class, hyper-parameters and the structure of its state (array
-  leaves replaced by references), the :mod:`gpucnn.random` state, and the number of completed
-  epochs;
+* ``__meta__``: a JSON string: format name and version, ``kind`` (``"model"``,
+  ``"weights"`` or ``"object"``: a value saved by :func:`save`), the architecture
+  (``{"class_name", "config"}``, see :func:`gpucnn.module.serialize`), the per-sample input
+  shape the model was built for, the compile settings, the optimizer class, hyper-parameters
+  and the structure of its state (array leaves replaced by references), the
+  :mod:`gpucnn.random` state, and the number of completed epochs;
 * ``w/<name>``: every state-dict entry (parameters and persistent buffers), as NumPy arrays;
 * ``o/<i>``: the optimizer's state arrays (momentum buffers, Adam moments, ...);
+* ``a/<i>``: the arrays and Tensors of an ``"object"`` file, whose structure (dicts, lists,
+  tuples, scalars, strings, which entries are Tensors or Parameters and on which backend they
+  were) is the metadata's ``object`` entry;
 * ``__sha256__``: SHA-256 over every other entry (name, dtype, shape and bytes), verified on
   load, so a truncated or corrupted file raises :class:`CheckpointError` naming the file
   instead of loading garbage.
@@ -65,6 +69,8 @@ from gpucnn.backend.device import is_array as _is_array
 
 __all__ = [
     "CheckpointError",
+    "save",
+    "load",
     "save_model",
     "load_model",
     "save_weights",
@@ -84,19 +90,43 @@ class CheckpointError(ValueError):
 
 
 
-def _encode(v: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
-    """JSON-able structure of ``v`` with arrays moved to ``arrays`` (keys ``prefix<i>``)."""
+def _encode(v: Any, arrays: dict[str, np.ndarray], prefix: str, tensors: bool = False,
+            depth: int = 0) -> Any:
+    """JSON-able structure of ``v`` with arrays moved to ``arrays`` (keys ``prefix<i>``).
+
+    ``tensors`` (the :func:`save` format): Tensors are kept as ``{"__tensor__": array, ...}``
+    and device arrays remember their backend; otherwise a Tensor is refused."""
+    if depth > 100:
+        raise ValueError("cannot save a value nested more than 100 deep (is it circular?)")
+    if tensors:
+        from gpucnn.tensor import Parameter, Tensor
+
+        if isinstance(v, Tensor):
+            return {"__tensor__": _encode(v.data, arrays, prefix, tensors, depth + 1),
+                    "requires_grad": bool(v.requires_grad),
+                    "parameter": isinstance(v, Parameter)}
     if _is_array(v):
+        dt = v.dtype
+        if dt.kind not in _MEMBER_KINDS or dt.names is not None or dt.subdtype is not None:
+            raise TypeError(f"cannot save an array of dtype {dt} (plain number or string "
+                            "arrays only; an object array would need a pickle)")
         key = f"{prefix}{len(arrays)}"
         arrays[key] = np.ascontiguousarray(_backend.to_numpy(v))
+        if tensors and not isinstance(v, np.ndarray):
+            return {"__array__": key, "backend": "cuda"}
         return {"__array__": key}
     if isinstance(v, dict):
-        return {"__dict__": [[_encode(k, arrays, prefix), _encode(x, arrays, prefix)]
+        for k in v:
+            if _is_array(k) or _is_tensor(k):
+                raise TypeError(f"cannot save a dict keyed by a {type(k).__name__} (keys: "
+                                "strings, numbers, bools, None or tuples of them)")
+        return {"__dict__": [[_encode(k, arrays, prefix, tensors, depth + 1),
+                              _encode(x, arrays, prefix, tensors, depth + 1)]
                              for k, x in v.items()]}
     if isinstance(v, tuple):
-        return {"__tuple__": [_encode(x, arrays, prefix) for x in v]}
+        return {"__tuple__": [_encode(x, arrays, prefix, tensors, depth + 1) for x in v]}
     if isinstance(v, list):
-        return [_encode(x, arrays, prefix) for x in v]
+        return [_encode(x, arrays, prefix, tensors, depth + 1) for x in v]
     if isinstance(v, np.generic):
         return {"__scalar__": v.dtype.str, "value": v.item()}
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -109,18 +139,42 @@ def _encode(v: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
 _SCALAR_KINDS = "biufc"
 
 
-def _decode(v: Any, arrays: dict[str, np.ndarray], depth: int = 0) -> Any:
-    """Inverse of :func:`_encode`; a malformed structure raises ``ValueError`` saying what."""
+def _decode(v: Any, arrays: dict[str, np.ndarray], depth: int = 0,
+            place: Any = None) -> Any:
+    """Inverse of :func:`_encode`; a malformed structure raises ``ValueError`` saying what.
+
+    ``place`` (the :func:`load` format): ``place(array, saved_backend)`` puts each array on
+    its backend, and Tensors are rebuilt; without it a Tensor entry is refused."""
     if depth > 100:
         raise ValueError("encoded value nested more than 100 deep")
     if isinstance(v, list):
-        return [_decode(x, arrays, depth + 1) for x in v]
+        return [_decode(x, arrays, depth + 1, place) for x in v]
     if isinstance(v, dict):
         if "__array__" in v:
             key = v["__array__"]
             if not isinstance(key, str) or key not in arrays:
                 raise ValueError(f"reference to a missing array entry {key!r}")
-            return arrays[key]
+            if place is None:
+                return arrays[key]
+            saved = v.get("backend", "numpy")
+            if saved not in ("numpy", "cuda") or set(v) - {"__array__", "backend"}:
+                raise ValueError(f"bad encoded array {v!r}")
+            return place(arrays[key], saved)
+        if "__tensor__" in v:
+            if place is None:
+                raise ValueError("a Tensor entry where plain arrays are expected")
+            from gpucnn.tensor import Parameter, Tensor
+
+            rg, is_param = v.get("requires_grad"), v.get("parameter")
+            inner = v["__tensor__"]
+            if not isinstance(rg, bool) or not isinstance(is_param, bool) \
+                    or set(v) != {"__tensor__", "requires_grad", "parameter"} \
+                    or not isinstance(inner, dict) or "__array__" not in inner:
+                raise ValueError(f"bad encoded tensor {v!r}")
+            data = _decode(inner, arrays, depth + 1, place)
+            if is_param:
+                return Parameter(data, requires_grad=rg)
+            return Tensor(data, requires_grad=rg)
         if "__dict__" in v:
             pairs = v["__dict__"]
             if not isinstance(pairs, list) or not all(
@@ -128,16 +182,16 @@ def _decode(v: Any, arrays: dict[str, np.ndarray], depth: int = 0) -> Any:
                 raise ValueError("an encoded dict is not a list of [key, value] pairs")
             out = {}
             for k, x in pairs:
-                k = _decode(k, arrays, depth + 1)
-                if _is_array(k) or isinstance(k, (list, dict)):
+                k = _decode(k, arrays, depth + 1, place)
+                if _is_array(k) or _is_tensor(k) or isinstance(k, (list, dict)):
                     raise ValueError(f"an encoded dict has an unhashable key of type "
                                      f"{type(k).__name__}")
-                out[k] = _decode(x, arrays, depth + 1)
+                out[k] = _decode(x, arrays, depth + 1, place)
             return out
         if "__tuple__" in v:
             if not isinstance(v["__tuple__"], list):
                 raise ValueError("an encoded tuple is not a list")
-            return tuple(_decode(x, arrays, depth + 1) for x in v["__tuple__"])
+            return tuple(_decode(x, arrays, depth + 1, place) for x in v["__tuple__"])
         if "__scalar__" in v:
             code, value = v["__scalar__"], v.get("value")
             try:
@@ -151,8 +205,16 @@ def _decode(v: Any, arrays: dict[str, np.ndarray], depth: int = 0) -> Any:
                 return dt.type(value)
             except (OverflowError, TypeError, ValueError) as exc:
                 raise ValueError(f"bad encoded scalar {code!r}: {value!r} ({exc})") from exc
+        if place is not None:
+            raise ValueError(f"unknown encoded entry with keys {sorted(v)[:5]}")
         return {k: _decode(x, arrays, depth + 1) for k, x in v.items()}
     return v
+
+
+def _is_tensor(v: Any) -> bool:
+    from gpucnn.tensor import Tensor
+
+    return isinstance(v, Tensor)
 
 
 def _digest(entries: dict[str, np.ndarray]) -> str:
@@ -439,8 +501,10 @@ def _check_meta(path: str, meta: Any, entries: dict[str, np.ndarray]) -> None:
             f"({VERSION})"
         )
     kind = meta.get("kind")
-    if kind not in ("model", "weights"):
-        raise bad(f"kind {kind!r} is neither 'model' nor 'weights'")
+    if kind not in ("model", "weights", "object"):
+        raise bad(f"kind {kind!r} is not 'model', 'weights' or 'object'")
+    if kind == "object" and "object" not in meta:
+        raise bad("an 'object' file without its 'object' entry")
     names = meta.get("weights", [])
     if not isinstance(names, list) or not all(isinstance(k, str) for k in names):
         raise bad("'weights' is not a list of names")
@@ -621,6 +685,11 @@ def load_weights(model: Any, path: Any, strict: bool = True) -> None:
     """
     path = os.fspath(path)
     meta, entries = read_checkpoint(path)
+    if meta.get("kind") == "object":
+        raise CheckpointError(
+            f"{path}: holds a value saved with gpucnn.save, not model weights; use "
+            "model.load_state_dict(gpucnn.load(path))"
+        )
     shape = meta.get("build_input_shape")
     if not model.built and shape is not None:
         _stage(path, "cannot build the model for the recorded input shape",
@@ -670,6 +739,11 @@ def _load_model(path: str, backend: str | None, custom_objects: dict | None, com
     from gpucnn.random import set_state
 
     meta, entries = read_checkpoint(path)
+    if meta.get("kind") == "object":
+        raise CheckpointError(
+            f"{path}: holds a value saved with gpucnn.save (e.g. a state dict), not a model; "
+            "read it with gpucnn.load(path)"
+        )
     if meta.get("kind") != "model" or meta.get("architecture") is None:
         raise CheckpointError(
             f"{path}: holds weights only (saved with save_weights); build the model and call "
@@ -702,3 +776,80 @@ def _load_model(path: str, backend: str | None, custom_objects: dict | None, com
         _stage(path, "cannot restore the RNG state", set_state, meta["random_state"])
     model.completed_epochs = int(meta.get("epoch", 0))
     return model
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save(obj: Any, path: Any) -> None:
+    """Save ``obj`` to ``path`` (PyTorch's ``torch.save`` for state dicts), atomically and
+    checksummed, in the checkpoint format (``.npz`` of ``.npy`` members; never a pickle).
+
+    ``obj``: nested dicts (keys: strings, numbers, bools, None or tuples of them), lists and
+    tuples of Tensors and Parameters (their ``requires_grad`` kept), NumPy or device arrays,
+    NumPy scalars, Python numbers, strings, bools and None; e.g. ``model.state_dict()``,
+    ``optimizer.state_dict()`` or ``{"model": ..., "optimizer": ..., "epoch": 3}``.
+
+    Raises:
+        TypeError: ``obj`` holds a value of another type (names it).
+    """
+    path = os.fspath(path)
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        encoded = _encode(obj, arrays, "a/", tensors=True)
+    except TypeError as exc:
+        raise TypeError(f"gpucnn.save({path!r}): {exc}; save state dicts, arrays, Tensors, "
+                        "numbers and strings (no pickles)") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"gpucnn.save({path!r}): {exc}") from None
+    meta = {"format": FORMAT, "version": VERSION, "kind": "object", "object": encoded}
+    try:
+        text = json.dumps(meta, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"gpucnn.save({path!r}): cannot store {exc}") from None
+    entries = dict(arrays)
+    entries["__meta__"] = np.array(text)
+    _atomic_write(path, entries)
+
+
+def load(path: Any, backend: str | None = None, *, map_location: Any = None) -> Any:
+    """Read a value saved with :func:`save` (PyTorch's ``torch.load``).
+
+    Args:
+        path: the file.
+        backend: where every Tensor and array goes: ``"numpy"``/``"cpu"`` or
+            ``"cuda"``/``"gpu"``; default: the backend each was saved from (NumPy arrays stay
+            NumPy arrays).
+        map_location: PyTorch's name for ``backend`` (a name or a :class:`~gpucnn.Device`);
+            give one of the two.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a file of :func:`save` (a model checkpoint, a foreign, truncated,
+            corrupt or tampered file).
+        TypeError, ValueError: a bad ``backend``/``map_location``.
+    """
+    if backend is not None and map_location is not None:
+        raise TypeError(
+            f"load: got both backend={backend!r} and map_location={map_location!r}; give one"
+        )
+    target = backend if backend is not None else map_location
+    if target is not None:
+        target = _backend.canonical_name(target, allow_auto=False, op="load")
+    path = os.fspath(path)
+    meta, entries = read_checkpoint(path)
+    if meta.get("kind") != "object":
+        raise CheckpointError(
+            f"{path}: holds a model checkpoint (kind {meta.get('kind')!r}), not a value saved "
+            "with gpucnn.save; use gpucnn.load_model(path) or model.load_weights(path)"
+        )
+    arrays = {k: v for k, v in entries.items() if k.startswith("a/")}
+
+    def place(a: np.ndarray, saved: str) -> Any:
+        where = target or saved
+        return a.copy() if where == "numpy" else _backend.to_backend(a, where)
+
+    try:
+        return _decode(meta["object"], arrays, place=place)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: invalid contents: {exc}") from exc

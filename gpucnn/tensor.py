@@ -9,6 +9,7 @@ unwraps tensors, checks that all inputs live on one backend and records the node
 from __future__ import annotations
 
 import contextlib
+import numbers
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from gpucnn.backend.device import scatter_add as _scatter_add
 __all__ = [
     "Tensor",
     "Parameter",
+    "Device",
     "Function",
     "Context",
     "no_grad",
@@ -32,6 +34,7 @@ __all__ = [
     "ones",
     "randn",
     "rand",
+    "from_numpy",
     "unbroadcast",
 ]
 
@@ -208,6 +211,41 @@ def _describe_ragged(data: Any, path: str = "data") -> str:
     return f"a {type(data).__name__}"
 
 
+class Device(str):
+    """Where a tensor lives, PyTorch style: a string ``"cpu"`` or ``"cuda:<id>"`` (so it prints
+    as one and compares equal to it), with ``type`` (``"cpu"`` / ``"cuda"``), ``index``
+    (``None`` / the device id) and ``backend`` (``"numpy"`` / ``"cuda"``). Accepted wherever a
+    backend is named (``t.to(other.device)``).
+    """
+
+    __slots__ = ()
+
+    @property
+    def type(self) -> str:
+        return str.__str__(self).partition(":")[0]
+
+    @property
+    def index(self) -> int | None:
+        rest = str.__str__(self).partition(":")[2]
+        return int(rest) if rest else None
+
+    @property
+    def backend(self) -> str:
+        return "numpy" if self.type == "cpu" else "cuda"
+
+    def __repr__(self) -> str:
+        if self.index is None:
+            return f"device(type={self.type!r})"
+        return f"device(type={self.type!r}, index={self.index})"
+
+
+def _device_of(data: Any) -> Device:
+    if isinstance(data, (np.ndarray, np.generic)):
+        return Device("cpu")
+    dev = getattr(data, "device", None)
+    return Device(f"cuda:{int(getattr(dev, 'id', 0) or 0)}")
+
+
 class Tensor:
     """An n-dimensional array on the NumPy or CUDA backend, with autograd.
 
@@ -216,8 +254,15 @@ class Tensor:
             their dtype unless ``dtype`` is given.
         requires_grad: record operations on this tensor so ``backward`` reaches it.
         dtype: optional dtype to cast to.
-        backend: ``"numpy"`` or ``"cuda"``; default: the array's own backend for arrays,
-            the active backend for everything else.
+        backend: ``"numpy"`` or ``"cuda"`` (or an alias: ``"cpu"``, ``"gpu"``); default: the
+            array's own backend for arrays, the active backend for everything else.
+
+    PyTorch-style use: ``==``/``!=``/``<``... are element-wise and give bool tensors; the hash
+    is the identity (tensors work as dict keys and in sets; never use ``in`` on a list of
+    tensors to find one: that compares values). ``size()``/``size(d)``, ``numel()``,
+    ``dim()``, ``.device`` and the conversions ``float(t)``/``int(t)``/``bool(t)`` (one element
+    only) behave as in PyTorch; reductions take ``dim=``/``keepdim=`` or ``axis=``/
+    ``keepdims=``.
     """
 
     __array_priority__ = 1000  # so ndarray (op) Tensor defers to Tensor's reflected op
@@ -234,13 +279,15 @@ class Tensor:
             data = data.data
         if isinstance(data, np.generic):  # NumPy scalars (e.g. full reductions) keep dtype
             data = np.asarray(data)
+        if backend is not None:
+            backend = _backend.canonical_name(backend, allow_auto=False, op="Tensor")
         if _is_array(data):
             if backend is not None and _array_backend_name(data) != backend:
                 data = _backend.to_backend(data, backend)
             if dtype is not None and data.dtype != np.dtype(dtype):
                 data = data.astype(dtype)
         else:
-            be = _backend.get_backend(backend) if backend else _backend.get()
+            be = _factory_backend(backend)
             arr = _host_array(data)
             if dtype is None and arr.dtype.kind == "f":
                 dtype = np.float32  # Python floats and lists of them: float32, as PyTorch
@@ -269,14 +316,40 @@ class Tensor:
     def ndim(self) -> int:
         return self.data.ndim
 
-    @property
-    def size(self) -> int:
+    def size(self, dim: int | None = None) -> Any:
+        """The shape as a tuple (PyTorch's ``size()``), or the length of dimension ``dim``."""
+        if dim is None:
+            return tuple(self.data.shape)
+        from gpucnn._checks import check_axis
+
+        d = check_axis("size", dim, self.ndim, "dim", self.shape)
+        if self.ndim == 0:
+            raise IndexError(f"size({dim}): a 0-d tensor has no dimensions (its size() is ())")
+        return int(self.data.shape[d])
+
+    def numel(self) -> int:
+        """The number of elements (``numpy``'s ``arr.size``)."""
         return int(self.data.size)
+
+    nelement = numel
+
+    def dim(self) -> int:
+        """The number of dimensions (``ndim``)."""
+        return self.data.ndim
 
     @property
     def backend(self) -> str:
         """``"numpy"`` or ``"cuda"``: where the data lives."""
         return _array_backend_name(self.data)
+
+    @property
+    def device(self) -> Device:
+        """PyTorch-style device: ``"cpu"`` (NumPy backend) or ``"cuda:<id>"`` (cuda backend)."""
+        return _device_of(self.data)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.backend == "cuda"
 
     @property
     def xp(self) -> Any:
@@ -292,7 +365,50 @@ class Tensor:
         return self.transpose()
 
     def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        for i in range(self.shape[0]):
+            yield self[i]
+
+    def __contains__(self, value: Any) -> bool:
+        """``value in t``: whether any element equals ``value`` (PyTorch)."""
+        eq = self._cmp(value, "__eq__")
+        if eq is NotImplemented:
+            raise TypeError(
+                f"Tensor.__contains__ only supports a Tensor or a number, got "
+                f"{type(value).__name__}"
+            )
+        return bool(eq.data.any())
+
+    # one-element tensors as Python scalars (PyTorch's rules)
+    def _scalar(self, what: str) -> Any:
+        n = self.numel()
+        if n != 1:
+            if what == "bool":
+                raise RuntimeError(
+                    "Boolean value of Tensor with "
+                    f"{'no values' if n == 0 else 'more than one value'} is ambiguous "
+                    f"(shape {self.shape}); use .any() or .all()"
+                )
+            raise ValueError(
+                f"{what}(): only one-element tensors can be converted to Python scalars, got "
+                f"shape {self.shape} ({n} elements)"
+            )
+        return self.data.reshape(()).item()
+
+    def __bool__(self) -> bool:
+        return bool(self._scalar("bool"))
+
+    def __float__(self) -> float:
+        return float(self._scalar("float"))
+
+    def __int__(self) -> int:
+        return int(self._scalar("int"))
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -305,8 +421,8 @@ class Tensor:
 
     def item(self) -> float:
         """The value of a one-element tensor as a Python number."""
-        if self.size != 1:
-            raise ValueError(f"item(): tensor has {self.size} elements, expected 1")
+        if self.numel() != 1:
+            raise ValueError(f"item(): tensor has {self.numel()} elements, expected 1")
         return self.data.reshape(()).item()
 
     def tolist(self) -> Any:
@@ -316,22 +432,77 @@ class Tensor:
         """A tensor sharing the data, cut from the graph."""
         return Tensor(self.data)
 
-    def to(self, backend: str) -> Tensor:
-        """A copy on ``backend`` (``"numpy"`` or ``"cuda"``); ``self`` if already there."""
-        if backend == self.backend:
-            return self
-        out = Tensor(_backend.to_backend(self.data, backend), requires_grad=self.requires_grad)
+    def to(self, target: Any = None, dtype: Any = None) -> Tensor:
+        """This tensor on another backend and/or with another dtype (PyTorch's ``to``).
+
+        ``target``: a backend name or alias (``"numpy"``/``"cpu"``, ``"cuda"``/``"gpu"``/
+        ``"cuda:0"``), a :class:`Device`, a Tensor (its backend and dtype), or a dtype.
+        Differentiable (the gradient moves back); ``self`` when nothing changes.
+        """
+        backend = None
+        if isinstance(target, Tensor):
+            backend, dtype = target.backend, (target.dtype if dtype is None else dtype)
+        elif isinstance(target, str):
+            backend = _backend.canonical_name(target, allow_auto=False, op="Tensor.to")
+        elif target is not None:
+            if dtype is not None:
+                raise TypeError(f"Tensor.to: got two dtypes ({target!r} and dtype={dtype!r})")
+            dtype = target
+        out = self
+        if dtype is not None:
+            try:
+                dt = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(
+                    f"Tensor.to: expected a backend name ('numpy'/'cpu', 'cuda'/'gpu'), a "
+                    f"Device, a Tensor or a dtype, got {target!r} ({type(target).__name__})"
+                ) from None
+            out = out.astype(dt)
+        if backend is not None and backend != out.backend:
+            out = _ToBackend.apply(out, backend)
         return out
 
+    def cpu(self) -> Tensor:
+        """This tensor on the NumPy backend (``to("cpu")``)."""
+        return self.to("numpy")
+
+    def cuda(self) -> Tensor:
+        """This tensor on the cuda backend (``to("cuda")``)."""
+        return self.to("cuda")
+
     def astype(self, dtype: Any) -> Tensor:
-        """A differentiable cast to ``dtype``."""
-        return _Cast.apply(self, np.dtype(dtype))
+        """A cast to ``dtype``: differentiable to a float dtype; a cast to an integer or bool
+        dtype is cut from the graph (as in PyTorch). ``self`` when the dtype is already it."""
+        dt = np.dtype(dtype)
+        if dt == self.dtype:
+            return self
+        if dt.kind != "f":
+            return Tensor(self.data.astype(dt))
+        return _Cast.apply(self, dt)
 
     def float(self) -> Tensor:
+        """float32 copy (differentiable)."""
         return self.astype(np.float32)
 
     def double(self) -> Tensor:
+        """float64 copy (differentiable)."""
         return self.astype(np.float64)
+
+    def long(self) -> Tensor:
+        """int64 copy (no gradient)."""
+        return self.astype(np.int64)
+
+    def int(self) -> Tensor:
+        """int32 copy (no gradient)."""
+        return self.astype(np.int32)
+
+    def bool(self) -> Tensor:
+        """bool copy (no gradient)."""
+        return self.astype(np.bool_)
+
+    def clone(self) -> Tensor:
+        """A differentiable copy with its own data."""
+        return _Clone.apply(self)
 
     # ----------------------------------------------------------------- autograd
     def zero_grad(self) -> None:
@@ -353,7 +524,7 @@ class Tensor:
             raise RuntimeError("backward(): tensor does not require grad and has no grad_fn")
         xp = self.xp
         if grad is None:
-            if self.size != 1:
+            if self.numel() != 1:
                 raise RuntimeError(
                     f"backward(): grad can be implicit only for one-element tensors, "
                     f"got shape {self.shape}"
@@ -380,7 +551,9 @@ class Tensor:
             seen.add(id(t))
             stack.append((t, True))
             if t._node is not None:
-                for parent in t._node[2]:
+                # Leaves pushed first are explored last, so each comes right after its
+                # consumers below: its gradient is final (its hooks run) early in backward.
+                for parent in sorted(t._node[2], key=lambda p: p._node is not None):
                     if parent.requires_grad and id(parent) not in seen:
                         stack.append((parent, False))
 
@@ -395,6 +568,10 @@ class Tensor:
                         t.grad = Tensor(_leaf_grad(t, gt))
                     else:
                         t.grad.data += gt
+                    hooks = t.__dict__.get("_post_accumulate_grad_hooks")
+                    if hooks:  # this backward's gradient of t is final (gpucnn.distributed)
+                        for hook in tuple(hooks):
+                            hook(t)
                 continue
             fn, ctx, parents = t._node
             if ctx is None:
@@ -478,43 +655,149 @@ class Tensor:
             index = index.data
         return _GetItem.apply(self, index)
 
-    # comparisons: not differentiable, return boolean tensors
-    def _cmp(self, o: Any, op: str) -> Tensor:
-        other = o.data if isinstance(o, Tensor) else o
+    # comparisons: element-wise (PyTorch), not differentiable, return boolean tensors
+    def _cmp(self, o: Any, op: str) -> Any:
+        if isinstance(o, Tensor):
+            if o.backend != self.backend:
+                raise RuntimeError(
+                    f"Tensor {op.strip('_')}: the operands live on different backends "
+                    f"({self.backend} and {o.backend}); move one with .to('{self.backend}')"
+                )
+            other = o.data
+        elif _is_array(o):
+            if _array_backend_name(o) != self.backend:
+                raise RuntimeError(
+                    f"Tensor {op.strip('_')}: a {_array_backend_name(o)} array and a tensor on "
+                    f"{self.backend}; move the array with gpucnn.backend.to_backend(a, "
+                    f"'{self.backend}') first"
+                )
+            other = o
+        elif isinstance(o, (numbers.Number, np.generic)):
+            other = o
+        else:
+            return NotImplemented  # e.g. None or a string: Python falls back (== is False)
         return Tensor(getattr(self.data, op)(other))
 
-    def __lt__(self, o: Any) -> Tensor:
-        return self._cmp(o, "__lt__")
-
-    def __le__(self, o: Any) -> Tensor:
-        return self._cmp(o, "__le__")
-
-    def __gt__(self, o: Any) -> Tensor:
-        return self._cmp(o, "__gt__")
-
-    def __ge__(self, o: Any) -> Tensor:
-        return self._cmp(o, "__ge__")
-
-    def eq(self, o: Any) -> Tensor:
+    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
         return self._cmp(o, "__eq__")
 
+    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+        return self._cmp(o, "__ne__")
+
+    def __lt__(self, o: Any) -> Any:
+        return self._cmp(o, "__lt__")
+
+    def __le__(self, o: Any) -> Any:
+        return self._cmp(o, "__le__")
+
+    def __gt__(self, o: Any) -> Any:
+        return self._cmp(o, "__gt__")
+
+    def __ge__(self, o: Any) -> Any:
+        return self._cmp(o, "__ge__")
+
+    # the identity hash (PyTorch's rule): tensors stay usable as dict keys and in sets, where
+    # lookups compare identity first; == itself is element-wise
     __hash__ = object.__hash__
 
+    def eq(self, o: Any) -> Tensor:
+        return self._cmp_checked(o, "__eq__")
+
+    def ne(self, o: Any) -> Tensor:
+        return self._cmp_checked(o, "__ne__")
+
+    def lt(self, o: Any) -> Tensor:
+        return self._cmp_checked(o, "__lt__")
+
+    def le(self, o: Any) -> Tensor:
+        return self._cmp_checked(o, "__le__")
+
+    def gt(self, o: Any) -> Tensor:
+        return self._cmp_checked(o, "__gt__")
+
+    def ge(self, o: Any) -> Tensor:
+        return self._cmp_checked(o, "__ge__")
+
+    def _cmp_checked(self, o: Any, op: str) -> Tensor:
+        out = self._cmp(o, op)
+        if out is NotImplemented:
+            raise TypeError(
+                f"Tensor.{op.strip('_')}: expected a Tensor, an array or a number, got "
+                f"{type(o).__name__}"
+            )
+        return out
+
+    def any(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+            keepdim: bool | None = None) -> Tensor:
+        """Whether any element (along ``axis``/``dim``) is non-zero: a bool tensor."""
+        return self._logical("any", axis, keepdims, dim, keepdim)
+
+    def all(self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+            keepdim: bool | None = None) -> Tensor:
+        """Whether every element (along ``axis``/``dim``) is non-zero: a bool tensor."""
+        return self._logical("all", axis, keepdims, dim, keepdim)
+
+    def _logical(self, op: str, axis: Any, keepdims: bool, dim: Any, keepdim: Any) -> Tensor:
+        from gpucnn._checks import check_axes
+        from gpucnn.functional.basic import resolve_dim, resolve_keepdim
+
+        axes = check_axes(op, resolve_dim(op, axis, dim), self.ndim, shape=self.shape)
+        keep = resolve_keepdim(op, keepdims, keepdim)
+        return Tensor(getattr(self.data.astype(bool), op)(axis=axes, keepdims=keep))
+
+    def equal(self, o: Tensor) -> bool:
+        """Whether ``o`` has the same shape and elements (PyTorch's ``torch.equal``)."""
+        if not isinstance(o, Tensor):
+            raise TypeError(f"Tensor.equal: expected a Tensor, got {type(o).__name__}")
+        return self.shape == o.shape and bool(self._cmp(o, "__eq__").data.all())
+
     # ----------------------------------------------------------------- methods (functional)
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+    # Reductions take NumPy/Keras ``axis=``/``keepdims=`` or PyTorch ``dim=``/``keepdim=``
+    # (positional arguments are the axis); giving both spellings is a TypeError.
+    def sum(
+        self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+        keepdim: bool | None = None,
+    ) -> Tensor:
         from gpucnn.functional.basic import sum as _sum
 
-        return _sum(self, axis=axis, keepdims=keepdims)
+        return _sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+    def mean(
+        self, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+        keepdim: bool | None = None,
+    ) -> Tensor:
         from gpucnn.functional.basic import mean
 
-        return mean(self, axis=axis, keepdims=keepdims)
+        return mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+    def max(
+        self, axis: Any = None, keepdims: bool = False, *, dim: int | None = None,
+        keepdim: bool | None = None,
+    ) -> Any:
+        """Maximum values over ``axis`` (positional or ``axis=``); with ``dim=`` the PyTorch
+        result ``(values, indices)`` (see :func:`gpucnn.functional.max`)."""
         from gpucnn.functional.basic import max as _max
 
-        return _max(self, axis=axis, keepdims=keepdims)
+        return _max(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmax(
+        self, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
+        keepdim: bool | None = None,
+    ) -> Tensor:
+        """int64 indices of the maxima over ``axis``/``dim`` (None: of the flattened tensor)."""
+        from gpucnn.functional.basic import argmax
+
+        return argmax(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def softmax(self, axis: int = -1, *, dim: int | None = None) -> Tensor:
+        from gpucnn.functional.activation import softmax
+
+        return softmax(self, axis, dim=dim)
+
+    def log_softmax(self, axis: int = -1, *, dim: int | None = None) -> Tensor:
+        from gpucnn.functional.activation import log_softmax
+
+        return log_softmax(self, axis, dim=dim)
 
     def reshape(self, *shape: Any) -> Tensor:
         from gpucnn.functional.basic import reshape
@@ -532,11 +815,40 @@ class Tensor:
         return flatten(self, start_dim, end_dim)
 
     def transpose(self, *axes: Any) -> Tensor:
+        """PyTorch's ``t.transpose(d0, d1)`` (two ints: swap those two dims); NumPy's
+        ``t.transpose()`` (reverse the dims) and ``t.transpose(perm)`` / ``t.transpose(0, 2, 1)``
+        (three or more ints: a permutation)."""
         from gpucnn.functional.basic import transpose
 
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
+        elif len(axes) == 2:  # on a 2-D tensor NumPy's (1, 0) is the same swap
+            from gpucnn._checks import check_axis
+
+            d0, d1 = (check_axis("transpose", d, self.ndim, "dim", self.shape) for d in axes)
+            perm = list(range(self.ndim))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+            axes = tuple(perm)
         return transpose(self, axes or None)
+
+    def permute(self, *dims: Any) -> Tensor:
+        """PyTorch-style ``permute(0, 2, 3, 1)`` (or one tuple)."""
+        from gpucnn.functional.basic import permute
+
+        return permute(self, *dims)
+
+    def unsqueeze(self, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+        """A new size-1 dimension at ``dim``/``axis`` (in ``[-ndim-1, ndim]``)."""
+        from gpucnn.functional.basic import unsqueeze
+
+        return unsqueeze(self, dim, axis=axis)
+
+    def squeeze(self, dim: Any = None, *, axis: Any = None) -> Tensor:
+        """Drop size-1 dimensions (all, or those of ``dim``/``axis`` that have size 1, as
+        PyTorch)."""
+        from gpucnn.functional.basic import squeeze
+
+        return squeeze(self, dim, axis=axis)
 
     def exp(self) -> Tensor:
         from gpucnn.functional.basic import exp
@@ -555,9 +867,6 @@ class Tensor:
         from gpucnn.functional.basic import abs as _abs
 
         return _abs(self)
-
-    def argmax(self, axis: int | None = None) -> Tensor:
-        return Tensor(self.data.argmax(axis=axis))
 
 
 class Parameter(Tensor):
@@ -673,6 +982,27 @@ class _Cast(Function):
         return g.astype(ctx.src)
 
 
+class _Clone(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        return a.copy()
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return g
+
+
+class _ToBackend(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, backend: str) -> Any:
+        ctx.src = _array_backend_name(a)
+        return _backend.to_backend(a, backend)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return _backend.to_backend(g, ctx.src)
+
+
 def _is_basic_index(index: Any) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
@@ -706,7 +1036,9 @@ def tensor(
 
 
 def _factory_backend(backend: str | None) -> Any:
-    return _backend.get_backend(backend) if backend else _backend.get()
+    if not backend:
+        return _backend.get()
+    return _backend.get_backend(_backend.canonical_name(backend, allow_auto=False))
 
 
 def zeros(
@@ -749,3 +1081,11 @@ def rand(
     be = _factory_backend(backend)
     data = generator(be.name).random(shape, dtype=dtype)
     return Tensor(data, requires_grad=requires_grad)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A Tensor on the NumPy backend sharing ``array``'s memory and dtype (PyTorch's
+    ``torch.from_numpy``): writes to either show in the other."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    return Tensor(array)

@@ -47,7 +47,7 @@ def test_max_pool2d_2x2_ceil_mode_odd_size(size):
     x = np.arange(h * w, dtype=np.float64).reshape(1, 1, h, w)[..., ::-1].copy()
     xt = T(x, requires_grad=True)
     y, idx = F.max_pool2d(xt, 2, 2, ceil_mode=True, return_indices=True)
-    y.backward(np.arange(1.0, y.size + 1).reshape(y.shape))
+    y.backward(np.arange(1.0, y.numel() + 1).reshape(y.shape))
     if size == (3, 3):
         np.testing.assert_array_equal(host(y)[0, 0], [[5, 3], [8, 6]])
         np.testing.assert_array_equal(host(idx)[0, 0], [[3, 5], [6, 8]])

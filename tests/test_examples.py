@@ -90,7 +90,9 @@ def test_train_cifar10_missing_data_exits_2(tmp_path, capsys):
         mod.main(["--data-dir", str(tmp_path / "none"), "--backend", "numpy", "--smoke",
                   "--out", str(tmp_path / "o")])
     assert e.value.code == 2
-    assert "--download" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--download" in err and "--data-dir DIR" in err
+    assert "download=True" not in err and "root=" not in err  # flags, not Python arguments
 
 
 def test_inception_demo_smoke(tmp_path, capsys):
@@ -151,3 +153,32 @@ def test_edge_detection_runs(tmp_path):
     assert mod.main(["--backend", "numpy", "--out", str(tmp_path)]) == 0
     if HAS_MPL:
         assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+EXAMPLE_NAMES = ("custom_kernel", "edge_detection", "inception_demo", "residual_vs_plain",
+                 "train_cifar10", "train_mnist")
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_backend_default_honours_gpucnn_backend(name, monkeypatch, capsys):
+    mod = load_example(name)
+    monkeypatch.delenv("GPUCNN_BACKEND", raising=False)
+    assert mod.build_parser().parse_args([]).backend == "auto"
+    for env, want in (("cpu", "numpy"), ("numpy", "numpy"), ("gpu", "cuda"), ("CUDA", "cuda")):
+        monkeypatch.setenv("GPUCNN_BACKEND", env)
+        parser = mod.build_parser()
+        assert parser.parse_args([]).backend == want
+        assert parser.parse_args(["--backend", "cpu"]).backend == "numpy"  # the flag wins
+        assert f"(default: {env}, from $GPUCNN_BACKEND)" in " ".join(parser.format_help().split())
+    monkeypatch.setenv("GPUCNN_BACKEND", "tpu")
+    with pytest.raises(SystemExit) as e:
+        mod.build_parser().parse_args([])
+    assert e.value.code == 2
+    assert "$GPUCNN_BACKEND" in capsys.readouterr().err
+
+
+def test_example_runs_on_the_backend_of_the_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GPUCNN_BACKEND", "cpu")
+    mod = load_example("edge_detection")
+    assert mod.main(["--out", str(tmp_path)]) == 0
+    assert "backend numpy" in capsys.readouterr().out

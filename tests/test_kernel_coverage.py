@@ -83,9 +83,21 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
         m.rmsprop_update(q, g, sq, ga, mb, 0.01, 0.99, 1e-8, 0.0, 0.9, True)
         return q, sq, ga, mb
 
+    def adagrad(m: Any) -> tuple:
+        q, acc = p.copy(), np.full_like(p, 0.1)
+        m.adagrad_update(q, g, acc, 0.01, 0.01, 0.02, 1e-10, 2)
+        return q, acc
+
+    def nadam(m: Any) -> tuple:
+        q, s1, s2 = p.copy(), np.zeros_like(p), np.zeros_like(p)
+        m.nadam_update(q, g, s1, s2, 2e-3, 0.9, 0.999, 1e-8, 0.01, 0.45, 0.46, 0.45, 1, True)
+        return q, s1, s2
+
     yield "optim", "sgd", sgd
     yield "optim", "adam", adam
     yield "optim", "rmsprop", rms
+    yield "optim", "adagrad", adagrad
+    yield "optim", "nadam", nadam
     dy23, dy34 = a(2, 3, 2, 3), a(2, 3, 3, 4)
     yield "pool", "max fwd", lambda m: m.maxpool2d_forward(x4, 2, 2, 2, 2, 0, 0, 1, 1, 2, 3)
     yield (

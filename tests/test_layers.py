@@ -72,10 +72,11 @@ def test_summary_counts_bn_and_frozen_layers() -> None:
                     L.Dense(3)])
     m[3].trainable = False
     text = m.summary(print_fn=None)
-    total = (4 * 2 * 9 + 4) + 8 + (3 * 144 + 3)
+    # as Keras: batch-norm moving mean/variance (8) are non-trainable params, like frozen ones
+    total = (4 * 2 * 9 + 4) + 8 + 8 + (3 * 144 + 3)
     assert f"Total params: {total:,}" in text
-    assert f"Non-trainable params: {3 * 144 + 3:,}" in text
-    assert "Buffers (not parameters, e.g. running statistics): 8" in text
+    assert f"Non-trainable params: {3 * 144 + 3 + 8:,}" in text
+    assert m.count_params() == total - 8  # count_params: parameters only (PyTorch's count)
 
 
 def test_summary_needs_shape_for_lazy_model() -> None:

@@ -356,8 +356,8 @@ def test_bad_targets_and_shapes() -> None:
         F.cross_entropy(x, np.array([0, 1, 2]), label_smoothing=1.5)
     with pytest.raises(TypeError, match=r"cross_entropy: class-index target must be an integer"):
         F.cross_entropy(x, np.array([True, False, True]))
-    with pytest.raises(ValueError, match=r"nll_loss: input must be \(N, C\)"):
-        F.nll_loss(Tensor(np.zeros(4)), np.array(1))
+    with pytest.raises(ValueError, match=r"nll_loss: input must be \(C,\), \(N, C\).*shape \(\)"):
+        F.nll_loss(Tensor(np.zeros(())), np.array(1))
     with pytest.raises(ValueError, match=r"mse_loss: target shape \(3, 5\).*\(3, 4\)"):
         F.mse_loss(x, np.zeros((3, 5)))
     with pytest.raises(
@@ -512,3 +512,119 @@ def test_out_of_range_targets_raise_by_the_first_host_read(backend: B.Backend) -
         loss.item()
     ok = F.cross_entropy(x, backend.asarray(np.array([0, 3, 1])))
     np.testing.assert_allclose(ok.item(), np.log(4), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- Huber, KL divergence
+
+KL_REDUCTIONS = ["mean", "batchmean", "sum", "none"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("delta", [1.0, 0.3, 2.5])
+def test_huber_gradients(reduction, delta, rng) -> None:
+    x = rng.standard_normal((3, 5)) * 2
+    t = rng.standard_normal((3, 5))
+    keep = np.abs(np.abs(x - t) - delta) > 1e-3  # away from the kink at |d| = delta
+    x = np.where(keep, x, x + 0.01)
+    gradient_check(lambda a, b: F.huber_loss(a, b, reduction=reduction, delta=delta), [x, t])
+
+
+@pytest.mark.parametrize("reduction", KL_REDUCTIONS)
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_gradients(reduction, log_target, rng) -> None:
+    logp = np.log(rng.uniform(0.05, 1.0, (4, 3, 2)))
+    t = rng.uniform(0.05, 1.0, (4, 3, 2))
+    if log_target:
+        t = np.log(t)
+    gradient_check(lambda a, b: F.kl_div(a, b, reduction=reduction, log_target=log_target),
+                   [logp, t])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("delta", [1.0, 0.5])
+def test_huber_torch_parity(dtype, reduction, delta, rng) -> None:
+    torch = pytest.importorskip("torch")
+    x = (rng.standard_normal((6, 4)) * 2).astype(dtype)
+    t = rng.standard_normal((6, 4)).astype(dtype)
+    xo, to = Tensor(x, requires_grad=True), Tensor(t, requires_grad=True)
+    xt, tt = (torch.tensor(a, requires_grad=True) for a in (x, t))
+    ours = F.huber_loss(xo, to, reduction=reduction, delta=delta)
+    theirs = torch.nn.functional.huber_loss(xt, tt, reduction=reduction, delta=delta)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), **tol)
+    g = rng.standard_normal(ours.shape).astype(dtype)
+    (ours * Tensor(g)).sum().backward()
+    (theirs * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), **tol)
+    np.testing.assert_allclose(to.grad.numpy(), tt.grad.numpy(), **tol)
+    assert ours.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", KL_REDUCTIONS)
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_torch_parity(dtype, reduction, log_target, rng) -> None:
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((5, 7))
+    logp = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(dtype)
+    p = rng.dirichlet(np.ones(7), 5)
+    p[0, :3] = 0.0  # zero target probabilities: 0 log 0 = 0
+    p /= p.sum(1, keepdims=True)
+    t = (np.log(p + 1e-3) if log_target else p).astype(dtype)
+    xo, to = Tensor(logp, requires_grad=True), Tensor(t, requires_grad=True)
+    xt, tt = (torch.tensor(a, requires_grad=True) for a in (logp, t))
+    ours = F.kl_div(xo, to, reduction=reduction, log_target=log_target)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on reduction="mean"
+        theirs = torch.nn.functional.kl_div(xt, tt, reduction=reduction, log_target=log_target)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), **tol)
+    g = rng.standard_normal(ours.shape).astype(dtype)
+    (ours * Tensor(g)).sum().backward()
+    (theirs * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), **tol)
+    nz = np.ones_like(t, dtype=bool) if log_target else t > 0  # torch: NaN where t == 0
+    np.testing.assert_allclose(to.grad.numpy()[nz], tt.grad.numpy()[nz], **tol)
+    if not log_target:
+        np.testing.assert_array_equal(to.grad.numpy()[~nz], 0.0)
+
+
+@pytest.mark.parametrize("op", ["huber", "kl_div"])
+def test_huber_kl_div_on_every_backend(backend: B.Backend, op: str, rng) -> None:
+    """Forward and backward on each usable backend (the simulated device in the second pass)
+    match NumPy."""
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    t = rng.uniform(0.0, 1.0, (6, 5)).astype(np.float32)
+    if op == "kl_div":
+        x = np.log(rng.uniform(0.05, 1.0, (6, 5))).astype(np.float32)
+        t[0, 0] = 0.0
+    results = []
+    for be in (backend, B.get_backend("numpy")):
+        xo = Tensor(be.asarray(x), requires_grad=True)
+        to = Tensor(be.asarray(t), requires_grad=True)
+        loss = (F.huber_loss(xo, to, delta=0.7) if op == "huber"
+                else F.kl_div(xo, to, reduction="batchmean"))
+        loss.backward()
+        assert loss.backend == be.name
+        results.append((loss.numpy(), xo.grad.numpy(), to.grad.numpy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_huber_kl_div_errors() -> None:
+    x = Tensor(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"huber_loss: delta must be > 0, got 0"):
+        F.huber_loss(x, np.zeros((2, 3)), delta=0)
+    with pytest.raises(ValueError, match=r"huber_loss: target shape \(2, 2\) must equal"):
+        F.huber_loss(x, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"huber_loss: reduction must be"):
+        F.huber_loss(x, np.zeros((2, 3)), reduction="batchmean")
+    with pytest.raises(ValueError, match=r"kl_div: reduction must be 'mean', 'batchmean'"):
+        F.kl_div(x, np.zeros((2, 3)), reduction="avg")
+    with pytest.raises(TypeError, match="kl_div: log_target must be a bool"):
+        F.kl_div(x, np.zeros((2, 3)), log_target="yes")
+    with pytest.raises(TypeError, match="kl_div: input must be a Tensor"):
+        F.kl_div(np.zeros((2, 3)), np.zeros((2, 3)))

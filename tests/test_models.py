@@ -306,8 +306,10 @@ def cifar_conv_macs(depth: int = 20) -> int:
 
 
 def test_summary_lists_layers():
-    text = models.resnet20().summary(print_fn=None)
-    assert "Total params: 269,722" in text
+    m = models.resnet20()
+    text = m.summary(print_fn=None)
+    state = sum(int(b.data.size) for b in m.buffers())  # BN moving statistics (Keras: counted)
+    assert f"Total params: {269_722 + state:,}" in text and "Trainable params: 269,722" in text
     assert "stage3 (Sequential)" in text and "(None, 64, 8, 8)" in text
     flops = int(text.split("Forward FLOPs per sample: ")[1].split()[0].replace(",", ""))
     # 2 FLOPs per multiply-add, plus a few percent for batch norm, ReLU and the additions

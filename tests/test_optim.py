@@ -477,7 +477,7 @@ def test_flat_chunked_numpy_pieces(case, spy, monkeypatch):
     monkeypatch.setitem(_flat_mod._CHUNK_BYTES, "numpy", 40)  # 5 float64 elements per piece
     spy.calls = 0
     pf, of = _run(name, kw, np.float64, flat=True, groups=False, steps=3)
-    n = sum(p.size for p in pf)
+    n = sum(p.numel() for p in pf)
     assert spy.calls == 3 * -(-n // 5)
     pt, ot = _run(name, kw, np.float64, flat=False, groups=False, steps=3)
     _assert_same(pf, of, pt, ot)
@@ -491,8 +491,8 @@ def test_flat_buffers_views_and_no_grad_allocation():
     init = _make_params(np.float32)
     for p, q in zip(params, init):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
-        assert np.shares_memory(p.data, bucket.flat) or p.size == 0
-        assert np.shares_memory(p._flat_grad, bucket.grad_flat) or p.size == 0
+        assert np.shares_memory(p.data, bucket.flat) or p.numel() == 0
+        assert np.shares_memory(p._flat_grad, bucket.grad_flat) or p.numel() == 0
     data_ids = [p.data for p in params]
     grad_arrays = None
     for s in range(4):
@@ -1006,3 +1006,244 @@ def test_flat_path_calls_the_per_tensor_reference(name, kw):
         else:
             assert len(calls) == 3
             assert all(c[0] is p.data for c, p in zip(calls, params))
+
+
+# ----------------------------------------------------------------------------- Adagrad, NAdam
+
+ADAGRAD_CASES = [
+    dict(lr_decay=0.0, weight_decay=0.0, eps=1e-10),
+    dict(lr_decay=0.05, weight_decay=0.1, eps=1e-6),
+]
+NADAM_CASES = [
+    dict(weight_decay=0.0, decoupled=False),
+    dict(weight_decay=0.1, decoupled=False),
+    dict(weight_decay=0.05, decoupled=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("case", range(len(ADAGRAD_CASES)))
+def test_adagrad_kernel_parity(dtype, launch_grid, emulate, n, case):
+    kw = ADAGRAD_CASES[case]
+    rng = np.random.default_rng(30 + case)
+    p0 = rng.standard_normal(n).astype(dtype)
+    sa = [p0.copy(), np.full_like(p0, 0.1)]
+    sb = [p0.copy(), np.full_like(p0, 0.1)]
+    with emulate(*launch_grid):
+        for step in range(1, 4):
+            g = rng.standard_normal(n).astype(dtype)
+            for fn, s in ((cuda_optim.adagrad_update, sa), (np_optim.adagrad_update, sb)):
+                fn(s[0], g, s[1], 0.05, step=step, **kw)
+    for a, b in zip(sa, sb):
+        np.testing.assert_allclose(a, b, **_tol(dtype))
+    assert not np.allclose(sa[0], p0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("case", range(len(NADAM_CASES)))
+def test_nadam_kernel_parity(dtype, launch_grid, emulate, n, case):
+    kw = NADAM_CASES[case]
+    rng = np.random.default_rng(40 + case)
+    p0 = rng.standard_normal(n).astype(dtype)
+    sa = [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)]
+    sb = [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)]
+    prod = 1.0
+    with emulate(*launch_grid):
+        for step in range(1, 4):
+            mu = 0.9 * (1 - 0.5 * 0.96 ** (step * 4e-3))
+            mu_next = 0.9 * (1 - 0.5 * 0.96 ** ((step + 1) * 4e-3))
+            prod *= mu
+            g = rng.standard_normal(n).astype(dtype)
+            for fn, s in ((cuda_optim.nadam_update, sa), (np_optim.nadam_update, sb)):
+                fn(s[0], g, s[1], s[2], 1e-2, 0.9, 0.99, 1e-8, kw["weight_decay"], mu, mu_next,
+                   prod, step, kw["decoupled"])
+    for a, b in zip(sa, sb):
+        np.testing.assert_allclose(a, b, **_tol(dtype))
+    assert not np.allclose(sa[0], p0)
+
+
+def test_adagrad_by_hand(backend):
+    p = _param([1.0, -2.0], backend.name)
+    opt = optim.Adagrad([p], lr=0.5, lr_decay=0.1, weight_decay=0.2,
+                        initial_accumulator_value=0.25, eps=0.0)
+    x, acc = np.array([1.0, -2.0]), np.full(2, 0.25)
+    for t, gv in enumerate([[0.5, 1.0], [-1.0, 0.25]], start=1):
+        _set_grad(p, gv)
+        opt.step()
+        g = np.array(gv) + 0.2 * x
+        acc = acc + g * g
+        x = x - 0.5 / (1 + (t - 1) * 0.1) * g / np.sqrt(acc)
+        np.testing.assert_allclose(p.numpy(), x, rtol=1e-12)
+    assert opt.state[p]["step"] == 2
+
+
+def test_nadam_by_hand():
+    p = _param([1.0])
+    opt = optim.NAdam([p], lr=0.1, betas=(0.5, 0.75), eps=0.0, momentum_decay=0.5)
+    x, m, v, prod = 1.0, 0.0, 0.0, 1.0
+    for t, g in enumerate([2.0, -1.0, 0.5], start=1):
+        _set_grad(p, [g])
+        opt.step()
+        mu = 0.5 * (1 - 0.5 * 0.96 ** (t * 0.5))
+        mu1 = 0.5 * (1 - 0.5 * 0.96 ** ((t + 1) * 0.5))
+        prod *= mu
+        m = 0.5 * m + 0.5 * g
+        v = 0.75 * v + 0.25 * g * g
+        d = math.sqrt(v / (1 - 0.75**t))
+        x = x - 0.1 * (1 - mu) / (1 - prod) * g / d - 0.1 * mu1 / (1 - prod * mu1) * m / d
+        np.testing.assert_allclose(p.numpy(), [x], rtol=1e-12)
+    assert opt.state[p]["mu_product"] == pytest.approx(prod, rel=1e-15)
+
+
+NEW_TORCH_CASES = [
+    ("Adagrad", "Adagrad", dict()),
+    ("Adagrad", "Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05,
+                                initial_accumulator_value=0.3, eps=1e-6)),
+    ("NAdam", "NAdam", dict()),
+    ("NAdam", "NAdam", dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                            momentum_decay=1e-2)),
+    ("Nadam", "NAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", range(len(NEW_TORCH_CASES)))
+@pytest.mark.parametrize("flat", [True, False])
+def test_adagrad_nadam_torch_parity(case, dtype, flat):
+    """Step by step against torch.optim (its scalar state in float64 for the float64 case)."""
+    torch = pytest.importorskip("torch")
+    name, tname, kw = NEW_TORCH_CASES[case]
+    rng = np.random.default_rng(200 + case)
+    init = [rng.standard_normal(s).astype(dtype) for s in [(3, 4), (5,), (2, 3, 2)]]
+    ours = [Parameter(a.copy()) for a in init]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
+    try:
+        theirs = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+        opt = getattr(optim, name)(ours, flat=flat, **kw)
+        topt = getattr(torch.optim, tname)(theirs, **kw)
+        tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+        for _ in range(6):
+            for p, t in zip(ours, theirs):
+                g = rng.standard_normal(p.shape).astype(dtype)
+                p.grad = Tensor(g)
+                t.grad = torch.tensor(g)
+            opt.step()
+            topt.step()
+            for p, t in zip(ours, theirs):
+                np.testing.assert_allclose(p.numpy(), t.detach().numpy(), **tol)
+    finally:
+        torch.set_default_dtype(old)
+    assert all(p.dtype == dtype for p in ours)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("Adagrad", dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1)),
+     ("NAdam", dict(lr=0.01, weight_decay=0.01)),
+     ("NAdam", dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True))],
+)
+def test_adagrad_nadam_state_dict_round_trip(name, kw):
+    rng = np.random.default_rng(6)
+    init = [rng.standard_normal((4, 3)), rng.standard_normal(5)]
+    grads = [[rng.standard_normal(a.shape) for a in init] for _ in range(6)]
+
+    def run(params, opt, steps):
+        for gs in steps:
+            for p, g in zip(params, gs):
+                p.grad = Tensor(g.copy())
+            opt.step()
+
+    ref = [Parameter(a.copy()) for a in init]
+    run(ref, getattr(optim, name)(ref, **kw), grads)
+    first = [Parameter(a.copy()) for a in init]
+    opt1 = getattr(optim, name)(first, **kw)
+    run(first, opt1, grads[:3])
+    sd = opt1.state_dict()
+    opt2 = getattr(optim, name)(first, lr=99.0)
+    opt2.load_state_dict(sd)
+    assert opt2.lr == kw["lr"]
+    run(first, opt2, grads[3:])
+    for p, r in zip(first, ref):
+        np.testing.assert_allclose(p.numpy(), r.numpy(), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "name,kw",
+    [("Adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.02,
+                      initial_accumulator_value=0.1)),
+     ("NAdam", dict(lr=1e-2, weight_decay=0.05))],
+)
+def test_adagrad_nadam_flat_bit_identical(name, kw, dtype, spy, monkeypatch):
+    """One primitive call per group per step on flat buffers (and in cache-sized pieces),
+    the same bits as one call per tensor."""
+    spy.calls = 0
+    be = _backend.get_backend("numpy")
+    for prim in ("adagrad_update", "nadam_update"):
+        spy.wrap(prim, getattr(be, prim))
+    pf, of = _run(name, kw, dtype, flat=True)
+    flat_calls, spy.calls = spy.calls, 0
+    pt, ot = _run(name, kw, dtype, flat=False)
+    assert flat_calls == 5 * 2 and spy.calls == 5 * len(FLAT_SHAPES)
+    _assert_same(pf, of, pt, ot)
+    monkeypatch.setitem(_flat_mod._CHUNK_BYTES, "numpy", 40)  # pieces of 5 float64 elements
+    pc, oc = _run(name, kw, dtype, flat=True)
+    _assert_same(pc, oc, pt, ot)
+
+
+def test_adagrad_nadam_errors():
+    p = Parameter(np.ones(2))
+    with pytest.raises(ValueError, match="Adagrad: invalid lr_decay -1"):
+        optim.Adagrad([p], lr_decay=-1)
+    with pytest.raises(ValueError, match="Adagrad: invalid initial_accumulator_value"):
+        optim.Adagrad([p], initial_accumulator_value=-0.1)
+    with pytest.raises(ValueError, match="NAdam: invalid momentum_decay"):
+        optim.NAdam([p], momentum_decay=-1.0)
+    with pytest.raises(ValueError, match=r"NAdam: invalid betas \(1.0, 0.9\)"):
+        optim.NAdam([p], betas=(1.0, 0.9))
+    assert optim.Nadam is optim.NAdam
+    assert optim.Adagrad([p]).defaults["lr"] == 1e-2 and optim.NAdam([p]).lr == 2e-3
+
+
+# ----------------------------------------------------------------------------- Keras style
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam"])
+def test_learning_rate_keyword_and_unbound_optimizers(name):
+    cls = getattr(optim, name)
+    p = Parameter(np.ones(3))
+    assert cls([p], learning_rate=0.125).lr == 0.125
+    assert cls([p], lr=0.125, learning_rate=0.125).learning_rate == 0.125  # same value: fine
+    with pytest.raises(ValueError, match=rf"{name}: lr=0.1 and learning_rate=0.2 disagree"):
+        cls([p], lr=0.1, learning_rate=0.2)
+    opt = cls(learning_rate=0.25)  # Keras style: no parameters yet
+    assert not opt.bound and opt.lr == 0.25 and opt.param_groups == []
+    opt.learning_rate = 0.5
+    assert opt.lr == 0.5
+    with pytest.raises(RuntimeError, match="has no parameters yet"):
+        opt.step()
+    assert opt.bind([p]) is opt and opt.bound
+    assert opt.param_groups[0]["lr"] == 0.5
+    with pytest.raises(RuntimeError, match="already has its parameters"):
+        opt.bind([Parameter(np.ones(2))])
+    opt.learning_rate = 0.01
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.lr == 0.01
+    p.grad = Tensor(np.ones(3))
+    opt.step()
+    assert not np.allclose(p.numpy(), 1.0)
+
+
+def test_learning_rate_in_param_groups_and_bad_params():
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
+    opt = optim.SGD([{"params": [a]}, {"params": [b], "learning_rate": 0.5}], lr=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
+    assert "learning_rate" not in opt.param_groups[1]
+    with pytest.raises(ValueError, match="disagree"):
+        optim.SGD([{"params": [a], "lr": 0.1, "learning_rate": 0.2}])
+    with pytest.raises(TypeError, match="got the number 0.1; pass the learning rate as lr="):
+        optim.SGD(0.1)
+    with pytest.raises(TypeError, match="params must be an iterable"):
+        optim.Adam(object())

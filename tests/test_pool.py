@@ -230,7 +230,7 @@ def test_max_pool_overlapping_windows_share_gradient():
     y.sum().backward()
     g = xt.grad.numpy()[0, 0]
     assert g[1, 1] == 9.0  # the 3x3 neighbourhood of (1, 1): windows (0..2, 0..2)
-    assert g.sum() == y.size
+    assert g.sum() == y.numel()
 
 
 @pytest.mark.parametrize("case", AVG_CASES)
@@ -722,15 +722,25 @@ def test_float32_stays_float32():
 def test_errors_name_op_and_values():
     x4 = Tensor(np.zeros((1, 1, 4, 4), np.float32))
     x3 = Tensor(np.zeros((1, 4, 4), np.float32))
+    x2 = Tensor(np.zeros((4, 4), np.float32))
+    # The windowed pools take an unbatched (C, H, W) input as PyTorch does; a 2-D one is refused.
     for fn, name in [
         (lambda t: F.max_pool2d(t, 2), "max_pool2d"),
         (lambda t: F.avg_pool2d(t, 2), "avg_pool2d"),
         (lambda t: F.adaptive_avg_pool2d(t, 2), "adaptive_avg_pool2d"),
         (lambda t: F.adaptive_max_pool2d(t, 2), "adaptive_max_pool2d"),
+    ]:
+        assert fn(x3).shape == (1, 2, 2)
+        with pytest.raises(
+            ValueError, match=rf"{name}: expected a 3-D \(C, H, W\) or 4-D .*2-D.*\(4, 4\)"
+        ):
+            fn(x2)
+    # The global pools (Keras's GlobalAveragePooling2D) take batches only.
+    for fn, name in [
         (lambda t: F.global_avg_pool2d(t), "global_avg_pool2d"),
         (lambda t: F.global_max_pool2d(t), "global_max_pool2d"),
     ]:
-        with pytest.raises(ValueError, match=rf"{name}: expected a 4-D input.*3-D.*\(1, 4, 4\)"):
+        with pytest.raises(ValueError, match=rf"{name}: expected a 4-D .*3-D.*\(1, 4, 4\)"):
             fn(x3)
     with pytest.raises(
         ValueError,

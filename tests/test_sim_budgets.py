@@ -111,10 +111,13 @@ def test_lenet5_fit_step_allocates_nothing_in_steady_state() -> None:
     rows = _fit(4)
     assert rows[0]["allocations"] > 0  # the first step fills the pool
     # Persistent state made during the first step (optimizer moments, running-metric buffers)
-    # takes a free chunk a temporary of step 1 left, so step 2 may need one more; the model of
-    # CuPy's pool splits chunks but does not merge freed neighbours, as CuPy would.
-    assert rows[1]["allocations"] <= 1, rows[1]
-    assert all(r["allocations"] == 0 for r in rows[2:]), [r["allocations"] for r in rows]
+    # takes a free chunk a temporary of step 1 left, so steps 2 and 3 may each need one more
+    # (backward visits leaves right after their consumers, so their gradients are final early
+    # for gpucnn.distributed's overlapped all-reduce, which shifts when temporaries are freed);
+    # the model of CuPy's pool splits chunks but does not merge freed neighbours, as CuPy would.
+    counts = [r["allocations"] for r in rows]
+    assert all(c <= 1 for c in counts[1:3]), counts
+    assert all(c == 0 for c in counts[3:]), counts
     # The same work every step: record it (the note and benchmarks quote these figures).
     steady = rows[2:]
     for k in ("launches", "cublas", "h2d"):

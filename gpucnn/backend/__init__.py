@@ -6,7 +6,10 @@ family per module in :mod:`gpucnn.backend.numpy_ops` and :mod:`gpucnn.backend.cu
 every public name listed in a module's ``__all__`` becomes an attribute of the backend.
 
 Select with :func:`use` (``"auto" | "numpy" | "cuda"``) or the environment variable
-``GPUCNN_BACKEND``; :func:`current` names the active one. ``auto`` picks ``cuda`` only when
+``GPUCNN_BACKEND``; :func:`current` names the active one. Everywhere a backend is named
+(:func:`use`, ``GPUCNN_BACKEND``, ``Tensor.to``, ``Module.to``, factory ``backend=`` arguments)
+the aliases ``"cpu"`` (= ``"numpy"``) and ``"gpu"`` / ``"cuda:<current device>"`` (=
+``"cuda"``) are accepted too (:func:`canonical_name`). ``auto`` picks ``cuda`` only when
 CuPy imports, a device answers and a probe kernel compiles, launches and synchronises.
 """
 
@@ -28,6 +31,8 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "VALID_BACKENDS",
+    "BACKEND_ALIASES",
+    "canonical_name",
     "use",
     "current",
     "get",
@@ -44,6 +49,8 @@ __all__ = [
 ]
 
 VALID_BACKENDS = ("auto", "numpy", "cuda")
+#: Other accepted spellings of the backend names (PyTorch's device names, Keras users' "gpu").
+BACKEND_ALIASES = {"cpu": "numpy", "np": "numpy", "gpu": "cuda"}
 log = logging.getLogger("gpucnn")
 
 
@@ -220,10 +227,60 @@ def _apply_tf32() -> None:
         log.debug("gpucnn: could not switch CuPy's float32 compute type directly (%s)", exc)
 
 
+def _valid_names(allow_auto: bool) -> str:
+    names = [n for n in VALID_BACKENDS if allow_auto or n != "auto"]
+    return (f"valid names are {', '.join(names)} (aliases: 'cpu' = 'numpy', 'gpu' and "
+            "'cuda:<device id>' = 'cuda')")
+
+
+def canonical_name(name: Any, allow_auto: bool = True, op: str = "backend") -> str:
+    """``"numpy"``, ``"cuda"`` (or ``"auto"`` when ``allow_auto``) for ``name`` or an alias of
+    it: ``"cpu"``/``"np"`` → numpy, ``"gpu"``/``"cuda:<id>"`` → cuda (case-insensitive). A
+    device index must be the current CUDA device's (gpucnn runs on one device per thread).
+
+    Raises:
+        TypeError: ``name`` is not a string (e.g. ``None`` or a number).
+        ValueError: an unknown name (the message lists the accepted ones), or a device index
+            that is not the current device's.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{op}: the backend must be a string, got {name!r} ({type(name).__name__}); "
+            f"{_valid_names(allow_auto)}"
+        )
+    key = name.strip().lower()
+    key = BACKEND_ALIASES.get(key, key)
+    if key.startswith("cuda:"):
+        index = key[5:]
+        if not index.isdigit():
+            raise ValueError(f"{op}: unknown backend {name!r}; {_valid_names(allow_auto)}")
+        if int(index) != 0 or cuda_available():
+            current_id = _current_device_id() if cuda_available() else 0
+            if int(index) != current_id:
+                raise ValueError(
+                    f"{op}: {name!r} is not the current CUDA device (cuda:{current_id}); "
+                    "select the device with cupy.cuda.Device(i).use() first"
+                )
+        key = "cuda"
+    if key not in VALID_BACKENDS or (key == "auto" and not allow_auto):
+        raise ValueError(f"{op}: unknown backend {name!r}; {_valid_names(allow_auto)}")
+    return key
+
+
+def _current_device_id() -> int:
+    from gpucnn.backend.device import current_device_id
+
+    try:
+        return current_device_id()
+    except Exception:  # a stand-in without device ids: the one device
+        return 0
+
+
 def get_backend(name: str) -> Backend:
-    """The backend object called ``name`` (``"numpy"`` or ``"cuda"``), created once."""
+    """The backend object called exactly ``name`` (``"numpy"`` or ``"cuda"``), created once;
+    user-facing arguments go through :func:`canonical_name` first (aliases)."""
     if name not in ("numpy", "cuda"):
-        raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(VALID_BACKENDS)}")
+        raise ValueError(f"unknown backend {name!r}; valid names are numpy, cuda")
     be = _backends.get(name)
     if be is not None:
         return be
@@ -240,8 +297,7 @@ def get_backend(name: str) -> Backend:
 
 def _resolve(name: str) -> str:
     global _logged
-    if name not in VALID_BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(VALID_BACKENDS)}")
+    name = canonical_name(name, op="use")
     if name != "auto":
         return name
     if cuda_available():
@@ -263,7 +319,8 @@ def _resolve(name: str) -> str:
 
 
 def use(name: str = "auto") -> Backend:
-    """Make ``name`` (``"auto" | "numpy" | "cuda"``) the active backend and return it.
+    """Make ``name`` (``"auto" | "numpy" | "cuda"``, or an alias: ``"cpu"``, ``"gpu"``) the
+    active backend and return it.
 
     Raises:
         ValueError: ``name`` is not a valid backend name.
@@ -307,8 +364,10 @@ def to_numpy(array: Any) -> np.ndarray:
 
 
 def to_backend(array: Any, name: str | Backend) -> Any:
-    """``array`` moved to backend ``name`` (``"numpy"`` or ``"cuda"``); no copy if already there."""
-    be = name if isinstance(name, Backend) else get_backend(name)
+    """``array`` moved to backend ``name`` (``"numpy"`` or ``"cuda"``, or an alias); no copy if
+    already there."""
+    be = name if isinstance(name, Backend) else get_backend(
+        canonical_name(name, allow_auto=False, op="to_backend"))
     if be.name == "numpy":
         return to_numpy(array)
     return be.xp.asarray(array)

@@ -1,5 +1,6 @@
-"""Argument checks shared by both backends' primitives (the NumPy twin and the CUDA launcher of
-a family validate the same way, and neither imports the other). The im2col / col2im window
+"""Argument checks and scalar coefficients shared by both backends' primitives (the NumPy twin
+and the CUDA launcher of a family validate and compute them the same way, and neither imports
+the other). The im2col / col2im window
 checks live with the convolution geometry (:mod:`gpucnn.backend.geometry`)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_random_args"]
+__all__ = ["check_random_args", "nadam_coefficients"]
 
 
 def check_random_args(n: int, dtype: Any, seed: int, offset: int) -> tuple[int, np.dtype, int, int]:
@@ -26,3 +27,14 @@ def check_random_args(n: int, dtype: Any, seed: int, offset: int) -> tuple[int, 
             f"random_uniform: offset must be a non-negative multiple of 4, got {offset}"
         )
     return n, dt, seed, offset
+
+
+def nadam_coefficients(lr: float, beta2: float, mu: float, mu_next: float, mu_product: float,
+                       step: int) -> tuple[float, float, float]:
+    """``(bc2, coef_g, coef_m)`` of NAdam step ``step``: ``1 - beta2**step``,
+    ``lr*(1-mu)/(1-mu_product)`` and ``lr*mu_next/(1-mu_product*mu_next)`` (Python floats;
+    ``mu_product`` already includes ``mu``)."""
+    bc2 = 1.0 - float(beta2) ** step
+    coef_g = float(lr) * (1.0 - mu) / (1.0 - mu_product)
+    coef_m = float(lr) * mu_next / (1.0 - mu_product * mu_next)
+    return bc2, coef_g, coef_m

@@ -333,6 +333,9 @@ class DataLoader:
         prefetch: batches prepared ahead by the background thread (0: no thread).
         dtype: dtype of ``x`` batches (float32); ``None`` keeps the data's dtype. ``y`` and any
             further arrays keep theirs.
+        sampler: the sample indices of each epoch instead of ``shuffle`` (an object with
+            ``__len__``, ``__iter__`` over indices and optionally ``set_epoch``), e.g. a
+            :class:`gpucnn.distributed.DistributedSampler` giving this rank's share.
 
     Iterating yields tuples of arrays of the chosen backend (NumPy or CuPy, not Tensors):
     ``(x, y)`` for two arrays, ``(x,)`` for one. ``len(loader)`` is the number of batches.
@@ -349,6 +352,7 @@ class DataLoader:
         backend: str | None = None,
         prefetch: int = 2,
         dtype: Any = np.float32,
+        sampler: Any = None,
     ) -> None:
         batch_size = check_int("DataLoader", "batch_size", batch_size, 1)
         prefetch = check_int("DataLoader", "prefetch", prefetch, 0)
@@ -375,6 +379,11 @@ class DataLoader:
         self.backend = None if backend == "auto" else backend
         self.prefetch = int(prefetch)
         self.dtype = None if dtype is None else np.dtype(dtype)
+        if sampler is not None and (self.shuffle or not hasattr(sampler, "__iter__")):
+            raise ValueError("DataLoader: sampler must be an iterable of indices with __len__, "
+                             "and excludes shuffle=True (the sampler orders the epoch), got "
+                             f"sampler={type(sampler).__name__}, shuffle={self.shuffle}")
+        self.sampler = sampler
         self.epoch = 0
         self.arrays: tuple | None = None
         self.dataset: Any = None
@@ -402,9 +411,10 @@ class DataLoader:
         return state
 
     def __len__(self) -> int:
+        n = self._n if self.sampler is None else len(self.sampler)
         if self.drop_last:
-            return self._n // self.batch_size
-        return math.ceil(self._n / self.batch_size)
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
     @property
     def num_samples(self) -> int:
@@ -424,6 +434,10 @@ class DataLoader:
 
             rng = _random.generator("numpy")
         order = rng.permutation(self._n) if self.shuffle else np.arange(self._n)
+        if self.sampler is not None:
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(self.epoch)
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
         aug_seed = int(rng.integers(0, 2**63 - 1)) if self.transform is not None else 0
         return order, aug_seed
 
@@ -469,7 +483,7 @@ class DataLoader:
         return np.stack(arrays)
 
     def _batch_maker(self, order: np.ndarray, aug_seed: int, be: Any) -> Callable:
-        bs, n, dtype, transform = self.batch_size, self._n, self.dtype, self.transform
+        bs, n, dtype, transform = self.batch_size, len(order), self.dtype, self.transform
         from gpucnn.transforms import Transform
 
         def augment(x: Any, k: int) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 from gpucnn._checks import check_axis, check_number
 from gpucnn.backend import backend_of
 from gpucnn.functional._dtypes import require_float
+from gpucnn.functional.basic import resolve_dim
 from gpucnn.tensor import Context, Function, Tensor
 
 __all__ = [
@@ -146,7 +147,7 @@ def prelu(x: Tensor, weight: Tensor) -> Tensor:
     applied on axis 1 (NCHW channels). Gradients reach ``x`` and ``weight``."""
     _check_float("prelu", x)
     _check_float("prelu", weight)
-    if weight.size != 1:
+    if weight.numel() != 1:
         if weight.ndim != 1:
             raise ValueError(f"prelu: weight must have shape (1,) or (C,), got {weight.shape}")
         c = x.shape[1] if x.ndim >= 2 else None
@@ -169,6 +170,8 @@ class _Softmax(Function):
         be = backend_of(x)
         if x.size == 0:  # an empty batch or an empty axis: an empty result, as PyTorch
             y = be.xp.zeros(x.shape, dtype=x.dtype)
+        elif x.ndim == 0:  # a scalar is its own softmax axis: 1 (log: 0), as PyTorch
+            y = (be.xp.zeros if log else be.xp.ones)((), dtype=x.dtype)
         else:
             y = be.log_softmax_forward(x, axis) if log else be.softmax_forward(x, axis)
         ctx.axis, ctx.log = axis, log
@@ -179,28 +182,30 @@ class _Softmax(Function):
     def backward(ctx: Context, g: Any) -> Any:
         (y,) = ctx.saved
         be = backend_of(y)
-        if y.size == 0:
+        if y.size == 0 or y.ndim == 0:  # constant results: no gradient
             return be.xp.zeros(y.shape, dtype=y.dtype)
         if ctx.log:
             return be.log_softmax_backward(y, g, ctx.axis)
         return be.softmax_backward(y, g, ctx.axis)
 
 
-def _softmax_axis(op: str, x: Tensor, axis: int) -> int:
+def _softmax_axis(op: str, x: Tensor, axis: int, dim: int | None) -> int:
     _check_float(op, x)
-    if x.ndim == 0:
-        raise ValueError(f"{op}: expected at least a 1-D tensor, got a scalar")
-    return check_axis(op, axis, x.ndim, shape=x.shape)
+    axis = resolve_dim(op, axis, dim, -1)
+    # a 0-d tensor takes axis 0 or -1 (PyTorch): its softmax is 1, its log-softmax 0
+    return check_axis(op, axis, x.ndim, "dim" if dim is not None else "axis", x.shape)
 
 
-def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """``exp(x) / sum(exp(x))`` along ``axis`` (max-subtracted: finite for any finite input)."""
-    return _Softmax.apply(x, _softmax_axis("softmax", x, axis), False)
+def softmax(x: Tensor, axis: int = -1, *, dim: int | None = None) -> Tensor:
+    """``exp(x) / sum(exp(x))`` along ``axis`` (or PyTorch's ``dim``; max-subtracted: finite
+    for any finite input); any shape, a 0-d tensor gives 1."""
+    return _Softmax.apply(x, _softmax_axis("softmax", x, axis, dim), False)
 
 
-def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """``x - logsumexp(x)`` along ``axis`` (max-subtracted: finite for any finite input)."""
-    return _Softmax.apply(x, _softmax_axis("log_softmax", x, axis), True)
+def log_softmax(x: Tensor, axis: int = -1, *, dim: int | None = None) -> Tensor:
+    """``x - logsumexp(x)`` along ``axis`` (or PyTorch's ``dim``; max-subtracted: finite for
+    any finite input); any shape, a 0-d tensor gives 0."""
+    return _Softmax.apply(x, _softmax_axis("log_softmax", x, axis, dim), True)
 
 
 def identity(x: Tensor) -> Tensor:

@@ -2,13 +2,20 @@
 
 These run on the backend's ``xp`` (NumPy or CuPy, where GEMMs go to cuBLAS); each is a
 :class:`~gpucnn.tensor.Function` with forward and backward side by side.
+
+Dimension arguments: every op taking ``axis=`` also takes PyTorch's ``dim=`` (and
+``keepdims=`` / ``keepdim=``); positional arguments mean the same, and giving both spellings
+is a ``TypeError``. One rule differs by spelling: :func:`max` with ``dim=`` returns PyTorch's
+``(values, indices)`` pair (:class:`MaxResult`), with ``axis=`` (or positionally) the values
+only, as NumPy and Keras.
 """
 
 from __future__ import annotations
 
 import builtins
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,10 +33,14 @@ __all__ = [
     "concat",
     "cat",
     "stack",
+    "squeeze",
+    "unsqueeze",
     "pad",
     "sum",
     "mean",
     "max",
+    "MaxResult",
+    "argmax",
     "exp",
     "log",
     "abs",
@@ -47,6 +58,34 @@ def _xp(a: Any) -> Any:
 
 def _axes(axis: Any, x: Any, op: str = "reduction") -> tuple[int, ...]:
     return check_axes(op, axis, x.ndim, shape=x.shape)
+
+
+def resolve_dim(op: str, axis: Any, dim: Any, default: Any = None) -> Any:
+    """The one dimension argument of ``op``, given as NumPy's ``axis`` or PyTorch's ``dim``.
+
+    ``axis`` is the argument the signature names first (``default`` is its default value);
+    ``dim`` the other spelling (``None`` = not given). Both given is a ``TypeError``.
+    """
+    if dim is None:
+        return axis
+    if axis is not None and axis != default:
+        raise TypeError(
+            f"{op}: got both axis={axis!r} and dim={dim!r}; they are the same argument "
+            "(NumPy/Keras and PyTorch spellings), give one"
+        )
+    return dim
+
+
+def resolve_keepdim(op: str, keepdims: Any, keepdim: Any) -> bool:
+    """``keepdims`` (NumPy) or ``keepdim`` (PyTorch, ``None`` = not given) as one bool."""
+    if keepdim is None:
+        return bool(keepdims)
+    if keepdims:
+        raise TypeError(
+            f"{op}: got both keepdims={keepdims!r} and keepdim={keepdim!r}; they are the same "
+            "argument, give one"
+        )
+    return bool(keepdim)
 
 
 def _tensor(op: str, x: Any, name: str = "input") -> Tensor:
@@ -128,11 +167,13 @@ class _Linear(Function):
         need = ctx.needs_input_grad
         gx = g @ w if need[0] else None
         gw = None
+        # Rows counted explicitly: reshape(-1, 0) is ambiguous for a zero-feature input.
+        rows = math.prod(g.shape[:-1])
         if need[1]:
-            g2 = g.reshape(-1, g.shape[-1])
-            gw = g2.T @ x.reshape(-1, x.shape[-1])
+            g2 = g.reshape(rows, g.shape[-1])
+            gw = g2.T @ x.reshape(rows, x.shape[-1])
         if ctx.has_bias:
-            gb = g.reshape(-1, g.shape[-1]).sum(axis=0) if need[2] else None
+            gb = g.reshape(rows, g.shape[-1]).sum(axis=0) if need[2] else None
             return gx, gw, gb
         return gx, gw
 
@@ -204,8 +245,8 @@ def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     e = check_axis("flatten", end_dim, nd, "end_dim", x.shape)
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} is after end_dim {end_dim} for {x.shape}")
-    shape = x.shape[:s] + (-1 if x.size else 0,) + x.shape[e + 1 :]
-    if x.size == 0:
+    shape = x.shape[:s] + (-1 if x.numel() else 0,) + x.shape[e + 1 :]
+    if x.numel() == 0:
         n = 1
         for d in x.shape[s : e + 1]:
             n *= d
@@ -237,10 +278,50 @@ def transpose(x: Tensor, axes: Sequence[int] | None = None) -> Tensor:
 
 
 def permute(x: Tensor, *dims: int) -> Tensor:
-    """PyTorch-style ``permute(x, 0, 2, 3, 1)``."""
+    """PyTorch-style ``permute(x, 0, 2, 3, 1)`` (or one tuple); e.g. NCHW → NHWC."""
+    _tensor("permute", x)
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
-    return transpose(x, dims)
+    if len(dims) != x.ndim:
+        raise ValueError(
+            f"permute: got {len(dims)} dims {tuple(dims)} for a {x.ndim}-D tensor {x.shape}"
+        )
+    try:
+        return transpose(x, dims)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("transpose:", "permute:", 1)) from None
+
+
+def unsqueeze(x: Tensor, dim: int | None = None, *, axis: int | None = None) -> Tensor:
+    """``x`` with a new size-1 dimension at ``dim`` (or NumPy's ``axis``; in
+    ``[-ndim-1, ndim]``, as PyTorch)."""
+    _tensor("unsqueeze", x)
+    dim = resolve_dim("unsqueeze", dim, axis)
+    if dim is None:
+        raise TypeError("unsqueeze: missing the dim argument")
+    d = check_int("unsqueeze", "dim", dim)
+    nd = x.ndim
+    if not -nd - 1 <= d <= nd:
+        raise ValueError(
+            f"unsqueeze: dim {d} is out of range for a {nd}-D tensor {x.shape} (expected "
+            f"{-nd - 1} <= dim <= {nd})"
+        )
+    d %= nd + 1
+    return reshape(x, x.shape[:d] + (1,) + x.shape[d:])
+
+
+def squeeze(x: Tensor, dim: Any = None, *, axis: Any = None) -> Tensor:
+    """``x`` without size-1 dimensions: all of them (``dim=None``), or those of ``dim`` (or
+    NumPy's ``axis``; an int or a tuple) that have size 1; a named dimension of another size
+    is kept (PyTorch)."""
+    _tensor("squeeze", x)
+    dim = resolve_dim("squeeze", dim, axis)
+    if dim is None:
+        axes: tuple[int, ...] = tuple(range(x.ndim))
+    else:
+        axes = check_axes("squeeze", dim, x.ndim, "dim", x.shape)
+    shape = tuple(n for i, n in enumerate(x.shape) if not (i in axes and n == 1))
+    return reshape(x, shape)
 
 
 class _Concat(Function):
@@ -262,8 +343,11 @@ class _Concat(Function):
         return tuple(out)
 
 
-def concat(tensors: Sequence[Tensor], axis: int = 1) -> Tensor:
-    """Join tensors along ``axis`` (default 1: channels, for inception branches)."""
+def concat(tensors: Sequence[Tensor], axis: int = 1, *, dim: int | None = None) -> Tensor:
+    """Join tensors along ``axis`` (or ``dim``; default 1: channels, for inception branches)."""
+    axis = resolve_dim("concat", axis, dim, 1)
+    if isinstance(tensors, Tensor):
+        raise TypeError("concat: expected a list or tuple of Tensors, got one Tensor")
     tensors = list(tensors)
     if not tensors:
         raise ValueError("concat: needs at least one tensor")
@@ -282,13 +366,19 @@ def concat(tensors: Sequence[Tensor], axis: int = 1) -> Tensor:
     return _Concat.apply(*tensors, axis=ax)
 
 
-def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
-    """PyTorch spelling of :func:`concat` (default ``dim=0``)."""
+def cat(tensors: Sequence[Tensor], dim: int = 0, *, axis: int | None = None) -> Tensor:
+    """PyTorch spelling of :func:`concat` (default ``dim=0``; ``axis=`` accepted too);
+    differentiable, on either backend."""
+    dim = resolve_dim("cat", dim, axis, 0)
     return concat(tensors, axis=dim)
 
 
-def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Join tensors along a new ``axis``."""
+def stack(tensors: Sequence[Tensor], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Join equally shaped tensors along a new ``axis`` (or ``dim``; default 0);
+    differentiable, on either backend."""
+    axis = resolve_dim("stack", axis, dim, 0)
+    if isinstance(tensors, Tensor):
+        raise TypeError("stack: expected a list or tuple of Tensors, got one Tensor")
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack: needs at least one tensor")
@@ -349,22 +439,33 @@ class _Sum(Function):
         return _xp(g).broadcast_to(g, ctx.shape).copy()
 
 
-def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Sum over ``axis`` (int, tuple or None for all); integers and bools sum to int64."""
+def sum(  # noqa: A001
+    x: Tensor, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+    keepdim: bool | None = None,
+) -> Tensor:
+    """Sum over ``axis``/``dim`` (int, tuple or None for all); integers and bools sum to
+    int64."""
     _tensor("sum", x)
+    axis, keepdims = resolve_dim("sum", axis, dim), resolve_keepdim("sum", keepdims, keepdim)
     if x.dtype.kind not in "fiub" or x.dtype == np.float16:
         require_float("sum", x)
     return _Sum.apply(x, _axes(axis, x, "sum"), bool(keepdims))
 
 
-def mean(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    """Mean over ``axis`` (int, tuple or None for all); floating inputs only (as PyTorch)."""
+def mean(
+    x: Tensor, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+    keepdim: bool | None = None,
+) -> Tensor:
+    """Mean over ``axis``/``dim`` (int, tuple or None for all); floating inputs only (as
+    PyTorch)."""
     require_float("mean", _tensor("mean", x))
+    axis, keepdims = resolve_dim("mean", axis, dim), resolve_keepdim("mean", keepdims, keepdim)
     axes = _axes(axis, x, "mean")
     n = 1
     for a in axes:
         n *= x.shape[a]
-    return _Sum.apply(x, axes, keepdims) * (1.0 / builtins.max(n, 1))
+    # divide (not multiply by 1/n): the correctly rounded mean, as PyTorch and NumPy give
+    return _Sum.apply(x, axes, keepdims) / float(builtins.max(n, 1))
 
 
 class _Max(Function):
@@ -385,13 +486,86 @@ class _Max(Function):
         return (g * ctx.mask).astype(g.dtype, copy=False)
 
 
-def max(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Maximum over ``axis``; the gradient is shared evenly between tied maxima."""
+class MaxResult(NamedTuple):
+    """What :func:`max` returns for ``dim=`` (PyTorch's ``torch.return_types.max``)."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def max(  # noqa: A001
+    x: Tensor, axis: Any = None, keepdims: bool = False, *, dim: int | None = None,
+    keepdim: bool | None = None,
+) -> Any:
+    """Maximum over ``axis`` (int, tuple or None for all); the gradient is shared evenly
+    between tied maxima (PyTorch's ``amax``).
+
+    With ``dim=`` (an int) the result is PyTorch's ``max(x, dim)``: a :class:`MaxResult`
+    ``(values, indices)``, the int64 indices of the first maximum (no gradient), and the
+    values' gradient going to that element. ``axis=`` (or a positional axis) returns the
+    values only, as NumPy and Keras.
+    """
     _tensor("max", x)
+    keepdims = resolve_keepdim("max", keepdims, keepdim)
+    if dim is not None:
+        resolve_dim("max", axis, dim)
+        d = check_axis("max", dim, x.ndim, "dim", x.shape)
+        if x.ndim and x.shape[d] == 0:
+            raise ValueError(f"max: cannot reduce over an empty dim of the input {x.shape}")
+        idx = argmax(x, d, keepdims=True)
+        if x.ndim == 0:
+            return MaxResult(x, idx)
+        values = _MaxAlong.apply(x, idx.data, d)
+        if not keepdims:
+            values, idx = squeeze(values, d), squeeze(idx, d)
+        return MaxResult(values, idx)
     axes = _axes(axis, x, "max")
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"max: cannot reduce over an empty axis of the input of shape {x.shape}")
     return _Max.apply(x, axes, bool(keepdims))
+
+
+class _MaxAlong(Function):
+    """Maximum along one axis (kept), the gradient going to the index ``idx`` only."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any, idx: Any, axis: int) -> Any:
+        xp = _xp(a)
+        shape = [1] * a.ndim
+        shape[axis] = a.shape[axis]
+        ctx.mask = xp.arange(a.shape[axis]).reshape(shape) == idx
+        return a.max(axis=axis, keepdims=True)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return _xp(g).where(ctx.mask, g, g.dtype.type(0))
+
+
+def argmax(
+    x: Tensor, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
+    keepdim: bool | None = None,
+) -> Tensor:
+    """int64 indices of the first maximum along ``axis``/``dim`` (``None``: the index into the
+    flattened tensor, as PyTorch and NumPy); not differentiable."""
+    _tensor("argmax", x)
+    axis, keepdims = resolve_dim("argmax", axis, dim), resolve_keepdim("argmax", keepdims, keepdim)
+    if x.numel() == 0:
+        raise ValueError(f"argmax: the input of shape {x.shape} is empty")
+    xp = _xp(x.data)
+    if axis is None:
+        out = xp.asarray(x.data.argmax()).astype(np.int64)
+        if keepdims:
+            out = out.reshape((1,) * x.ndim)
+        return Tensor(out)
+    a = check_axis("argmax", axis, x.ndim, "dim", x.shape)
+    if x.ndim == 0:
+        return Tensor(xp.zeros((), dtype=np.int64))
+    if x.shape[a] == 0:
+        raise ValueError(f"argmax: cannot reduce over an empty dim of the input {x.shape}")
+    out = x.data.argmax(axis=a).astype(np.int64, copy=False)
+    if keepdims:
+        out = xp.expand_dims(out, a)
+    return Tensor(out)
 
 
 # --------------------------------------------------------------------------- element-wise

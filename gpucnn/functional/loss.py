@@ -41,6 +41,8 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy",
     "mse_loss",
+    "huber_loss",
+    "kl_div",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -161,8 +163,8 @@ class _CheckedLoss(Tensor):
         return read_host([self.data])[0]
 
     def item(self) -> float:
-        if self.size != 1:
-            raise ValueError(f"item(): tensor has {self.size} elements, expected 1")
+        if self.numel() != 1:
+            raise ValueError(f"item(): tensor has {self.numel()} elements, expected 1")
         return self.numpy().reshape(()).item()
 
     def tolist(self) -> Any:
@@ -791,3 +793,121 @@ def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:  # 
     be = backend_of(input.data)
     t = _same_shape_target(op, be, input, target)
     return _MSE.apply(input, t, reduction)
+
+
+class _Huber(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, t: Any, delta: float, reduction: str) -> Any:
+        xp = backend_of(x).xp
+        diff = x - t
+        a = xp.abs(diff)
+        d = x.dtype.type(delta)
+        loss = xp.where(a < d, x.dtype.type(0.5) * diff * diff, d * (a - x.dtype.type(0.5) * d))
+        ctx.save_for_backward(diff)
+        ctx.args = (d, reduction, diff.shape)
+        return _reduce(xp, loss.astype(x.dtype, copy=False), reduction)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple:
+        (diff,) = ctx.saved
+        d, reduction, shape = ctx.args
+        xp = backend_of(diff).xp
+        # PyTorch's rule: the difference clamped to [-delta, delta]
+        gd = (_expand_grad(xp, g, shape, reduction) * xp.clip(diff, -d, d)).astype(
+            diff.dtype, copy=False)
+        need = ctx.needs_input_grad
+        return (gd if need[0] else None), (-gd if len(need) > 1 and need[1] else None)
+
+
+def huber_loss(
+    input: Tensor,  # noqa: A002
+    target: Any,
+    reduction: str = "mean",
+    delta: float = 1.0,
+) -> Tensor:
+    """Huber loss (PyTorch's ``F.huber_loss``), element-wise on ``d = input - target``:
+    ``0.5 d^2`` where ``|d| < delta``, else ``delta (|d| - 0.5 delta)``.
+
+    ``target`` has the input's shape (differentiable); ``delta`` > 0; reductions ``"mean"``,
+    ``"sum"``, ``"none"``.
+    """
+    op = "huber_loss"
+    _check_float(op, "input", input)
+    _check_reduction(op, reduction)
+    delta = check_number(op, "delta", delta, 0, min_open=True)
+    be = backend_of(input.data)
+    t = _same_shape_target(op, be, input, target)
+    return _Huber.apply(input, t, float(delta), reduction)
+
+
+class _KLDiv(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, t: Any, reduction: str, log_target: bool) -> Any:
+        xp = backend_of(x).xp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if log_target:
+                et = xp.exp(t)
+                loss = et * (t - x)
+                logt = None
+            else:
+                et = None
+                logt = xp.log(xp.where(t > 0, t, 1))  # 0 log 0 = 0 (PyTorch's xlogy)
+                loss = xp.where(t > 0, t * logt, 0) - t * x
+        loss = loss.astype(x.dtype, copy=False)
+        ctx.save_for_backward(x, t, et, logt)
+        n = x.shape[0] if x.ndim else 1
+        ctx.args = (reduction, loss.shape, n)
+        if reduction == "batchmean":
+            total = xp.asarray(loss.sum(dtype=loss.dtype))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return xp.divide(total, loss.dtype.type(n), out=total)
+        return _reduce(xp, loss, reduction)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple:
+        x, t, et, logt = ctx.saved
+        reduction, shape, n = ctx.args
+        xp = backend_of(x).xp
+        if reduction == "batchmean":
+            ge = xp.broadcast_to(g / n, shape)
+        else:
+            ge = _expand_grad(xp, g, shape, reduction)
+        need = ctx.needs_input_grad
+        dx = dt = None
+        if need[0]:
+            dx = (-ge * (et if et is not None else t)).astype(x.dtype, copy=False)
+        if len(need) > 1 and need[1]:
+            if et is not None:
+                dt = ge * et * (t - x + 1)
+            else:  # zero where the target is 0 (the limit of t log t)
+                dt = ge * xp.where(t > 0, logt + 1 - x, 0)
+            dt = dt.astype(x.dtype, copy=False)
+        return dx, dt
+
+
+def kl_div(
+    input: Tensor,  # noqa: A002
+    target: Any,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> Tensor:
+    """Kullback-Leibler divergence (PyTorch's ``F.kl_div``): ``input`` holds LOG-probabilities,
+    ``target`` probabilities (``log_target=True``: log-probabilities), same shape.
+
+    Element-wise ``target * (log(target) - input)`` (0 where ``target == 0``), or
+    ``exp(target) * (target - input)`` with ``log_target``. Reductions: ``"mean"`` (over every
+    element, as PyTorch), ``"batchmean"`` (sum / batch size: the mathematical KL divergence
+    per sample), ``"sum"``, ``"none"``. ``target`` is differentiable (its gradient is 0 where
+    it is 0).
+    """
+    op = "kl_div"
+    _check_float(op, "input", input)
+    if not isinstance(reduction, str) or reduction not in (*_REDUCTIONS, "batchmean"):
+        raise ValueError(
+            f"{op}: reduction must be 'mean', 'batchmean', 'sum' or 'none', got {reduction!r}"
+        )
+    if not isinstance(log_target, (bool, np.bool_)):
+        raise TypeError(f"{op}: log_target must be a bool, got {type(log_target).__name__}")
+    be = backend_of(input.data)
+    t = _same_shape_target(op, be, input, target)
+    return _KLDiv.apply(input, t, reduction, bool(log_target))

@@ -128,14 +128,14 @@ def batch_norm(
     training = check_bool(op, "training", training)
     be = _be(x.data)
     use_batch = training or running_mean is None or running_var is None
-    if use_batch and x.size == 0:
+    if use_batch and x.numel() == 0:
         # An empty batch: an empty result, running statistics untouched, zero gradients for
         # weight and bias (PyTorch's answer). The statistics are placeholders.
         mean = be.xp.zeros((c,), dtype=x.dtype)
         var = be.xp.ones((c,), dtype=x.dtype)
         use_batch = False
     elif use_batch:
-        m = x.size // max(c, 1)
+        m = x.numel() // max(c, 1)
         if m <= 1:
             raise ValueError(
                 f"batch_norm: expected more than 1 value per channel when training, got input "

@@ -19,6 +19,10 @@ from gpucnn.tensor import Tensor
 
 __all__ = ["ResidualBlock", "InceptionBlock"]
 
+# Sub-layers work on the NCHW tensors inside the block whatever the block's data_format (which
+# decides what the block takes when called on its own, see gpucnn.layers).
+_NATIVE = "channels_first"
+
 
 @register_module
 class ResidualBlock(Layer):
@@ -29,6 +33,8 @@ class ResidualBlock(Layer):
     Convolutions pad ``kernel_size // 2`` on every side (PyTorch's ResNet) and have no bias.
     BN uses Keras's momentum convention; the defaults (0.9, 1e-5) are PyTorch ResNet's
     (momentum 0.1, eps 1e-5).
+
+    ``data_format``: see :mod:`gpucnn.layers` (the sub-layers always work NCHW).
 
     Sub-layers: ``conv1``, ``bn1``, ``conv2``, ``bn2`` and, with a projection, ``proj_conv``,
     ``proj_bn`` (the projection is created at build time, when the input channels are known).
@@ -45,8 +51,9 @@ class ResidualBlock(Layer):
         kernel_initializer: Any = "he_normal",
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         if int(kernel_size) % 2 != 1:
             raise ValueError(f"ResidualBlock: kernel_size must be odd, got {kernel_size}")
         self.filters = check_int(type(self).__name__, "filters", filters, 1)
@@ -58,11 +65,15 @@ class ResidualBlock(Layer):
         self.kernel_initializer = kernel_initializer
         k, p, n = self.kernel_size, self.kernel_size // 2, self.name
         self.conv1 = Conv2D(filters, k, self.strides, p, use_bias=False,
-                            kernel_initializer=kernel_initializer, name=f"{n}_conv1")
-        self.bn1 = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=f"{n}_bn1")
+                            kernel_initializer=kernel_initializer, name=f"{n}_conv1",
+                            data_format=_NATIVE)
+        self.bn1 = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=f"{n}_bn1",
+                                      data_format=_NATIVE)
         self.conv2 = Conv2D(filters, k, 1, p, use_bias=False,
-                            kernel_initializer=kernel_initializer, name=f"{n}_conv2")
-        self.bn2 = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=f"{n}_bn2")
+                            kernel_initializer=kernel_initializer, name=f"{n}_conv2",
+                            data_format=_NATIVE)
+        self.bn2 = BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=f"{n}_bn2",
+                                      data_format=_NATIVE)
         self.in_channels: int | None = None
 
     def _needs_projection(self, channels: int) -> bool:
@@ -80,9 +91,10 @@ class ResidualBlock(Layer):
         n = self.name
         return (
             Conv2D(self.filters, 1, self.strides, 0, use_bias=False,
-                   kernel_initializer=self.kernel_initializer, name=f"{n}_proj_conv"),
+                   kernel_initializer=self.kernel_initializer, name=f"{n}_proj_conv",
+                   data_format=_NATIVE),
             BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               name=f"{n}_proj_bn"),
+                               name=f"{n}_proj_bn", data_format=_NATIVE),
         )
 
     def check_input_shape(self, shape: Any) -> None:
@@ -173,26 +185,29 @@ class InceptionBlock(Layer):
         activation: Any = "relu",
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.sizes = tuple(int(v) for v in (c1, c3_reduce, c3, c5_reduce, c5, pool_proj))
         if min(self.sizes) < 1:
             raise ValueError(f"InceptionBlock: channel counts must be >= 1, got {self.sizes}")
         self.activation = activation
         n, a = self.name, activation
-        self.branch1 = Sequential([Conv2D(c1, 1, activation=a, name=f"{n}_b1_1x1")],
-                                  name=f"{n}_branch1")
+        nat = _NATIVE
+        self.branch1 = Sequential(
+            [Conv2D(c1, 1, activation=a, name=f"{n}_b1_1x1", data_format=nat)],
+            name=f"{n}_branch1")
         self.branch2 = Sequential([
-            Conv2D(c3_reduce, 1, activation=a, name=f"{n}_b2_1x1"),
-            Conv2D(c3, 3, padding=1, activation=a, name=f"{n}_b2_3x3"),
+            Conv2D(c3_reduce, 1, activation=a, name=f"{n}_b2_1x1", data_format=nat),
+            Conv2D(c3, 3, padding=1, activation=a, name=f"{n}_b2_3x3", data_format=nat),
         ], name=f"{n}_branch2")
         self.branch3 = Sequential([
-            Conv2D(c5_reduce, 1, activation=a, name=f"{n}_b3_1x1"),
-            Conv2D(c5, 5, padding=2, activation=a, name=f"{n}_b3_5x5"),
+            Conv2D(c5_reduce, 1, activation=a, name=f"{n}_b3_1x1", data_format=nat),
+            Conv2D(c5, 5, padding=2, activation=a, name=f"{n}_b3_5x5", data_format=nat),
         ], name=f"{n}_branch3")
         self.branch4 = Sequential([
-            MaxPooling2D(3, strides=1, padding=1, name=f"{n}_b4_pool"),
-            Conv2D(pool_proj, 1, activation=a, name=f"{n}_b4_1x1"),
+            MaxPooling2D(3, strides=1, padding=1, name=f"{n}_b4_pool", data_format=nat),
+            Conv2D(pool_proj, 1, activation=a, name=f"{n}_b4_1x1", data_format=nat),
         ], name=f"{n}_branch4")
 
     def _branches(self) -> list[Sequential]:

@@ -1,7 +1,8 @@
-"""Conv2D and ZeroPadding2D (NCHW)."""
+"""Conv2D and ZeroPadding2D (NCHW kernels; ``data_format="channels_last"`` accepted)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +34,12 @@ class Conv2D(Layer):
         groups: grouped convolution (C and filters divisible by it).
         activation: name or callable applied to the output.
         kernel_initializer: default He normal; bias_initializer: default zeros.
+        input_shape: per-sample shape, ``(C, H, W)``, or ``(H, W, C)`` when channels-last.
+        data_format: ``"channels_first"``, ``"channels_last"`` or ``None`` (the global
+            default, :func:`gpucnn.config.image_data_format`); see :mod:`gpucnn.layers`.
 
-    Weight (filters, C/groups, kh, kw) (PyTorch layout), bias (filters,).
+    Weight (filters, C/groups, kh, kw) (PyTorch layout), bias (filters,). The argument order
+    is Keras's ``(filters, kernel_size, strides)``, not PyTorch's ``(in, out, kernel)``.
     """
 
     def __init__(
@@ -51,8 +56,9 @@ class Conv2D(Layer):
         bias_initializer: Any = "zeros",
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         if not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ValueError(f"Conv2D: filters must be a positive int, got {filters!r}")
         if not isinstance(groups, (int, np.integer)) or groups < 1 or filters % groups:
@@ -73,6 +79,21 @@ class Conv2D(Layer):
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
         self.in_channels: int | None = None
+        if self._torch_order():
+            warnings.warn(self._torch_hint(), UserWarning, stacklevel=2)
+
+    def _torch_order(self) -> bool:
+        """Whether the arguments look like PyTorch's ``Conv2d(in, out, kernel)`` order."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        return (self.filters <= 4 and kh == kw and sh == sw and sh in (3, 5, 7) and kh >= 6
+                and kh > sh and self.padding in ("valid", 0, 1, 2, 3))
+
+    def _torch_hint(self) -> str:
+        k = self.kernel_size[0]
+        return (f"Conv2D({self.filters}, {k}, {self.strides[0]}, ...) looks like PyTorch's "
+                f"Conv2d(in_channels, out_channels, kernel_size) order; Keras's (and gpucnn's) "
+                f"is Conv2D(filters, kernel_size, strides) with the input channels inferred: "
+                f"write Conv2D({k}, {self.strides[0]})")
 
     def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
         return resolve_padding(self.padding, h, w, self.kernel_size, self.strides,
@@ -92,14 +113,18 @@ class Conv2D(Layer):
         if len(shape) != 3:
             raise self._shape_error(want, shape, "Conv2D takes 4-D NCHW inputs")
         if self.in_channels is not None and shape[0] != self.in_channels:
-            raise self._shape_error(want, shape, f"{shape[0]} channels instead of {c}")
+            raise self._shape_error(want, shape, f"{shape[0]} channels instead of {c}",
+                                    channels=self.in_channels)
         if shape[0] % self.groups:
             raise self._shape_error(f"channels divisible by groups={self.groups}", shape)
         _, oh, ow = self.output_shape(shape)
         if oh < 1 or ow < 1:
+            extra = f"output would be {oh}x{ow}"
+            if self._torch_order():
+                extra += "; " + self._torch_hint()
             raise self._shape_error(
                 f"spatial size of at least the (dilated) kernel {self.kernel_size}", shape,
-                f"output would be {oh}x{ow}")
+                extra)
 
     def _create(self, input_shape: Any, backend: str) -> None:
         self.in_channels = int(input_shape[0])
@@ -150,8 +175,8 @@ class ZeroPadding2D(Layer):
     right))``."""
 
     def __init__(self, padding: Any = 1, input_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 name: str | None = None, data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         if isinstance(padding, (list, tuple)) and len(padding) == 2 and all(
             isinstance(p, (list, tuple)) for p in padding
         ):

@@ -1,4 +1,11 @@
-"""Dense, reshaping, dropout, activations and merge layers."""
+"""Dense, reshaping, dropout, activations, merge layers and ``Input`` / ``InputLayer``.
+
+Layers whose result depends on the element order (``Flatten``, ``Reshape``) or on an axis
+(``Softmax``, ``Concatenate``), and the per-channel ones (``SpatialDropout2D``, ``PReLU``),
+take ``data_format``: with ``"channels_last"`` they act as on NHWC tensors (``Flatten``
+flattens in (H, W, C) order, ``Softmax(axis=-1)`` is over channels) although the tensors
+inside a model are NCHW.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,14 @@ import numpy as np
 import gpucnn.functional as F
 from gpucnn import initializers as _init
 from gpucnn._checks import check_int, check_number
-from gpucnn.layers.base import Layer, as_tensor_list, shape_str
+from gpucnn.layers.base import (
+    Layer,
+    as_tensor_list,
+    shape_str,
+    shape_to_nchw,
+    to_nchw,
+    to_nhwc,
+)
 from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
 
@@ -28,7 +42,19 @@ __all__ = [
     "Softmax",
     "Add",
     "Concatenate",
+    "InputLayer",
+    "Input",
 ]
+
+# NHWC axis -> NCHW axis of a 4-D tensor
+_NHWC_TO_NCHW_AXIS = (0, 2, 3, 1)
+
+
+def _native_axis(axis: int, ndim: int, channels_last: bool) -> int:
+    """The axis of the NCHW tensor for ``axis`` of the layer's layout (4-D, channels-last)."""
+    if not channels_last or ndim != 4:
+        return axis
+    return _NHWC_TO_NCHW_AXIS[axis % 4]
 
 
 def _act_name(act: Any) -> Any:
@@ -115,10 +141,15 @@ class Dense(Layer):
 
 @register_module
 class Flatten(Layer):
-    """(N, d1, d2, ...) → (N, d1*d2*...)."""
+    """(N, d1, d2, ...) → (N, d1*d2*...). Channels-first flattens (C, H, W) in that order
+    (PyTorch); channels-last in (H, W, C) order, as flattening the NHWC array would."""
+
+    def __init__(self, input_shape: Sequence[int] | None = None, name: str | None = None,
+                 data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.flatten(x, 1)
+        return F.flatten(to_nhwc(x) if self.channels_last else x, 1)
 
     def output_shape(self, input_shape: Any) -> tuple:
         return (int(np.prod(input_shape)),)
@@ -126,14 +157,20 @@ class Flatten(Layer):
 
 @register_module
 class Reshape(Layer):
-    """Reshape each sample to ``target_shape`` (one entry may be -1)."""
+    """Reshape each sample to ``target_shape`` (one entry may be -1). Channels-last: the
+    sample is read and ``target_shape`` written in (H, W, C) order."""
 
     def __init__(self, target_shape: Sequence[int], input_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 name: str | None = None, data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.target_shape = tuple(int(s) for s in target_shape)
 
     def output_shape(self, input_shape: Any) -> tuple:
+        out = self._target(input_shape)
+        return shape_to_nchw(out) if self.channels_last else out
+
+    def _target(self, input_shape: Any) -> tuple:
+        """The per-sample target shape in the layer's layout."""
         n = int(np.prod(input_shape))
         t = list(self.target_shape)
         if -1 in t:
@@ -149,7 +186,10 @@ class Reshape(Layer):
         self.output_shape(shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.reshape(x, (x.shape[0], *self.output_shape(x.shape[1:])))
+        if not self.channels_last:
+            return F.reshape(x, (x.shape[0], *self.output_shape(x.shape[1:])))
+        y = F.reshape(to_nhwc(x), (x.shape[0], *self._target(x.shape[1:])))
+        return to_nchw(y)
 
     def get_config(self) -> dict:
         return {"target_shape": list(self.target_shape), **self._base_config()}
@@ -179,7 +219,12 @@ class Dropout(Layer):
 
 @register_module
 class SpatialDropout2D(Dropout):
-    """Dropout of whole channels of (N, C, H, W) inputs."""
+    """Dropout of whole channels of (N, C, H, W) inputs (NHWC with channels-last)."""
+
+    def __init__(self, rate: float, input_shape: Sequence[int] | None = None,
+                 name: str | None = None, data_format: str | None = None) -> None:
+        super().__init__(rate, input_shape=input_shape, name=name)
+        self.data_format = _fmt(data_format, "SpatialDropout2D")  # (Dropout takes none)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.rate == 0.0:
@@ -265,8 +310,9 @@ class PReLU(Layer):
     to ``alpha_init`` (0.25, as PyTorch). ``shared=True`` learns one slope for all channels."""
 
     def __init__(self, alpha_init: float = 0.25, shared: bool = False,
-                 input_shape: Sequence[int] | None = None, name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 input_shape: Sequence[int] | None = None, name: str | None = None,
+                 data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.alpha_init = float(alpha_init)
         self.shared = bool(shared)
         self.channels: int | None = None
@@ -299,18 +345,21 @@ class PReLU(Layer):
 
 @register_module
 class Softmax(Layer):
-    """Softmax over ``axis`` (of the full tensor; default -1). Note: the losses expect logits
-    and detect a final Softmax (see :mod:`gpucnn.model`)."""
+    """Softmax over ``axis`` (of the full tensor in the layer's layout; default -1: on
+    channels-last images the channels). Note: the losses expect logits and detect a final
+    Softmax (see :mod:`gpucnn.model`)."""
 
     output_activation = "softmax"  # type: ignore[assignment]
 
     def __init__(self, axis: int = -1, input_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 name: str | None = None, data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.axis = check_int(type(self).__name__, "axis", axis)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.softmax(x, self.axis)
+        if -x.ndim <= self.axis < x.ndim:
+            return F.softmax(x, _native_axis(self.axis, x.ndim, self.channels_last))
+        return F.softmax(x, self.axis)  # (its error names the axis)
 
     def flops(self, input_shape: Any) -> int:
         return 3 * int(np.prod(input_shape))
@@ -348,18 +397,27 @@ class Add(Layer):
 
 @register_module
 class Concatenate(Layer):
-    """Join a list of tensors along ``axis`` of the full tensor (default 1: channels)."""
+    """Join a list of tensors along ``axis`` of the full tensor in the layer's layout
+    (default 1: the channels of channels-first images; Keras's -1 is the channels of
+    channels-last ones)."""
 
     def __init__(self, axis: int = 1, input_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 name: str | None = None, data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.axis = check_int("Concatenate", "axis", axis)
         if self.axis == 0:
             raise ValueError("Concatenate: axis 0 is the batch axis")
 
+    def _full_axis(self, ndim: int) -> int:
+        """The (non-negative) axis of the full NCHW tensor of ``ndim`` dims."""
+        ax = self.axis if self.axis >= 0 else self.axis + ndim
+        if not 0 < ax < ndim:
+            raise ValueError(f"{self._in_desc()}: axis {self.axis} is out of range for "
+                             f"{ndim}-D inputs")
+        return _native_axis(ax, ndim, self.channels_last)
+
     def _sample_axis(self, ndim: int) -> int:
-        ax = self.axis if self.axis > 0 else self.axis + ndim + 1
-        return ax - 1
+        return self._full_axis(ndim + 1) - 1
 
     def check_input_shape(self, shape: Any) -> None:
         if not isinstance(shape, list) or len(shape) < 1:
@@ -375,7 +433,7 @@ class Concatenate(Layer):
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         xs = as_tensor_list(inputs, self._in_desc())
-        return F.concat(xs, axis=self.axis)
+        return F.concat(xs, axis=self._full_axis(xs[0].ndim))
 
     def output_shape(self, input_shape: Any) -> tuple:
         first = list(input_shape[0])
@@ -385,3 +443,78 @@ class Concatenate(Layer):
 
     def get_config(self) -> dict:
         return {"axis": self.axis, **self._base_config()}
+
+
+@register_module
+class InputLayer(Layer):
+    """Keras's ``InputLayer``: declares the per-sample input shape of a :class:`Sequential`
+    (in the model's data format: ``(H, W, C)`` for a channels-last model). As its first
+    element it sets the input shape like ``input_shape=`` on the first layer; it is not one
+    of the model's ``layers`` (as in Keras) and has no parameters. Called on a tensor it
+    returns it unchanged.
+
+    Args:
+        shape: per-sample shape (no batch dim). ``input_shape`` is Keras 2's name for it.
+        batch_size: optional fixed batch size (recorded, not enforced).
+        batch_shape: ``(batch_size, *shape)`` instead of ``shape``/``batch_size``.
+    """
+
+    def __init__(self, shape: Sequence[int] | None = None, batch_size: int | None = None,
+                 name: str | None = None, input_shape: Sequence[int] | None = None,
+                 batch_shape: Sequence[int] | None = None) -> None:
+        given = [k for k, v in (("shape", shape), ("input_shape", input_shape),
+                                ("batch_shape", batch_shape)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"InputLayer: pass only one of shape, input_shape, batch_shape; "
+                             f"got {', '.join(given)}")
+        if batch_shape is not None:
+            bs = tuple(batch_shape)
+            if not bs:
+                raise ValueError("InputLayer: batch_shape must include the batch dimension, "
+                                 "got ()")
+            batch_size, shape = bs[0], bs[1:]
+        shape = shape if shape is not None else input_shape
+        if shape is None:
+            raise ValueError("InputLayer: shape is required (the per-sample shape, without the "
+                             "batch dimension), e.g. InputLayer(shape=(28, 28, 1))")
+        if isinstance(shape, (int, np.integer)):
+            shape = (int(shape),)
+        if not isinstance(shape, (list, tuple)) or not shape or any(
+            isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape
+        ):
+            raise ValueError(f"InputLayer: shape must be a non-empty tuple of positive ints "
+                             f"(per sample, no batch dimension), got {shape!r}")
+        super().__init__(input_shape=tuple(int(d) for d in shape), name=name)
+        self.batch_size = check_int("InputLayer", "batch_size", batch_size, 1, allow_none=True)
+
+    @property
+    def shape(self) -> tuple:
+        """The per-sample shape."""
+        return tuple(self._input_shape_arg)
+
+    def check_input_shape(self, shape: Any) -> None:
+        if not isinstance(shape, list) and len(tuple(shape)) != len(self.shape):
+            raise self._shape_error(shape_str(self.shape), tuple(shape))
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def get_config(self) -> dict:
+        return {"shape": list(self.shape), "batch_size": self.batch_size, "name": self.name}
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+def Input(shape: Sequence[int] | None = None, batch_size: int | None = None,  # noqa: N802
+          name: str | None = None, batch_shape: Sequence[int] | None = None) -> InputLayer:
+    """Keras's ``Input(shape=...)``: here an :class:`InputLayer`, to put first in a
+    :class:`~gpucnn.Sequential` (gpucnn has no functional graph API: build
+    ``Sequential([Input(shape=(28, 28, 1)), Conv2D(...), ...])`` or subclass ``Model``)."""
+    return InputLayer(shape=shape, batch_size=batch_size, name=name, batch_shape=batch_shape)
+
+
+def _fmt(data_format: Any, where: str) -> str:
+    from gpucnn.config import normalize_data_format
+
+    return normalize_data_format(data_format, where)

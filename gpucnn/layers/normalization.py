@@ -28,12 +28,17 @@ class BatchNormalization(Layer):
     :func:`gpucnn.functional.batch_norm`); in eval mode the running statistics are used.
 
     Parameters ``weight`` (gamma, ones) and ``bias`` (beta, zeros) are trainable; buffers
-    ``running_mean`` (zeros) and ``running_var`` (ones) are state, not parameters.
+    ``running_mean`` (zeros) and ``running_var`` (ones) are state, not parameters (a model's
+    ``summary()`` counts them as non-trainable params, as Keras does).
+
+    ``axis`` is the channel axis: 1 (or -3) channels-first, -1 (or 3) channels-last; ``None``
+    takes the one of ``data_format`` (``None``: the global default). On (N, features) inputs
+    both mean the feature axis.
     """
 
     def __init__(
         self,
-        axis: int = 1,
+        axis: int | None = None,
         momentum: float = 0.99,
         epsilon: float = 1e-3,
         center: bool = True,
@@ -42,12 +47,21 @@ class BatchNormalization(Layer):
         gamma_initializer: Any = "ones",
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
+        data_format: str | None = None,
     ) -> None:
-        super().__init__(input_shape=input_shape, name=name)
-        if axis not in (1, -3):
-            raise ValueError(f"BatchNormalization: only channels-first axis=1 is supported, "
-                             f"got axis={axis}")
-        self.axis = 1
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
+        allowed = (-1, 3) if self.channels_last else (1, -3)
+        if axis is None:
+            axis = allowed[0]
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) \
+                or axis not in allowed:
+            other = "channels_first" if self.channels_last else "channels_last"
+            raise ValueError(
+                f"BatchNormalization: axis must be the channel axis of data_format="
+                f"{self.data_format!r}, one of {allowed} (or None), got axis={axis!r}"
+                + (f"; axis={axis} is the channel axis of {other} inputs: pass "
+                   f"data_format={other!r}" if axis in (1, -3, -1, 3) else ""))
+        self.axis = int(allowed[0])
         self.momentum = check_number(type(self).__name__, "momentum", momentum, 0.0, 1.0)
         self.epsilon = check_number(type(self).__name__, "epsilon", epsilon, 0.0, min_open=True)
         self.center = bool(center)

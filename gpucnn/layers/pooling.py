@@ -1,4 +1,5 @@
-"""Pooling layers (NCHW): max/average, global, adaptive."""
+"""Pooling layers (NCHW kernels; ``data_format="channels_last"`` accepted): max/average,
+global, adaptive."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ class _Pool2D(Layer):
     _kind = "max"
 
     def __init__(self, pool_size: Any = 2, strides: Any = None, padding: Any = "valid",
-                 input_shape: Sequence[int] | None = None, name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 input_shape: Sequence[int] | None = None, name: str | None = None,
+                 data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         cls = type(self).__name__
         self.pool_size = pair(pool_size, "pool_size", cls)
         self.strides = self.pool_size if strides is None else pair(strides, "strides", cls)
@@ -106,8 +108,9 @@ class AveragePooling2D(_Pool2D):
 
 class _GlobalPool(Layer):
     def __init__(self, keepdims: bool = False, input_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 name: str | None = None,
+                 data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.keepdims = bool(keepdims)
 
     def check_input_shape(self, shape: Any) -> None:
@@ -146,8 +149,9 @@ class _Adaptive(Layer):
     _fn = "adaptive_avg_pool2d"
 
     def __init__(self, output_size: Any, input_shape: Sequence[int] | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(input_shape=input_shape, name=name)
+                 name: str | None = None,
+                 data_format: str | None = None) -> None:
+        super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         self.output_size = pair(output_size, "output_size", type(self).__name__)
 
     def check_input_shape(self, shape: Any) -> None:

@@ -13,7 +13,8 @@ What it does
 
     A step then calls the optimizer's per-tensor reference update
     ``optimizer._update(be, param, grad, state, group)`` ONCE, on the flat buffers. The updates
-    are element-wise (``sgd_update``, ``adam_update``, ``rmsprop_update``), so the result is
+    are element-wise (``sgd_update``, ``adam_update``, ``rmsprop_update``, ``adagrad_update``,
+    ``nadam_update``), so the result is
     bit-identical to one call per tensor: same primitive, same scalars, same arithmetic on each
     element. On the GPU that is one fused kernel launch per bucket; on NumPy the primitive runs
     over cache-sized pieces of the buffers (:data:`_CHUNK_BYTES`).
@@ -134,6 +135,18 @@ class _Pieces:
         fn = self._be.rmsprop_update
         for s in self._slices:
             fn(param[s], grad[s], square_avg[s], _cut(grad_avg, s), _cut(buf, s), *hyper)
+
+    def adagrad_update(self, param: Any, grad: Any, state_sum: Any, *hyper: Any) -> None:
+        fn = self._be.adagrad_update
+        for s in self._slices:
+            fn(param[s], grad[s], state_sum[s], *hyper)
+
+    def nadam_update(
+        self, param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *hyper: Any
+    ) -> None:
+        fn = self._be.nadam_update
+        for s in self._slices:
+            fn(param[s], grad[s], exp_avg[s], exp_avg_sq[s], *hyper)
 
 
 class Bucket:

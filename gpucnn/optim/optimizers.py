@@ -1,9 +1,16 @@
-"""Optimizers with PyTorch semantics and argument names: SGD, Adam, AdamW, RMSprop.
+"""Optimizers with PyTorch semantics and argument names: SGD, Adam, AdamW, RMSprop, Adagrad,
+NAdam (also ``Nadam``).
 
 Each optimizer is written as its per-tensor update, ``_update(be, param, grad, state, group)``:
 the PyTorch algorithm on ONE parameter, a call of the backend primitive that implements it
-(``sgd_update``, ``adam_update``, ``rmsprop_update``: a fused kernel of ``cuda/optim.cu`` on
-the GPU, an in-place vectorised NumPy twin on the CPU). That update is the reference.
+(``sgd_update``, ``adam_update``, ``rmsprop_update``, ``adagrad_update``, ``nadam_update``: a
+fused kernel of ``cuda/optim.cu`` on the GPU, an in-place vectorised NumPy twin on the CPU).
+That update is the reference.
+
+Keras style: every optimizer takes ``learning_rate=`` as well as ``lr=`` (the same value; both
+given and different is a ``ValueError``) and has both attributes, and may be built WITHOUT
+parameters (``optim.Adam(learning_rate=1e-3)``): ``Model.compile`` then binds it to the model's
+trainable parameters (:meth:`Optimizer.bind`) once the model is built.
 
 By default (``flat=True``) :meth:`Optimizer.step` runs the same ``_update`` once per bucket of
 parameters instead of once per tensor, on flat buffers of which the parameters, gradients and
@@ -25,7 +32,7 @@ from gpucnn import backend as _backend
 from gpucnn.optim.flat import FlatParams
 from gpucnn.tensor import Tensor, enable_grad
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "Nadam"]
 
 
 def _nonneg(op: str, name: str, value: float) -> None:
@@ -39,41 +46,96 @@ def _zeros_like(be: Any, a: Any) -> Any:
     return be.xp.zeros(a.shape, dtype=a.dtype)
 
 
+def resolve_lr(op: str, lr: Any, learning_rate: Any, default: float) -> Any:
+    """The learning rate given as ``lr`` (PyTorch) or ``learning_rate`` (Keras), else
+    ``default``; both given with different values is a ValueError naming ``op``."""
+    if learning_rate is None:
+        return default if lr is None else lr
+    if lr is not None and not _same_value(lr, learning_rate):
+        raise ValueError(
+            f"{op}: lr={lr!r} and learning_rate={learning_rate!r} disagree; they are the same "
+            "setting (PyTorch and Keras names), pass one of them"
+        )
+    return learning_rate
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``step``/``zero_grad``/state dicts.
 
     Args:
         params: an iterable of Tensors/Parameters, or of dicts ``{"params": [...], **options}``
-            (parameter groups; options missing from a group take the defaults).
+            (parameter groups; options missing from a group take the defaults; a group may
+            name its learning rate ``learning_rate``); or ``None``: an unbound optimizer
+            (Keras style) that :meth:`bind` (or ``Model.compile``) gives its parameters later.
         defaults: the optimizer's hyper-parameters (``lr`` among them).
         flat: update each group's Parameters bucket by bucket on flat buffers (one primitive
             call per bucket, bit-identical; see :mod:`gpucnn.optim.flat`); ``False``: one call
             per tensor, ``p.data`` and the gradients left alone.
 
     A subclass defines :meth:`_update`, the update of one parameter. ``self.state[p]`` holds
-    the state of parameter ``p`` (arrays on p's backend, plus ints). The ``lr`` property reads
-    the first group's learning rate and sets every group's.
+    the state of parameter ``p`` (arrays on p's backend, plus ints). The ``lr`` property (alias
+    ``learning_rate``) reads the first group's learning rate and sets every group's (and the
+    defaults', while unbound).
     """
 
     def __init__(
-        self, params: Iterable[Any], defaults: dict[str, Any], flat: bool = True
+        self, params: Iterable[Any] | None, defaults: dict[str, Any], flat: bool = True
     ) -> None:
-        name = type(self).__name__
         self.flat = bool(flat)
         self._flat_params = FlatParams()
-        if isinstance(params, Tensor):
-            raise TypeError(f"{name}: params must be an iterable of Tensors or dicts, got a Tensor")
         self.defaults = dict(defaults)
         self._validate(self.defaults)
-        groups = list(params)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[Tensor, dict[str, Any]] = {}
+        if params is not None:
+            self.bind(params)
+
+    @property
+    def bound(self) -> bool:
+        """Whether the optimizer has its parameters (False for ``Adam(learning_rate=...)``)."""
+        return bool(self.param_groups)
+
+    def bind(self, params: Iterable[Any]) -> Optimizer:
+        """Give an unbound optimizer its parameters (what ``Model.compile`` does); returns it.
+
+        Raises:
+            RuntimeError: the optimizer already has parameters.
+            TypeError, ValueError: as the constructor, for bad or empty ``params``.
+        """
+        name = type(self).__name__
+        if self.param_groups:
+            raise RuntimeError(
+                f"{name}: the optimizer already has its parameters; create a new one for "
+                "another model"
+            )
+        if isinstance(params, Tensor):
+            raise TypeError(f"{name}: params must be an iterable of Tensors or dicts, got a Tensor")
+        if isinstance(params, (int, float, np.number)) and not isinstance(params, bool):
+            raise TypeError(
+                f"{name}: params must be an iterable of Tensors or dicts, got the number "
+                f"{params!r}; pass the learning rate as lr= or learning_rate="
+            )
+        try:
+            groups = list(params)
+        except TypeError:
+            raise TypeError(
+                f"{name}: params must be an iterable of Tensors or dicts, got "
+                f"{type(params).__name__}"
+            ) from None
         if not groups:
             raise ValueError(f"{name}: optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        self.param_groups: list[dict[str, Any]] = []
-        self.state: dict[Tensor, dict[str, Any]] = {}
         for g in groups:
             self.add_param_group(g)
+        return self
 
     def _update(self, be: Any, param: Any, grad: Any, state: dict, group: dict) -> None:
         """Update ``param`` in place from ``grad`` and its ``state`` (created on first use).
@@ -92,6 +154,10 @@ class Optimizer:
         name = type(self).__name__
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{name}: a parameter group must be a dict with a 'params' entry")
+        if "learning_rate" in group:  # Keras' name for lr
+            group = dict(group)
+            rate = group.pop("learning_rate")
+            group["lr"] = resolve_lr(f"{name} parameter group", group.get("lr"), rate, rate)
         ps = group["params"]
         ps = [ps] if isinstance(ps, Tensor) else list(ps)
         for p in ps:
@@ -109,14 +175,25 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """Learning rate of the first parameter group."""
-        return self.param_groups[0]["lr"]
+        """Learning rate of the first parameter group (the default one while unbound)."""
+        return self.param_groups[0]["lr"] if self.param_groups else self.defaults["lr"]
 
     @lr.setter
     def lr(self, value: float) -> None:
         _nonneg(type(self).__name__, "learning rate lr", value)
         for g in self.param_groups:
             g["lr"] = value
+        if not self.param_groups:
+            self.defaults["lr"] = value
+
+    @property
+    def learning_rate(self) -> float:
+        """Keras' name for :attr:`lr` (the same value, read and set)."""
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self.lr = value
 
     # ------------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -136,6 +213,12 @@ class Optimizer:
         Per tensor (``flat=False``), or bucket by bucket through :mod:`gpucnn.optim.flat`, a
         bucket that cannot go flat this step (and every plain Tensor) going per tensor.
         """
+        if not self.param_groups:
+            raise RuntimeError(
+                f"{type(self).__name__}: the optimizer has no parameters yet; pass them "
+                f"({type(self).__name__}(model.parameters(), ...)), call bind(params), or give "
+                "it to model.compile(optimizer=...), which binds it"
+            )
         loss = None
         if closure is not None:
             with enable_grad():
@@ -242,22 +325,24 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, dampening, weight decay.
 
-    State per parameter: ``momentum_buffer`` (momentum > 0).
+    ``lr`` (or ``learning_rate``) defaults to 0.01. State per parameter: ``momentum_buffer``
+    (momentum > 0).
     """
 
     def __init__(
         self,
-        params: Iterable[Any],
-        lr: float = 0.01,
+        params: Iterable[Any] | None = None,
+        lr: float | None = None,
         momentum: float = 0.0,
         dampening: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
         *,
+        learning_rate: float | None = None,
         flat: bool = True,
     ) -> None:
         defaults = dict(
-            lr=lr,
+            lr=resolve_lr("SGD", lr, learning_rate, 0.01),
             momentum=momentum,
             dampening=dampening,
             nesterov=bool(nesterov),
@@ -305,25 +390,27 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (L2 weight decay added to the gradient), optional AMSGrad.
 
-    State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and (amsgrad)
-    ``max_exp_avg_sq``, arrays zero-initialised.
+    ``lr`` (or ``learning_rate``) defaults to 1e-3. State per parameter: ``step``,
+    ``exp_avg``, ``exp_avg_sq`` and (amsgrad) ``max_exp_avg_sq``, arrays zero-initialised.
     """
 
     _decoupled = False  # AdamW: weight decay applied to the parameter, not the gradient
 
     def __init__(
         self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
+        params: Iterable[Any] | None = None,
+        lr: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
         *,
+        learning_rate: float | None = None,
         flat: bool = True,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps,
+            lr=resolve_lr(type(self).__name__, lr, learning_rate, 1e-3),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps,
             weight_decay=weight_decay, amsgrad=bool(amsgrad)
         )
         super().__init__(params, defaults, flat=flat)
@@ -366,7 +453,10 @@ class Adam(Optimizer):
         super()._validate(group)
         _nonneg(name, "eps", group["eps"])
         _nonneg(name, "weight_decay", group["weight_decay"])
-        betas = group["betas"]
+        Adam._check_betas(name, group["betas"])
+
+    @staticmethod
+    def _check_betas(name: str, betas: Any) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{name}: invalid betas {betas!r} (expected a pair (beta1, beta2))")
         if not all(isinstance(b, (int, float, np.floating)) and not isinstance(b, bool)
@@ -381,39 +471,43 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
+        params: Iterable[Any] | None = None,
+        lr: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         amsgrad: bool = False,
         *,
+        learning_rate: float | None = None,
         flat: bool = True,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, flat=flat)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad,
+                         learning_rate=learning_rate, flat=flat)
 
 
 class RMSprop(Optimizer):
     """RMSprop with optional momentum and centering.
 
-    State per parameter: ``step``, ``square_avg``, and ``momentum_buffer`` (momentum > 0),
-    ``grad_avg`` (centered), arrays zero-initialised.
+    ``lr`` (or ``learning_rate``) defaults to 0.01. State per parameter: ``step``,
+    ``square_avg``, and ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered), arrays
+    zero-initialised.
     """
 
     def __init__(
         self,
-        params: Iterable[Any],
-        lr: float = 0.01,
+        params: Iterable[Any] | None = None,
+        lr: float | None = None,
         alpha: float = 0.99,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
         *,
+        learning_rate: float | None = None,
         flat: bool = True,
     ) -> None:
         defaults = dict(
-            lr=lr,
+            lr=resolve_lr("RMSprop", lr, learning_rate, 0.01),
             alpha=alpha,
             eps=eps,
             weight_decay=weight_decay,
@@ -458,3 +552,143 @@ class RMSprop(Optimizer):
         super()._validate(group)
         for k in ("alpha", "eps", "weight_decay", "momentum"):
             _nonneg("RMSprop", k, group[k])
+
+
+class Adagrad(Optimizer):
+    """Adagrad with learning-rate decay (PyTorch's ``torch.optim.Adagrad``).
+
+    ``lr`` (or ``learning_rate``) defaults to 1e-2. State per parameter: ``step`` and ``sum``
+    (initialised to ``initial_accumulator_value``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any] | None = None,
+        lr: float | None = None,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        *,
+        learning_rate: float | None = None,
+        flat: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=resolve_lr("Adagrad", lr, learning_rate, 1e-2),
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+        )
+        super().__init__(params, defaults, flat=flat)
+
+    def _update(self, be: Any, param: Any, grad: Any, state: dict, group: dict) -> None:
+        """PyTorch's Adagrad on one parameter, in place, at step ``t``::
+
+            g = grad + weight_decay * p
+            sum += g * g
+            p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
+        """
+        if "step" not in state:
+            state["step"] = 0
+            state["sum"] = be.xp.full(param.shape, group["initial_accumulator_value"],
+                                      dtype=param.dtype)
+        state["step"] += 1
+        be.adagrad_update(
+            param,
+            grad,
+            state["sum"],
+            group["lr"],
+            group["lr_decay"],
+            group["weight_decay"],
+            group["eps"],
+            state["step"],
+        )
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        super()._validate(group)
+        for k in ("lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
+            _nonneg("Adagrad", k, group[k])
+
+
+class NAdam(Optimizer):
+    """NAdam: Adam with Nesterov momentum and momentum decay (PyTorch's ``torch.optim.NAdam``;
+    Keras calls it ``Nadam``, also importable under that name).
+
+    ``lr`` (or ``learning_rate``) defaults to 2e-3. ``decoupled_weight_decay=True`` applies
+    the weight decay to the parameter (as AdamW) instead of the gradient. State per
+    parameter: ``step``, ``mu_product`` (a float), ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any] | None = None,
+        lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        learning_rate: float | None = None,
+        flat: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=resolve_lr(type(self).__name__, lr, learning_rate, 2e-3),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            decoupled_weight_decay=bool(decoupled_weight_decay),
+        )
+        super().__init__(params, defaults, flat=flat)
+
+    def _update(self, be: Any, param: Any, grad: Any, state: dict, group: dict) -> None:
+        """PyTorch's NAdam on one parameter, in place, at step ``t``::
+
+            g = grad + weight_decay * p  (or p *= 1 - lr * weight_decay, decoupled)
+            mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay));  prod *= mu_t
+            m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+            d = sqrt(v / (1 - beta2**t)) + eps
+            p -= lr * (1 - mu_t) / (1 - prod) * g / d
+            p -= lr * mu_{t+1} / (1 - prod * mu_{t+1}) * m / d
+        """
+        if "step" not in state:
+            state["step"] = 0
+            state["mu_product"] = 1.0
+            state["exp_avg"] = _zeros_like(be, param)
+            state["exp_avg_sq"] = _zeros_like(be, param)
+        state["step"] += 1
+        t = state["step"]
+        beta1, beta2 = group["betas"]
+        md = float(group["momentum_decay"])
+        mu = float(beta1) * (1.0 - 0.5 * 0.96 ** (t * md))
+        mu_next = float(beta1) * (1.0 - 0.5 * 0.96 ** ((t + 1) * md))
+        state["mu_product"] = float(state["mu_product"]) * mu
+        be.nadam_update(
+            param,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            mu,
+            mu_next,
+            state["mu_product"],
+            t,
+            group["decoupled_weight_decay"],
+        )
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        name = type(self).__name__
+        super()._validate(group)
+        for k in ("eps", "weight_decay", "momentum_decay"):
+            _nonneg(name, k, group[k])
+        Adam._check_betas(name, group["betas"])
+
+
+#: Keras' name for :class:`NAdam`.
+Nadam = NAdam

@@ -55,6 +55,13 @@ class LRScheduler:
                 f"{type(self).__name__}: {type(optimizer).__name__} is not a gpucnn Optimizer"
             )
         check_int(type(self).__name__, "last_epoch", last_epoch, -1)
+        if not optimizer.param_groups:
+            raise ValueError(
+                f"{type(self).__name__}: the {type(optimizer).__name__} has no parameters yet "
+                "(built without them, Keras style); bind it first (model.compile binds it once "
+                "the model is built, or optimizer.bind(model.parameters())), then create the "
+                "schedule"
+            )
         self.optimizer = optimizer
         if last_epoch == -1:
             for g in optimizer.param_groups:

@@ -35,8 +35,8 @@ def host_read(values: Sequence[Any]) -> list[float]:
 
 def scalar(value: Tensor) -> Any:
     """A (scalar) loss Tensor's value as a 0-d array (no host read)."""
-    if value.size != 1:
-        raise ValueError(f"item(): tensor has {value.size} elements, expected 1")
+    if value.numel() != 1:
+        raise ValueError(f"item(): tensor has {value.numel()} elements, expected 1")
     return value.data.reshape(())
 
 
@@ -84,12 +84,30 @@ class Running:
     def read(self, extra: Sequence[Any] = ()) -> tuple[dict, list[float]]:
         """The logs (mean loss, metrics) and ``extra`` values, in one host read."""
         acc = 0.0 if self.loss_sum is None else self.loss_sum
-        host = host_read([acc, *(m.pending() for m in self.metrics), *extra])
-        k = 1 + len(self.metrics)
-        logs = {"loss": host[0] / self.seen if self.seen else float("nan"),
-                **{m.name: m.result(t) for m, t in zip(self.metrics, host[1:k])}}
+        # A metric's pending value is one 0-d array, or a tuple of them (Precision/Recall:
+        # true positives and the denominator), read in the same transfer.
+        parts: list[Any] = []
+        sizes: list[int | None] = []
+        for m in self.metrics:
+            p = m.pending()
+            if isinstance(p, tuple):
+                parts.extend(p)
+                sizes.append(len(p))
+            else:
+                parts.append(p)
+                sizes.append(None)
+        host = host_read([acc, *parts, *extra])
+        results, pos = {}, 1
+        for m, size in zip(self.metrics, sizes):
+            if size is None:
+                results[m.name] = m.result(host[pos])
+                pos += 1
+            else:
+                results[m.name] = m.result(tuple(host[pos : pos + size]))
+                pos += size
+        logs = {"loss": host[0] / self.seen if self.seen else float("nan"), **results}
         self.dirty = False
-        return logs, host[k:]
+        return logs, host[pos:]
 
 
 class BatchLogs(MutableMapping):

@@ -3,8 +3,9 @@
 :func:`make_data` turns the arguments into an :class:`ArrayData` (in-memory arrays, host or
 device, batched by a :class:`gpucnn.data.DataLoader` on the model's backend and dtype) or an
 :class:`IterData` (any iterable of ``(x, y)`` batches, e.g. a DataLoader); :func:`iter_batches`
-gives one epoch of ``(x, y)`` pairs of either, and :func:`close_batches` stops an abandoned
-pass's loader thread.
+gives one epoch of ``(x, y)`` pairs of either (``(x, y, sample_weight)`` triples with
+``triples=True``, the weight None where there is none), and :func:`close_batches` stops an
+abandoned pass's loader thread.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ class ArrayData:
     """In-memory arrays (NumPy, device arrays, Tensors' arrays; never copied to the host),
     batched by a :class:`gpucnn.data.DataLoader` on the model's backend and dtype: pinned,
     prefetched uploads of host data on CUDA; device data is indexed where it is. Shuffled
-    epochs use the loader's seeded order, ``default_rng([seed, epoch]).permutation(n)``."""
+    epochs use the loader's seeded order, ``default_rng([seed, epoch]).permutation(n)``.
+    ``w``: optional per-sample weights ``(N,)``, batched with ``x`` and ``y``."""
 
-    def __init__(self, x: Any, y: Any | None, batch_size: int) -> None:
+    def __init__(self, x: Any, y: Any | None, batch_size: int, w: Any | None = None) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
+        self.w = w
         self._loader: Any = None
         self._key: tuple | None = None
 
@@ -53,9 +56,11 @@ class ArrayData:
 
     def split(self, at: int) -> tuple[ArrayData, ArrayData]:
         """The first ``at`` samples and the rest (views: no copy)."""
-        y = self.y
-        return (ArrayData(self.x[:at], None if y is None else y[:at], self.batch_size),
-                ArrayData(self.x[at:], None if y is None else y[at:], self.batch_size))
+        y, w = self.y, self.w
+        return (ArrayData(self.x[:at], None if y is None else y[:at], self.batch_size,
+                          None if w is None else w[:at]),
+                ArrayData(self.x[at:], None if y is None else y[at:], self.batch_size,
+                          None if w is None else w[at:]))
 
     def host_targets(self, backend: str) -> np.ndarray | None:
         """The host targets when batches reach the step on the device: their checks are done
@@ -65,9 +70,11 @@ class ArrayData:
     def loader(self, backend: str, dtype: Any, shuffle: bool, seed: int | None) -> Any:
         """The DataLoader for these arrays (kept across epochs: its CUDA stream and pinned
         rings are reused)."""
-        key = (backend, np.dtype(dtype).str, bool(shuffle), seed)
+        key = (backend, np.dtype(dtype).str, bool(shuffle), seed, id(self.w))
         if self._loader is None or self._key != key:
             arrays = (self.x,) if self.y is None else (self.x, self.y)
+            if self.w is not None and self.y is not None:
+                arrays = (*arrays, self.w)
             self._loader = DataLoader(arrays, batch_size=self.batch_size, shuffle=shuffle,
                                       seed=seed, backend=backend, dtype=dtype,
                                       prefetch=LOADER_PREFETCH)
@@ -75,25 +82,30 @@ class ArrayData:
         return self._loader
 
     def batches(self, backend: str, dtype: Any, epoch: int = 0, shuffle: bool = False,
-                seed: int | None = None) -> Iterator[tuple]:
-        """One epoch's ``(x, y)`` batches (``y`` None without targets)."""
+                seed: int | None = None, triples: bool = False) -> Iterator[tuple]:
+        """One epoch's ``(x, y)`` batches (``y`` None without targets); ``(x, y, w)`` with
+        ``triples`` (``w`` None without weights)."""
         loader = self.loader(backend, dtype, shuffle, seed if shuffle else None)
         loader.set_epoch(epoch)
-        return Pairs(iter(loader))
+        return Pairs(iter(loader), triples)
 
 
 class Pairs:
-    """``(x, y)`` pairs from a DataLoader iterator. Keeps no reference to a batch it handed
-    out (a generator's loop variable would, across the next upload)."""
+    """``(x, y)`` pairs (``(x, y, w)`` triples) from a DataLoader iterator. Keeps no
+    reference to a batch it handed out (a generator's loop variable would, across the next
+    upload)."""
 
-    def __init__(self, it: Any) -> None:
+    def __init__(self, it: Any, triples: bool = False) -> None:
         self._it = it
+        self._triples = triples
 
     def __iter__(self) -> Pairs:
         return self
 
     def __next__(self) -> tuple:
         b = next(self._it)
+        if self._triples:
+            return b[0], (b[1] if len(b) > 1 else None), (b[2] if len(b) > 2 else None)
         return b[0], (b[1] if len(b) > 1 else None)
 
     def close(self) -> None:
@@ -122,20 +134,24 @@ class IterData:
         except TypeError:
             return None
 
-    def batches(self) -> Iterator[tuple]:
+    def batches(self, triples: bool = False) -> Iterator[tuple]:
+        """The batches as ``(x, y)``, or ``(x, y, sample_weight)`` with ``triples`` (a batch
+        ``(x, y, w)`` or a dict with ``"sample_weight"`` gives its weights, else None)."""
         for i, b in enumerate(self.loader):
             if self.steps is not None and i >= self.steps:
                 break
             if isinstance(b, (tuple, list)):
                 if len(b) < 1 or len(b) > 3:
                     raise ValueError(
-                        f"data loader: expected batches (x, y) or x, got a tuple of {len(b)}"
+                        f"data loader: expected batches (x, y), (x, y, sample_weight) or x, "
+                        f"got a tuple of {len(b)}"
                     )
-                yield b[0], (b[1] if len(b) > 1 else None)
+                x, y, w = b[0], (b[1] if len(b) > 1 else None), (b[2] if len(b) > 2 else None)
             elif isinstance(b, dict):
-                yield b["x"], b.get("y")
+                x, y, w = b["x"], b.get("y"), b.get("sample_weight")
             else:
-                yield b, None
+                x, y, w = b, None, None
+            yield (x, y, w) if triples else (x, y)
 
     def set_epoch(self, epoch: int) -> None:
         fn = getattr(self.loader, "set_epoch", None)
@@ -179,6 +195,12 @@ def make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = N
         except ValueError:
             raise ValueError(f"{where}: y is ragged (nested lists of different lengths)") \
                 from None
+        if ya.dtype.kind in "USO":
+            raise TypeError(
+                f"{where}: y holds {'strings' if ya.dtype.kind in 'US' else 'objects'} (dtype "
+                f"{ya.dtype}); labels must be integer class ids (or one-hot rows): encode them "
+                "first, e.g. classes, y = np.unique(y, return_inverse=True)"
+            )
         if ya.dtype.kind not in "biuf":
             raise TypeError(f"{where}: y must hold numbers, got dtype {ya.dtype}")
         if ya.ndim == 0 or len(ya) != len(xa):
@@ -191,9 +213,11 @@ def make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = N
 
 
 def iter_batches(data: ArrayData | IterData, backend: str, dtype: Any, epoch: int = 0,
-                 shuffle: bool = False, seed: int | None = None) -> Iterator[tuple]:
-    """One epoch's ``(x, y)`` batches of ``data`` (``y`` None when absent); arrays through the
-    DataLoader on ``backend`` and ``dtype`` (an iterable's batches come as they are)."""
+                 shuffle: bool = False, seed: int | None = None,
+                 triples: bool = False) -> Iterator[tuple]:
+    """One epoch's ``(x, y)`` batches of ``data`` (``y`` None when absent; ``(x, y, w)`` with
+    ``triples``); arrays through the DataLoader on ``backend`` and ``dtype`` (an iterable's
+    batches come as they are)."""
     if isinstance(data, ArrayData):
-        return data.batches(backend, dtype, epoch, shuffle, seed)
-    return data.batches()
+        return data.batches(backend, dtype, epoch, shuffle, seed, triples)
+    return data.batches(triples)

@@ -4,7 +4,16 @@ model output, with errors naming the loss and the fix).
 
 Models output LOGITS: the cross-entropies apply the softmax (sigmoid) inside the loss;
 ``from_logits=False`` (a model ending in a softmax/sigmoid) takes the log of the clipped
-probabilities instead.
+probabilities instead. ``"kl_divergence"`` (``"kld"``, ``"kullback_leibler_divergence"``) is
+Keras's: targets and outputs are probability distributions over the last axis, both clipped
+to [1e-7, 1], ``sum(y_true * log(y_true / y_pred), axis=-1)`` averaged over the batch (on a
+logits model the output's log-softmax is used). ``"huber"`` is Keras's Huber (delta 1.0), the
+mean over every element.
+
+Per-sample weights (``fit(sample_weight=..., class_weight=...)``): :meth:`Loss.weighted`
+multiplies each sample's loss (its mean over the non-batch axes; for the KL divergence the
+sum over the last axis, then the mean) by its weight and divides the sum by the number of
+samples, as Keras.
 """
 
 from __future__ import annotations
@@ -25,11 +34,18 @@ LOSSES = (
     "mean_squared_error",
     "mae",
     "mean_absolute_error",
+    "huber",
+    "kl_divergence",
+    "kld",
+    "kullback_leibler_divergence",
 )
 LOSS_ALIASES = {
     "mean_squared_error": "mse",
     "mean_absolute_error": "mae",
     "bce": "binary_crossentropy",
+    "huber_loss": "huber",
+    "kld": "kl_divergence",
+    "kullback_leibler_divergence": "kl_divergence",
 }
 
 _PROB_EPS = 1e-7
@@ -98,7 +114,70 @@ class Loss:
         y = y.reshape(out.shape)
         if k == "mse":
             return F.mse_loss(out, y)
+        if k == "huber":
+            return F.huber_loss(out, y)
+        if k == "kl_divergence":
+            return self._kld_terms(out, y).sum(axis=-1).mean()
         return (out - y).abs().mean()  # mae
+
+    def _kld_terms(self, out: Tensor, y: Tensor) -> Tensor:
+        """Keras's KL divergence, element-wise: ``yt * (log yt - log yp)``, both clipped."""
+        F = _F()
+        logp = F.log_softmax(out, axis=-1) if self.from_logits else F.log(
+            F.clip(out, _PROB_EPS, 1.0))
+        return F.kl_div(logp, F.clip(y, _PROB_EPS, 1.0), reduction="none")
+
+    def per_sample(self, out: Tensor, y: Tensor) -> Tensor:
+        """The loss of each sample, shape ``(N,)``, whose mean is ``self(out, y)``.
+
+        Raises:
+            ValueError: a custom loss (a callable returns one scalar, not per-sample values).
+        """
+        F = _F()
+        k = self.kind
+        if k == "custom":
+            raise ValueError(
+                f"fit: sample_weight / class_weight need a built-in loss (one of "
+                f"{', '.join(LOSSES)}); the custom loss {self.name!r} returns one scalar, not a "
+                "loss per sample"
+            )
+        n = int(out.shape[0])
+        if k == "sparse_categorical_crossentropy":
+            if self.from_logits:
+                ls = F.cross_entropy(out, y, reduction="none")
+            else:
+                ls = F.nll_loss(F.log(F.clip(out, _PROB_EPS, 1.0)), y, reduction="none")
+        elif k == "categorical_crossentropy":
+            if self.from_logits:
+                ls = -(y * F.log_softmax(out, axis=1)).sum(axis=1)
+            else:
+                ls = -(y * F.log(F.clip(out, _PROB_EPS, 1.0))).sum(axis=1)
+        else:
+            y = y.reshape(out.shape)
+            if k == "binary_crossentropy":
+                if self.from_logits:
+                    ls = F.binary_cross_entropy_with_logits(out, y, reduction="none")
+                else:
+                    ls = F.binary_cross_entropy(F.clip(out, _PROB_EPS, 1.0 - _PROB_EPS), y,
+                                                reduction="none")
+            elif k == "mse":
+                ls = F.mse_loss(out, y, reduction="none")
+            elif k == "huber":
+                ls = F.huber_loss(out, y, reduction="none")
+            elif k == "kl_divergence":
+                ls = self._kld_terms(out, y)
+                ls = ls.sum(axis=-1) if ls.ndim > 1 else ls
+            else:  # mae
+                ls = (out - y).abs()
+        if ls.ndim != 1:
+            ls = ls.reshape((n, -1)).mean(axis=1)
+        return ls
+
+    def weighted(self, out: Tensor, y: Tensor, w: Any) -> Tensor:
+        """``sum(per_sample * w) / N`` (Keras's sample-weighted batch loss); ``w`` an array
+        ``(N,)`` on the output's backend."""
+        ls = self.per_sample(out, y)
+        return (ls * Tensor(w.astype(ls.dtype, copy=False))).mean()
 
 
 def host_or(raw: Any, prepared: Any) -> Any:
@@ -143,7 +222,13 @@ def check_targets(loss: Loss, y: Any, out_shape: tuple, where: str) -> None:
                 f"of shape {tuple(out_shape)}, got {tuple(y.shape)}; use "
                 "'sparse_categorical_crossentropy' for integer labels"
             )
-    elif loss.kind in ("binary_crossentropy", "mse", "mae"):
+    elif loss.kind == "kl_divergence":
+        if tuple(y.shape) != tuple(out_shape):
+            raise ValueError(
+                f"{where}: loss 'kl_divergence' expects probability targets of the output's "
+                f"shape {tuple(out_shape)}, got {tuple(y.shape)}"
+            )
+    elif loss.kind in ("binary_crossentropy", "mse", "mae", "huber"):
         if int(np.prod(y.shape)) != int(np.prod(out_shape)):
             raise ValueError(
                 f"{where}: loss {loss.kind!r} expects targets with the output's shape "

@@ -5,6 +5,10 @@ batch added to the running sums. :func:`eval_step` (``evaluate``, validation, ``
 forward without gradients and, given running sums, the loss and metrics. :func:`eval_pass`:
 one :func:`eval_step` pass over some data, read in one host transfer. Neither step reads the
 host (see :mod:`gpucnn.train.accumulate`).
+
+Per-sample weights (``fit(sample_weight=..., class_weight=...)``): a batch's weights ``w``
+(an array ``(N,)``) or a ``class_weights`` table (see :mod:`gpucnn.train.checks`) make the
+batch loss :meth:`Loss.weighted <gpucnn.train.losses.Loss.weighted>` (Keras semantics).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from gpucnn import backend as _backend
 from gpucnn.tensor import Tensor, no_grad
 from gpucnn.train.accumulate import Running, scalar
+from gpucnn.train.checks import check_sample_weight, class_weights_for
 from gpucnn.train.data import ArrayData, close_batches, is_arraylike, iter_batches
 from gpucnn.train.losses import Loss, check_targets, host_or, loss_ops
 
@@ -56,10 +61,21 @@ def prepare_y(model: Any, yb: Any, loss: Loss) -> Any:
     return arr
 
 
+def prepare_w(model: Any, wb: Any, n: int, where: str) -> Any:
+    """A batch's sample weights as a float array ``(n,)`` on ``model``'s backend."""
+    w = check_sample_weight(where, wb, n)
+    arr = _backend.to_backend(w, model.backend) if is_arraylike(w) else \
+        _backend.get_backend(model.backend).xp.asarray(w)
+    return arr if arr.dtype.kind == "f" else arr.astype(model.dtype)
+
+
 def forward_loss(model: Any, xb: Any, yb: Any, loss: Loss, where: str,
-                 y_all: np.ndarray | None = None) -> tuple[int, Any, Tensor, Tensor]:
+                 y_all: np.ndarray | None = None, wb: Any = None,
+                 class_weights: np.ndarray | None = None) -> tuple[int, Any, Tensor, Tensor]:
     """Forward ``xb`` and the loss against ``yb``: ``(n, prepared targets, output, loss)``.
-    ``y_all``: the pass's whole host targets, checked here (once) instead of per batch."""
+    ``y_all``: the pass's whole host targets, checked here (once) instead of per batch.
+    ``wb`` (per-sample weights) or ``class_weights`` (a table by class id): the weighted
+    loss."""
     if yb is None:
         raise ValueError(f"{where}: the data gave batches without targets; yield (x, y)")
     if y_all is not None and loss.sparse:
@@ -70,17 +86,25 @@ def forward_loss(model: Any, xb: Any, yb: Any, loss: Loss, where: str,
     if y_all is not None:
         check_targets(loss, host_or(y_all, y_all), (len(y_all), *out.shape[1:]), where)
     check_targets(loss, host_or(yb, ya), tuple(out.shape), where)
-    return int(xt.shape[0]), ya, out, loss(out, Tensor(ya))
+    n = int(xt.shape[0])
+    if wb is not None:
+        value = loss.weighted(out, Tensor(ya), prepare_w(model, wb, n, where))
+    elif class_weights is not None:
+        value = loss.weighted(out, Tensor(ya), class_weights_for(class_weights, ya, loss.kind))
+    else:
+        value = loss(out, Tensor(ya))
+    return n, ya, out, value
 
 
 def train_step(model: Any, xb: Any, yb: Any, loss: Loss, run: Running | None, where: str,
-               y_all: np.ndarray | None = None) -> tuple[int, Any]:
-    """THE training step (``fit``, ``train_on_batch``): forward, loss, backward, optimizer
-    step, and the batch added to ``run`` (when given). Returns ``(n, batch loss as a 0-d
-    array)``; no host read."""
+               y_all: np.ndarray | None = None, wb: Any = None,
+               class_weights: np.ndarray | None = None) -> tuple[int, Any]:
+    """THE training step (``fit``, ``train_on_batch``): forward, loss (weighted by ``wb`` or
+    ``class_weights``), backward, optimizer step, and the batch added to ``run`` (when given).
+    Returns ``(n, batch loss as a 0-d array)``; no host read."""
     model._ensure_built_for(xb)
     opt = model._ensure_optimizer()
-    n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all)
+    n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all, wb, class_weights)
     opt.zero_grad()
     value.backward()
     opt.step()
@@ -88,15 +112,15 @@ def train_step(model: Any, xb: Any, yb: Any, loss: Loss, run: Running | None, wh
 
 
 def eval_step(model: Any, xb: Any, yb: Any, loss: Loss | None, run: Running | None,
-              where: str, y_all: np.ndarray | None = None) -> Tensor:
+              where: str, y_all: np.ndarray | None = None, wb: Any = None) -> Tensor:
     """THE evaluation step (``evaluate``, validation, ``predict``; the caller sets eval
-    mode): the forward without gradients and, when ``run`` is given, the loss and metrics
-    added to it. Returns the output."""
+    mode): the forward without gradients and, when ``run`` is given, the loss (weighted by
+    ``wb`` when given) and metrics added to it. Returns the output."""
     with no_grad():
         model._ensure_built_for(xb)
         if run is None:
             return model(prepare_x(model, xb))
-        n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all)
+        n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all, wb)
         run.add(value, n, ya, out.data)
     return out
 
@@ -111,10 +135,10 @@ def eval_pass(model: Any, data: Any, loss: Loss, metric_objs: list, where: str) 
     y_all = data.host_targets(model.backend) if isinstance(data, ArrayData) else None
     it: Any = None
     try:
-        it = iter_batches(data, model.backend, model.dtype)
-        for xb, yb in it:
-            eval_step(model, xb, yb, loss, run, where, y_all)
-            y_all = xb = yb = None  # type: ignore[assignment]
+        it = iter_batches(data, model.backend, model.dtype, triples=True)
+        for xb, yb, wb in it:
+            eval_step(model, xb, yb, loss, run, where, y_all, wb)
+            y_all = xb = yb = wb = None  # type: ignore[assignment]
     finally:
         close_batches(it)
         model.train(was)

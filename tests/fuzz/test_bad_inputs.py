@@ -332,6 +332,9 @@ def optim_slots() -> list[Slot]:
     ):
         for a in args:
             ok = NONNEG
+            if a == "lr":  # None: the documented default (lr= and Keras's learning_rate=)
+                def ok(v: Any) -> bool:
+                    return v is None or NONNEG(v)
             if a == "betas":
                 def ok(v: Any) -> bool:
                     return isinstance(v, (tuple, list)) and len(v) == 2 and all(

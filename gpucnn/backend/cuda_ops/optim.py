@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.checks import nadam_coefficients
 from gpucnn.backend.runtime import current_runtime, dtype_suffix
 
-__all__ = ["sgd_update", "adam_update", "rmsprop_update"]
+__all__ = ["sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "nadam_update"]
 
 _FAMILY = "optim"
 
@@ -147,6 +148,73 @@ def rmsprop_update(
             t(weight_decay),
             t(momentum),
             np.int32(bool(centered)),
+            np.int64(n),
+        ),
+    )
+
+
+def adagrad_update(
+    param: Any,
+    grad: Any,
+    state_sum: Any,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    step: int,
+) -> None:
+    """Adagrad step ``step`` (1-based) in place (PyTorch semantics); kernel ``adagrad_f32/_f64``."""
+    _, g, (s,) = _prep("adagrad_update", param, grad, state_sum)
+    t = param.dtype.type
+    clr = t(float(lr) / (1.0 + (step - 1) * float(lr_decay)))
+    n = int(param.size)
+    current_runtime().launch(
+        _FAMILY,
+        f"adagrad_{dtype_suffix(param.dtype, 'adagrad')}",
+        n,
+        (param, g, s, clr, t(eps), t(weight_decay), np.int64(n)),
+    )
+
+
+def nadam_update(
+    param: Any,
+    grad: Any,
+    exp_avg: Any,
+    exp_avg_sq: Any,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mu: float,
+    mu_next: float,
+    mu_product: float,
+    step: int,
+    decoupled: bool,
+) -> None:
+    """NAdam step ``step`` (1-based) in place (PyTorch semantics); kernel ``nadam_f32/_f64``."""
+    _, g, (m, v) = _prep("nadam_update", param, grad, exp_avg, exp_avg_sq)
+    t = param.dtype.type
+    bc2, coef_g, coef_m = nadam_coefficients(lr, beta2, mu, mu_next, mu_product, step)
+    n = int(param.size)
+    current_runtime().launch(
+        _FAMILY,
+        f"nadam_{dtype_suffix(param.dtype, 'nadam')}",
+        n,
+        (
+            param,
+            g,
+            m,
+            v,
+            t(lr),
+            t(beta1),
+            t(beta2),
+            t(eps),
+            t(weight_decay),
+            t(bc2),
+            t(coef_g),
+            t(coef_m),
+            np.int32(bool(decoupled)),
             np.int64(n),
         ),
     )

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["sgd_update", "adam_update", "rmsprop_update"]
+from gpucnn.backend.checks import nadam_coefficients
+
+__all__ = ["sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "nadam_update"]
 
 
 def _grad(op: str, param: np.ndarray, grad: Any) -> np.ndarray:
@@ -138,3 +140,69 @@ def rmsprop_update(
         param -= t(lr) * momentum_buf
     else:
         param -= t(lr) * g / avg
+
+
+def adagrad_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    state_sum: np.ndarray,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    step: int,
+) -> None:
+    """Adagrad step number ``step`` (1-based) in place (PyTorch semantics).
+
+    ``g = grad + wd*p``; ``sum += g*g``; ``p -= clr * (g / (sqrt(sum) + eps))`` with
+    ``clr = lr / (1 + (step-1)*lr_decay)``. Twin of kernel ``adagrad_f32/_f64``.
+    """
+    t = param.dtype.type
+    g = _grad("adagrad_update", param, grad)
+    clr = t(float(lr) / (1.0 + (step - 1) * float(lr_decay)))
+    if weight_decay != 0:
+        g = g + t(weight_decay) * param
+    state_sum += g * g
+    param -= clr * (g / (np.sqrt(state_sum) + t(eps)))
+
+
+def nadam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mu: float,
+    mu_next: float,
+    mu_product: float,
+    step: int,
+    decoupled: bool,
+) -> None:
+    """NAdam step number ``step`` (1-based) in place (PyTorch semantics); ``mu``/``mu_next``
+    are the momentum coefficients of steps ``step``/``step + 1`` and ``mu_product`` the product
+    of ``mu`` over steps 1..``step``.
+
+    ``g = grad + wd*p`` (or ``p *= 1 - lr*wd``, decoupled); ``m = b1*m + (1-b1)*g``,
+    ``v = b2*v + (1-b2)*g*g``, ``d = sqrt(v/bc2) + eps``; ``p -= coef_g*(g/d)``,
+    ``p -= coef_m*(m/d)`` (:func:`gpucnn.backend.checks.nadam_coefficients`). Twin of kernel
+    ``nadam_f32/_f64``.
+    """
+    t = param.dtype.type
+    g = _grad("nadam_update", param, grad)
+    bc2, coef_g, coef_m = nadam_coefficients(lr, beta2, mu, mu_next, mu_product, step)
+    if weight_decay != 0:
+        if decoupled:
+            param *= t(1) - t(lr) * t(weight_decay)
+        else:
+            g = g + t(weight_decay) * param
+    exp_avg *= t(beta1)
+    exp_avg += (t(1) - t(beta1)) * g
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += (t(1) - t(beta2)) * g * g
+    d = np.sqrt(exp_avg_sq / t(bc2)) + t(eps)
+    param -= t(coef_g) * (g / d)
+    param -= t(coef_m) * (exp_avg / d)
