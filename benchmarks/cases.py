@@ -134,11 +134,44 @@ def _conv_cases(ctx: Ctx, reps: int) -> list[Case]:
         gemm_shape = (o, c * k * k, n * oh * oh)  # (M, K, N) of the equivalent GEMM
         for mode in ("fwd", "fwdbwd"):
             cases.append(_conv_case(ctx, label, mode, params, fl, reps, gemm_shape))
+            # Our implicit-GEMM kernels (cuda/conv_igemm.cu) beside im2col + cuBLAS at the
+            # ResNet-18 shapes: the measurement a rule in cuda_ops/conv.py's
+            # conv2d_algorithm must cite. CUDA only (there is no NumPy igemm).
+            # Forward also with the 8x8-per-thread tiles (cuda_ops/conv_igemm.py TILES).
+            if ctx.backend == "cuda" and label.startswith("resnet18"):
+                for tile in (None, "64x128", "128x128") if mode == "fwd" else (None,):
+                    cases.append(_conv_case(ctx, label, mode, params, fl, reps, gemm_shape,
+                                            algorithm="igemm", tile=tile))  # fmt: skip
     return cases
 
 
+def _with_conv_algorithm(
+    algorithm: str | None, tile: str | None, step: Callable[[], Any]
+) -> Callable[[], Any]:
+    """``step`` run with the CUDA conv algorithm ``algorithm`` and the implicit-GEMM tile
+    ``tile`` (``None``: unchanged / the default tile)."""
+    if algorithm is None:
+        return step
+    import contextlib
+    import importlib
+
+    cconv = importlib.import_module("gpucnn.backend.cuda_ops.conv")
+    igemm = importlib.import_module("gpucnn.backend.cuda_ops.conv_igemm")
+
+    def run() -> Any:
+        cconv.set_conv_algorithm(algorithm)
+        try:
+            with igemm.use_tile(tile) if tile else contextlib.nullcontext():
+                return step()
+        finally:
+            cconv.set_conv_algorithm(None)
+
+    return run
+
+
 def _conv_case(ctx: Ctx, label: str, mode: str, p: dict, fl: float, reps: int,
-               gemm_shape: tuple[int, int, int]) -> Case:
+               gemm_shape: tuple[int, int, int], algorithm: str | None = None,
+               tile: str | None = None) -> Case:
     n, c, h, o, k, s, pad = p["N"], p["C"], p["H"], p["O"], p["k"], p["stride"], p["pad"]
     x0, w0, b0 = ctx.randn(n, c, h, h), ctx.randn(o, c, k, k) * 0.1, ctx.randn(o)
     gy0 = ctx.randn(n, o, p["OH"], p["OW"])
@@ -154,13 +187,13 @@ def _conv_case(ctx: Ctx, label: str, mode: str, p: dict, fl: float, reps: int,
             def step() -> Any:
                 with gpucnn.no_grad():
                     return conv2d(x, w, b, stride=s, padding=pad)
-            return step
+            return _with_conv_algorithm(algorithm, tile, step)
 
         def step_b() -> Any:
             _clear(x, w, b)
             y = conv2d(x, w, b, stride=s, padding=pad)
             y.backward(gy)
-        return step_b
+        return _with_conv_algorithm(algorithm, tile, step_b)
 
     def build_t() -> Callable[[], Any]:
         torch = ctx.torch
@@ -187,10 +220,15 @@ def _conv_case(ctx: Ctx, label: str, mode: str, p: dict, fl: float, reps: int,
         return lambda: xp.matmul(a, bb)
 
     return Case(
-        group="conv", name=f"conv2d_{mode}[{label}]", params=dict(p), build_gpucnn=build_g,
+        group="conv",
+        name=f"conv2d_{'igemm_' if algorithm else ''}{mode}[{label}{',' + tile if tile else ''}]",
+        params=dict(p, **({"algorithm": algorithm} if algorithm else {}),
+                    **({"tile": tile} if tile else {})),
+        build_gpucnn=build_g,
         build_torch=build_t, flops=fl * (3 if bwd else 1), images=n, repeats=reps,
         build_gemm_equiv=None if bwd else build_gemm, gemm_equiv_shape=None if bwd else gemm_shape,
-        extra={"label": label, "mode": mode},
+        extra={"label": label, "mode": mode, "algorithm": algorithm or "default",
+               "tile": tile or "default"},
     )
 
 
@@ -289,6 +327,69 @@ def _gemm_cases(ctx: Ctx, reps: int) -> list[Case]:
                           params={"M": n, "K": n, "N": n, "dtype": "float32"},
                           build_gpucnn=build_g, build_torch=build_t, flops=2.0 * n**3,
                           bytes=12.0 * n * n, repeats=r))
+    if ctx.backend == "cuda":  # our kernels (cuda/gemm.cu) per precision, beside cuBLAS
+        cases += _our_gemm_cases(ctx, reps)
+    return cases
+
+
+_GEMM_DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _gemm_dtype(prec: str) -> Any:
+    if _GEMM_DTYPES[prec] != "bfloat16":
+        return np.dtype(_GEMM_DTYPES[prec])
+    try:
+        import ml_dtypes
+    except ImportError as exc:
+        raise Missing("bf16 GEMM needs ml_dtypes") from exc
+    return ml_dtypes.bfloat16
+
+
+def _our_gemm_cases(ctx: Ctx, reps: int) -> list[Case]:
+    """``backend.gemm`` (ours, cuda/gemm.cu: FP32 SIMT, TF32/FP16/BF16 mma.sync) vs cuBLAS
+    (``xp.matmul`` in the same dtype: the ``gemm_equiv`` column; FP32 cuBLAS follows
+    ``CUPY_TF32``) and ``torch.mm`` in the same dtype (none for TF32)."""
+    sizes = (64,) if ctx.quick else (1024, 2048, 4096)
+    cases = []
+    for n in sizes:
+        a0, b0 = ctx.randn(n, n), ctx.randn(n, n)
+        for prec in ("fp32", "tf32", "fp16", "bf16"):
+
+            def arrays(prec: str = prec, a0: np.ndarray = a0, b0: np.ndarray = b0) -> tuple:
+                import gpucnn
+
+                dt = _gemm_dtype(prec)
+                to = gpucnn.backend.to_backend
+                return (to(np.ascontiguousarray(a0.astype(dt)), ctx.backend),
+                        to(np.ascontiguousarray(b0.astype(dt)), ctx.backend))
+
+            def build_g(prec: str = prec, arrays: Callable = arrays) -> Callable[[], Any]:
+                import gpucnn
+
+                be = gpucnn.backend.get_backend(ctx.backend)
+                if not hasattr(be, "gemm"):
+                    raise Missing("backend primitive gemm does not exist yet")
+                a, b = arrays()
+                return lambda: be.gemm(a, b, precision=prec)
+
+            def build_cublas(arrays: Callable = arrays) -> Callable[[], Any]:
+                a, b = arrays()
+                xp = ctx.xp()
+                return lambda: xp.matmul(a, b)
+
+            def build_t(prec: str = prec, a0: np.ndarray = a0,
+                        b0: np.ndarray = b0) -> Callable[[], Any]:
+                tdt = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[prec]
+                a = ctx.t(a0).to(getattr(ctx.torch, tdt))
+                b = ctx.t(b0).to(getattr(ctx.torch, tdt))
+                return lambda: ctx.torch.mm(a, b)
+
+            cases.append(Case(
+                group="gemm", name=f"gemm_ours_{prec}[{n}x{n}x{n}]",
+                params={"M": n, "K": n, "N": n, "precision": prec, "dtype": _GEMM_DTYPES[prec]},
+                build_gpucnn=build_g, build_torch=None if prec == "tf32" else build_t,
+                flops=2.0 * n**3, repeats=reps, build_gemm_equiv=build_cublas,
+                gemm_equiv_shape=(n, n, n), extra={"precision": prec}))
     return cases
 
 

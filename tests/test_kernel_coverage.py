@@ -62,6 +62,16 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
         "col2im_cn",
         lambda m: m.col2im_cn(cols2, 2, 3, 5, 6, 2, 2, 1, 1, 0, 0, 1, 1, 4, 5),
     )
+    from gpucnn.backend.geometry import Conv2dGeometry  # conv_igemm: a strided, grouped conv
+
+    cg = Conv2dGeometry.create((2, 4, 7, 6), (6, 2, 3, 3), stride=2, padding=1, groups=2)
+    cx, cw, cdy = a(2, 4, 7, 6), a(6, 2, 3, 3), a(*cg.output_shape)
+    yield "conv_igemm", "fwd", lambda m: m.conv2d_igemm_forward(cx, cw, cw[:, 0, 0, 0], cg)
+    yield "conv_igemm", "bwd data", lambda m: m.conv2d_igemm_backward_data(cdy, cw, cg)
+    yield "conv_igemm", "bwd weight", lambda m: m.conv2d_igemm_backward_weight(cdy, cx, cg, 1)
+    yield (  # split-K: partial sums + conv_igemm_splitk_sum
+        "conv_igemm", "bwd weight split", lambda m: m.conv2d_igemm_backward_weight(cdy, cx, cg, 2)
+    )
     mean, var = x4.mean(axis=(0, 2, 3)), x4.var(axis=(0, 2, 3)) + 0.5
     yield "norm", "stats", lambda m: m.batchnorm_stats(x4)
     yield "norm", "fwd", lambda m: m.batchnorm_forward(x4, mean, var, w, w, 1e-5)
@@ -130,6 +140,20 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
             dy34, np.asarray(m.adaptive_maxpool2d_forward(x4, 3, 4)[1]), 5, 6
         ),
     )
+    if dt == np.float32:  # gemm: float32 / float16 / bfloat16 inputs, float32 out, one kernel each
+        ga, gb, gbias = a(19, 11), a(13, 11), a(13)
+        from gpucnn.backend.precision import bf16_bits  # bf16 operands as uint16 bit patterns
+
+        for prec in ("fp32", "tf32", "fp16", "bf16"):
+            cast = bf16_bits if prec == "bf16" else (lambda v, p=prec: v.astype(
+                np.float16 if p == "fp16" else np.float32))  # fmt: skip
+            yield (
+                "gemm",
+                prec,
+                lambda m, p=prec, f=cast: m.gemm(
+                    f(ga), f(gb), trans_b=True, precision=p, bias=gbias, relu=True
+                ),
+            )
     yield "random", "uniform", lambda m: m.random_uniform(33, dt, 7, 8)
     logits, tgt = a(6, 11), np.array([0, 3, 10, 2, -100, 5], dtype=np.int64)
     yield "softmax_xent", "softmax", lambda m: m.softmax_forward(logits)

@@ -41,7 +41,9 @@
 // storage.
 #define __shared__ static __attribute__((section("emu_shared")))
 #define __constant__ static
-#define __align__(n) alignas(n)
+// A GNU attribute, not alignas: CUDA code writes `__shared__ __align__(16) T x[...]`, where a
+// standard attribute would sit in the middle of the decl-specifiers (a g++ error).
+#define __align__(n) __attribute__((aligned(n)))
 #define __grid_constant__
 // __restrict__ is understood by g++ itself.
 

@@ -27,7 +27,16 @@ persists between blocks and launches (never zeroed); 256 KiB stack per fiber (ov
 crashes the process); out-of-bounds reads are not reported (they read NaN guard bytes) and
 writes beyond the 4 KiB guard zones are not caught; only ``extern "C" __global__`` kernels are
 launchable; a shuffle from an inactive or missing lane returns the caller's own value;
-no textures, cooperative groups, ``__half`` or CUDA library headers.
+no textures, cooperative groups, ``__half`` / ``__nv_bfloat16`` or CUDA library headers.
+
+16-bit floats and tensor cores: kernels keep FP16 / BF16 values as raw ``unsigned short`` bit
+patterns with the round-to-nearest-even conversions of ``cuda/mma.cuh`` (the same code on the
+device and here; launchers pass ``float16`` / ``bfloat16`` arrays as ``.view(np.uint16)``).
+The sources are compiled with ``GPUCNN_EMULATOR=1``, under which the ``mma.sync`` steps of
+``cuda/mma.cuh`` run a portable body that gathers the other lanes' fragments by warp shuffles
+following the PTX ISA layouts and accumulates in float32 in k order (tensor cores add in an
+unspecified order: real-GPU results differ within tolerance); TF32 rounding (``cvt.rna``) is
+the same bit manipulation.
 
 Compiled libraries are cached in ``$GPUCNN_EMULATOR_CACHE`` (default
 ``~/.cache/gpucnn/emulator``), keyed by the source, the shim, included headers, defines,

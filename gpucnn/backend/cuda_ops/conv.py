@@ -7,16 +7,28 @@ it and copies transposed operands), and the transposes of ``dW = dy2 @ cols2^T``
 transposing copy to NCHW, ``bias_add_nchw``. Backward: ``dy`` copied once to ``(O, N*L)``,
 ``col2im_cn`` (a gather) for ``dx``, or the stride-1 correlation of ``dy`` with the flipped
 kernel where :func:`gpucnn.backend.geometry.input_grad_path` says so.
+
+The ``"igemm"`` algorithm runs our implicit-GEMM kernels instead (``cuda/conv_igemm.cu``,
+:mod:`gpucnn.backend.cuda_ops.conv_igemm`): no column matrix, no cuBLAS, the bias fused into
+the forward epilogue. Which algorithm runs: the ``algorithm`` argument, else
+:func:`set_conv_algorithm`, else ``$GPUCNN_CUDA_CONV_ALGO``, else :func:`conv2d_algorithm`'s
+rule (today always ``"im2col_gemm"``).
 Primitives as :mod:`gpucnn.backend.numpy_ops.conv` (same names and signatures).
 """
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
 from gpucnn.backend import geometry
 from gpucnn.backend.cuda_ops.bias import bias_add_nchw
+from gpucnn.backend.cuda_ops.conv_igemm import (
+    conv2d_igemm_backward_data,
+    conv2d_igemm_backward_weight,
+    conv2d_igemm_forward,
+)
 from gpucnn.backend.cuda_ops.im2col import col2im_cn, im2col_cn
 from gpucnn.backend.geometry import Conv2dGeometry, ConvSaved
 from gpucnn.backend.runtime import current_runtime
@@ -29,8 +41,35 @@ __all__ = [
     "conv2d_backward_weight",
 ]
 
-# The CUDA algorithms (our implicit-GEMM kernels join "im2col_gemm" in a later step).
-ALGORITHMS = ("im2col_gemm",)
+# The CUDA algorithms: im2col + cuBLAS GEMMs, and our implicit-GEMM kernels.
+ALGORITHMS = ("im2col_gemm", "igemm")
+
+#: The environment variable naming the default algorithm (one of :data:`ALGORITHMS`).
+ALGORITHM_ENV = "GPUCNN_CUDA_CONV_ALGO"
+
+_chosen: str | None = None  # set_conv_algorithm's choice (None: the env var, then the rule)
+
+
+def _valid(name: str, where: str) -> str:
+    if name not in ALGORITHMS:
+        raise ValueError(f"conv2d: {where} must be one of {ALGORITHMS}, got {name!r}")
+    return name
+
+
+def set_conv_algorithm(name: str | None) -> None:
+    """Make ``name`` (one of :data:`ALGORITHMS`) the algorithm of every CUDA convolution that
+    does not name one; ``None`` goes back to ``$GPUCNN_CUDA_CONV_ALGO`` and the rule."""
+    global _chosen
+    _chosen = None if name is None else _valid(name, "set_conv_algorithm's name")
+
+
+def get_conv_algorithm() -> str | None:
+    """The algorithm :func:`set_conv_algorithm` or ``$GPUCNN_CUDA_CONV_ALGO`` fixes, or
+    ``None`` (the rule decides per geometry)."""
+    if _chosen is not None:
+        return _chosen
+    env = os.environ.get(ALGORITHM_ENV, "").strip()
+    return _valid(env, f"${ALGORITHM_ENV}") if env else None
 
 
 def _ns() -> Any:
@@ -38,14 +77,23 @@ def _ns() -> Any:
 
 
 def conv2d_algorithm(geom: Conv2dGeometry) -> str:
-    """The algorithm :func:`conv2d_forward` runs ``geom`` with (one of :data:`ALGORITHMS`)."""
-    return "im2col_gemm"
+    """The algorithm :func:`conv2d_forward` runs ``geom`` with (one of :data:`ALGORITHMS`):
+    :func:`get_conv_algorithm` when set, else the rule.
+
+    The rule keeps ``"im2col_gemm"`` for every geometry: the FP32 SIMT implicit-GEMM kernels
+    have not been measured against cuBLAS on a GPU yet. A per-geometry rule belongs here once
+    ``python -m benchmarks.run --only conv`` (the ``conv2d_igemm_*`` cases beside the im2col
+    ones, ``benchmarks/cases.py``) has numbers, with them in a comment next to its constants.
+    """
+    chosen = get_conv_algorithm()
+    return chosen if chosen is not None else "im2col_gemm"
 
 
-def workspace_needed(geom: Conv2dGeometry, itemsize: int) -> int:
-    """Bytes of scratch ``"im2col_gemm"`` needs: the whole column matrix ``cols2`` (none for a
-    1x1 stride-1 unpadded convolution of one sample, whose columns are ``x`` itself)."""
-    if geom.pointwise and geom.n == 1:
+def workspace_needed(geom: Conv2dGeometry, itemsize: int, algorithm: str = "im2col_gemm") -> int:
+    """Bytes of scratch ``algorithm``'s forward needs: for ``"im2col_gemm"`` the whole column
+    matrix ``cols2`` (none for a 1x1 stride-1 unpadded convolution of one sample, whose columns
+    are ``x`` itself); none for ``"igemm"``."""
+    if algorithm == "igemm" or (geom.pointwise and geom.n == 1):
         return 0
     return geom.c * geom.kh * geom.kw * geom.n * geom.oh * geom.ow * int(itemsize)
 
@@ -65,7 +113,8 @@ def conv2d_forward(
 
     ``algorithm``: one of :data:`ALGORITHMS` or ``None``. ``workspace_bytes``: a limit on the
     scratch the algorithm may use (``None``: no limit); ``"im2col_gemm"`` builds the whole
-    column matrix (:func:`workspace_needed`), so a smaller limit raises ``ValueError``.
+    column matrix (:func:`workspace_needed`), so a smaller limit raises ``ValueError``;
+    ``"igemm"`` needs none (its weight-gradient split-K partial sums are bounded on their own).
     """
     be = _ns()
     algo = conv2d_algorithm(geom) if algorithm is None else algorithm
@@ -74,7 +123,7 @@ def conv2d_forward(
             f"conv2d: algorithm must be one of {ALGORITHMS} or None on CUDA, got {algorithm!r}"
         )
     if workspace_bytes is not None:
-        need = workspace_needed(geom, x.dtype.itemsize)
+        need = workspace_needed(geom, x.dtype.itemsize, algo)
         if workspace_bytes < need:
             raise ValueError(
                 f"conv2d: algorithm {algo!r} needs {need} bytes of workspace for input "
@@ -82,6 +131,9 @@ def conv2d_forward(
                 f"; workspace_bytes={workspace_bytes} given"
             )
     x, weight = be.xp.ascontiguousarray(x), be.xp.ascontiguousarray(weight)
+    if algo == "igemm":  # the bias is added in the kernel's epilogue; dW needs x itself
+        y = conv2d_igemm_forward(x, weight, bias, geom)
+        return y, ConvSaved("igemm", x if need_dw else None, weight if need_dx else None)
     y, cols = _forward(be, x, weight, geom)
     if bias is not None:
         bias_add_nchw(y, bias)
@@ -97,27 +149,61 @@ def conv2d_backward(
     input_grad: str | None = None,
 ) -> tuple[Any, Any]:
     """``(dx, dW)`` (``None`` where not needed) from what :func:`conv2d_forward` saved;
-    ``input_grad``: how ``dx`` is computed (:func:`gpucnn.backend.geometry.input_grad_path`).
+    ``input_grad``: how ``dx`` is computed (:func:`gpucnn.backend.geometry.input_grad_path`);
+    after an ``"igemm"`` forward, ``None`` runs the implicit-GEMM backward-data kernel and a
+    named path runs that im2col + cuBLAS path.
     """
     be = _ns()
     dy = be.xp.ascontiguousarray(dy)
+    if saved.algorithm == "igemm":
+        return _igemm_backward(be, dy, saved.data, saved.weight, geom, need_dx, need_dw,
+                               input_grad)  # fmt: skip
     return _backward(be, dy, saved.data, saved.weight, geom, need_dx, need_dw, input_grad)
 
 
 def conv2d_backward_data(
     dy: Any, weight: Any, geom: Conv2dGeometry, input_grad: str | None = None
 ) -> Any:
-    """``dx (N, C, H, W)`` of the convolution ``geom`` from ``dy`` and ``weight``."""
+    """``dx (N, C, H, W)`` of the convolution ``geom`` from ``dy`` and ``weight`` (by the
+    implicit-GEMM kernel when :func:`conv2d_algorithm` says ``"igemm"`` and ``input_grad`` is
+    ``None``)."""
     be = _ns()
     dy, weight = be.xp.ascontiguousarray(dy), be.xp.ascontiguousarray(weight)
+    if conv2d_algorithm(geom) == "igemm":
+        return _igemm_backward(be, dy, None, weight, geom, True, False, input_grad)[0]
     return _backward(be, dy, None, weight, geom, True, False, input_grad)[0]
 
 
 def conv2d_backward_weight(dy: Any, x: Any, geom: Conv2dGeometry) -> Any:
-    """``dW (O, C/groups, kh, kw)`` of the convolution ``geom`` from ``dy`` and its input."""
+    """``dW (O, C/groups, kh, kw)`` of the convolution ``geom`` from ``dy`` and its input
+    (by the implicit-GEMM kernel when :func:`conv2d_algorithm` says ``"igemm"``)."""
     be = _ns()
+    if conv2d_algorithm(geom) == "igemm":
+        return conv2d_igemm_backward_weight(be.xp.ascontiguousarray(dy), x, geom)
     cols = _columns(be, be.xp.ascontiguousarray(x), geom)
     return _backward(be, be.xp.ascontiguousarray(dy), cols, None, geom, False, True)[1]
+
+
+def _igemm_backward(
+    be: Any,
+    gy: Any,
+    x: Any,
+    weight: Any,
+    geom: Conv2dGeometry,
+    need_x: bool,
+    need_w: bool,
+    input_grad: str | None,
+) -> tuple[Any, Any]:
+    """``(dx, dW)`` of the ``"igemm"`` algorithm from ``x`` (for ``dW``) and ``weight`` (for
+    ``dx``): our kernels, or for ``dx`` the im2col path ``input_grad`` names."""
+    gx = gw = None
+    if need_x and input_grad is None:
+        gx = conv2d_igemm_backward_data(gy, weight, geom)
+    elif need_x:
+        gx = _backward(be, gy, None, weight, geom, True, False, input_grad)[0]
+    if need_w:
+        gw = conv2d_igemm_backward_weight(gy, x, geom)
+    return gx, gw
 
 
 def _columns(be: Any, x: Any, geom: Conv2dGeometry) -> Any:
