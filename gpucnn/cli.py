@@ -417,7 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             aug = T.Compose([T.RandomRotation(10, fill=fill),
                              T.RandomCrop(shape[1:], padding=2, fill=fill)])
     loader = DataLoader((x_tr, y_tr), batch_size=args.batch_size, shuffle=True,
-                        seed=args.seed, transform=aug)
+                        seed=args.seed, transform=aug, tensors=False)  # fit takes arrays
     params = model.trainable_parameters()
     if args.optimizer == "sgd":
         opt = optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)

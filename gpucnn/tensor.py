@@ -419,6 +419,23 @@ class Tensor:
         """The data as a NumPy array (copied from the GPU on the CUDA backend)."""
         return _backend.to_numpy(self.data)
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(t)`` of a NumPy-backend tensor: its array (no copy unless ``dtype``
+        or ``copy=True`` asks for one). A cuda tensor refuses, as in PyTorch and CuPy: an
+        implicit device-to-host copy would hide a sync; use ``t.numpy()`` or ``t.cpu()``."""
+        if self.backend != "numpy":
+            raise TypeError(
+                f"np.asarray: a Tensor on {self.device} is not converted to a NumPy array "
+                "implicitly (that copies from the device); use t.numpy() or t.cpu() first"
+            )
+        a = self.data
+        if dtype is not None and a.dtype != np.dtype(dtype):
+            if copy is False:
+                raise ValueError(f"np.asarray: a cast from {a.dtype} to {np.dtype(dtype)} "
+                                 "needs a copy, but copy=False")
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
     def item(self) -> float:
         """The value of a one-element tensor as a Python number."""
         if self.numel() != 1:
@@ -808,6 +825,10 @@ class Tensor:
 
     def view(self, *shape: Any) -> Tensor:
         return self.reshape(*shape)
+
+    def view_as(self, other: Tensor) -> Tensor:
+        """This tensor reshaped to ``other``'s shape (PyTorch's ``view_as``)."""
+        return self.reshape(tuple(other.shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
         from gpucnn.functional.basic import flatten

@@ -1,4 +1,5 @@
-"""DataLoader: batching, seeded shuffling, the prefetch thread (errors, bounded queue, shutdown)."""
+"""DataLoader: batching, seeded shuffling, the prefetch thread (errors, bounded queue, shutdown),
+Tensor batches (PyTorch's convention) and raw arrays with ``tensors=False``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import gpucnn
+from gpucnn import Tensor
 from gpucnn import transforms as T
 from gpucnn.data import DataLoader, TensorDataset
 
@@ -62,10 +64,77 @@ def test_batches_in_order(backend):
     batches = list(dl)
     assert [len(b[1]) for b in batches] == [10] * 10 + [3]
     xb, yb = batches[3]
-    assert type(xb) is type(backend.xp.zeros(1))
+    assert isinstance(xb, Tensor) and isinstance(yb, Tensor)
+    assert not xb.requires_grad and not yb.requires_grad and xb.is_leaf
+    assert xb.backend == yb.backend == backend.name
+    assert type(xb.data) is type(backend.xp.zeros(1)) and type(yb.data) is type(xb.data)
     assert xb.dtype == np.float32 and yb.dtype == np.int64
-    assert np.array_equal(gpucnn.backend.to_numpy(yb), np.arange(30, 40))
-    assert np.array_equal(gpucnn.backend.to_numpy(xb), x[30:40].astype(np.float32))
+    assert xb.shape == (10, 1, 2, 2) and yb.shape == (10,)
+    assert np.array_equal(yb.numpy(), np.arange(30, 40))
+    assert np.array_equal(xb.numpy(), x[30:40].astype(np.float32))
+
+
+def test_tensors_false_yields_the_raw_arrays(backend):
+    x, y = _data()
+    dl = DataLoader((x, y), batch_size=10, shuffle=True, seed=2, tensors=False)
+    ref = DataLoader((x, y), batch_size=10, shuffle=True, seed=2)
+    array = type(backend.xp.zeros(1))
+    for (xa, ya), (xt, yt) in zip(dl, ref, strict=True):
+        assert type(xa) is array and type(ya) is array
+        assert xa.dtype == np.float32 and ya.dtype == np.int64
+        assert np.array_equal(gpucnn.backend.to_numpy(xa), xt.numpy())
+        assert np.array_equal(gpucnn.backend.to_numpy(ya), yt.numpy())
+    (only,), *_ = DataLoader(x, batch_size=10, tensors=False)
+    assert type(only) is array and only.shape == (10, 1, 2, 2)
+    with pytest.raises(TypeError, match="DataLoader: tensors must be a bool"):
+        DataLoader((x, y), tensors="yes")
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_tensor_batches_wrap_the_batch_arrays_without_a_copy(backend, prefetch, monkeypatch):
+    built = []  # the arrays the loader built, batch by batch
+    real = DataLoader._batch_maker
+
+    def spy(self, *args):
+        make = real(self, *args)
+
+        def recording(*a):
+            item = make(*a)
+            built.append(item[0])
+            return item
+        return recording
+
+    monkeypatch.setattr(DataLoader, "_batch_maker", spy)
+    x, y = _data(40)
+    got = list(DataLoader((x, y), batch_size=8, prefetch=prefetch))
+    assert len(got) == len(built) == 5
+    for (xb, yb), (xa, ya) in zip(got, built):
+        assert xb.data is xa and yb.data is ya  # the very arrays built for the batch
+    (only,), = DataLoader(x[:5], batch_size=5)
+    assert isinstance(only, Tensor) and only.shape == (5, 1, 2, 2)
+
+
+def test_tensor_batches_cost_the_device_nothing_more():
+    """On the simulated device (both passes): iterating Tensor batches does exactly the device
+    work of iterating raw arrays on the caller's thread (no sync, copy or allocation more)."""
+    from gpucnn.testing import simulated_device
+
+    x, y = _data(64)
+    keys = ("syncs", "allocations", "launches", "cupy_kernels", "h2d", "d2h")
+    counts, every = {}, {}
+    with simulated_device() as sim:
+        for tensors in (False, True, False, True):  # (the second pair: a warm memory pool)
+            dl = DataLoader((x, y), batch_size=8, shuffle=True, seed=1, tensors=tensors)
+            mine, alls = sim.counters(thread="current").snapshot(), sim.counters().snapshot()
+            batches = list(dl)
+            mine2, alls2 = sim.counters(thread="current").snapshot(), sim.counters().snapshot()
+            assert len(batches) == 8
+            assert all(isinstance(b[0], Tensor) == tensors for b in batches)
+            counts[tensors] = {k: mine2[k] - mine[k] for k in keys}
+            every[tensors] = {k: alls2[k] - alls[k] for k in ("syncs", "h2d", "d2h")}
+    assert counts[True] == counts[False], counts
+    assert counts[True]["syncs"] == counts[True]["d2h"] == 0, counts
+    assert every[True] == every[False] == {"syncs": 0, "h2d": 16, "d2h": 0}, every
 
 
 def test_drop_last():
@@ -75,10 +144,9 @@ def test_drop_last():
 
 
 def _h(loader):
-    """The loader's batches as host arrays (they are device arrays on the cuda backend)."""
-    to_np = gpucnn.backend.to_numpy
+    """The loader's batches as host arrays (they are Tensors, on the device on cuda)."""
     for b in loader:
-        yield tuple(to_np(a) for a in b) if isinstance(b, tuple) else to_np(b)
+        yield tuple(a.numpy() for a in b)
 
 
 def test_shuffle_covers_everything_and_is_seeded():
@@ -121,6 +189,19 @@ def test_generic_dataset_and_tensor_dataset():
     assert only.shape == (9, 1, 2, 2) and only.dtype == np.float32
     with pytest.raises(ValueError, match="array 0 has 9 samples but array 1 has 8"):
         TensorDataset(x, y[:8])
+
+
+def test_dataset_attribute_as_in_pytorch():
+    """``len(loader.dataset)``, the sample count of PyTorch loops' progress lines."""
+    x, y = _data(9)
+    ds = ListDataset(25)
+    assert DataLoader(ds).dataset is ds
+    td = TensorDataset(x, y)
+    assert DataLoader(td).dataset is td
+    dl = DataLoader((x, y), batch_size=4)
+    assert isinstance(dl.dataset, TensorDataset) and len(dl.dataset) == dl.num_samples == 9
+    assert dl.dataset.arrays[0] is x and dl.dataset[3][1] == 3
+    assert len(DataLoader(x).dataset) == 9
 
 
 @pytest.mark.parametrize("prefetch", [0, 3])
@@ -213,14 +294,20 @@ def test_cuda_backend_matches_numpy():
     aug = T.Compose([T.RandomCrop(8, padding=1), T.RandomHorizontalFlip()])
     for prefetch in (0, 2):
         got = list(DataLoader((x, y), 16, shuffle=True, seed=1, backend="cuda",
-                              prefetch=prefetch))
-        ref = list(DataLoader((x, y), 16, shuffle=True, seed=1, backend="numpy"))
+                              prefetch=prefetch, tensors=False))
+        ref = list(DataLoader((x, y), 16, shuffle=True, seed=1, backend="numpy",
+                              tensors=False))
         for (gx, gy), (rx, ry) in zip(got, ref):
             assert isinstance(gx, cupy.ndarray)
             assert np.array_equal(gx.get(), rx) and np.array_equal(gy.get(), ry)
+        wrapped = list(DataLoader((x, y), 16, shuffle=True, seed=1, backend="cuda",
+                                  prefetch=prefetch))
+        for (tx, ty), (rx, ry) in zip(wrapped, ref, strict=True):
+            assert tx.backend == "cuda" and isinstance(tx.data, cupy.ndarray)
+            assert np.array_equal(tx.numpy(), rx) and np.array_equal(ty.numpy(), ry)
         aug_batches = list(DataLoader((x, y), 16, seed=1, backend="cuda", transform=aug,
                                       prefetch=prefetch))
-        assert all(isinstance(b[0], cupy.ndarray) and b[0].shape == (16, 3, 8, 8)
+        assert all(isinstance(b[0].data, cupy.ndarray) and b[0].shape == (16, 3, 8, 8)
                    for b in aug_batches[:-1])
 
 
@@ -369,8 +456,9 @@ def test_cuda_path_one_stream_no_syncs_ring_of_staging_buffers(fake_cuda, prefet
     n, bs, epochs = 96, 8, 3
     x = np.random.default_rng(0).random((n, 3, 4, 4)).astype(np.float32)
     y = np.arange(n, dtype=np.int64)
-    dl = DataLoader((x, y), bs, shuffle=True, seed=4, backend="cuda", prefetch=prefetch)
-    ref = DataLoader((x, y), bs, shuffle=True, seed=4, backend="numpy")
+    dl = DataLoader((x, y), bs, shuffle=True, seed=4, backend="cuda", prefetch=prefetch,
+                    tensors=False)
+    ref = DataLoader((x, y), bs, shuffle=True, seed=4, backend="numpy", tensors=False)
     got = []
     for _ in range(epochs):
         got.append(list(dl))  # nothing read yet: every copy stays queued until forced
@@ -403,10 +491,14 @@ def test_cuda_path_one_stream_no_syncs_ring_of_staging_buffers(fake_cuda, prefet
 def test_cuda_path_reads_as_it_goes_never_waits(fake_cuda):
     # A caller that uses each batch at once (the copies complete): the worker never blocks.
     x, y = _data(64)
-    dl = DataLoader((x, y), 8, backend="cuda", prefetch=2)
+    dl = DataLoader((x, y), 8, backend="cuda", prefetch=2, tensors=False)
     for _ in range(3):
         for xb, yb in dl:
             assert np.array_equal(xb.get(), x[yb.get()].astype(np.float32))
+    dl.tensors = True  # the Tensors wrap the very device arrays (no copy, no wait)
+    for xb, yb in dl:
+        assert isinstance(xb, Tensor) and isinstance(xb.data, fake_cuda.ndarray)
+        assert np.array_equal(xb.data.get(), x[yb.data.get()].astype(np.float32))
     assert fake_cuda.streams_created == 1
     assert fake_cuda.stream_syncs == 0 and fake_cuda.event_syncs == 0
     other = DataLoader((x, y), 8, backend="cuda", prefetch=2)
@@ -450,7 +542,7 @@ def test_cuda_path_rings_for_varying_shapes_are_bounded(fake_cuda):
         def __getitem__(self, i):
             return np.full((1, i + 1), i, np.float32)
 
-    dl = DataLoader(Shapes(), batch_size=1, backend="cuda", prefetch=2)
+    dl = DataLoader(Shapes(), batch_size=1, backend="cuda", prefetch=2, tensors=False)
     for (xb,) in dl:  # read at once: the copies are done, so old rings can go
         assert xb.get().shape == (1, 1, xb.shape[-1])
     assert len(dl._cuda_states[0].rings) <= loader_mod._MAX_RINGS

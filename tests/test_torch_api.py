@@ -471,9 +471,7 @@ def test_pytorch_style_training_loop_runs_and_accuracy_matches_numpy() -> None:
     model = gpucnn.Sequential([L.Dense(8, activation="relu", input_shape=(4,)), L.Dense(2)])
     model = model.to(device)
     opt = optim.SGD(model.parameters(), lr=0.5)
-    # DataLoader yields arrays; a PyTorch DataLoader yields tensors
-    loader = [(Tensor(x), Tensor(y)) for x, y in DataLoader((xs, ys), batch_size=32,
-                                                             shuffle=True, seed=1)]
+    loader = DataLoader((xs, ys), batch_size=32, shuffle=True, seed=1)  # yields Tensors
 
     for _epoch in range(5):
         model.train()
@@ -500,3 +498,57 @@ def test_pytorch_style_training_loop_runs_and_accuracy_matches_numpy() -> None:
         acc = (out.argmax(dim=1) == Tensor(ys).to(device)).float().mean().item()
     assert acc == float((out.to("cpu").numpy().argmax(axis=1) == ys).astype(np.float32).mean())
     assert acc > 0.8  # it learned the rule
+
+
+def test_unchanged_pytorch_loop_over_a_dataloader() -> None:
+    """Issue 16's loop, exactly as PyTorch writes it (only the imports differ): the loader's
+    Tensors go through ``.to(device)``, a conv net, ``F.cross_entropy`` with int64 Tensor
+    targets, ``argmax(dim=1) == yb`` and ``.float().mean().item()``."""
+    from gpucnn.data import DataLoader
+
+    gpucnn.manual_seed(0)
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((64, 1, 6, 6)).astype(np.float32)
+    ys = (xs[:, 0, :3].sum(axis=(1, 2)) > xs[:, 0, 3:].sum(axis=(1, 2))).astype(np.int64)
+    device = "cpu" if B.current() == "numpy" else B.current()
+    net = gpucnn.Sequential([L.Conv2D(4, 3, activation="relu", input_shape=(1, 6, 6)),
+                             L.Flatten(), L.Dense(2)]).to(device)
+    opt = optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
+    loader = DataLoader((xs, ys), batch_size=16, shuffle=True, seed=2)
+
+    losses, accs = [], []
+    for _epoch in range(6):
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            out = net(xb); loss = F.cross_entropy(out, yb)  # noqa: E702 - the issue's loop
+            opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+            acc = (out.argmax(dim=1) == yb).float().mean().item()
+            assert isinstance(xb, Tensor) and xb.backend == next(net.parameters()).backend
+            assert yb.dtype == np.int64 and not xb.requires_grad
+            assert isinstance(acc, float) and 0.0 <= acc <= 1.0
+            losses.append(loss.item())
+            accs.append(acc)
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4]), losses  # it learns
+    assert np.mean(accs[-4:]) > np.mean(accs[:4])
+    # the targets come back to the host as PyTorch users move them
+    xb, yb = next(iter(loader))
+    host = yb.to("cpu")
+    assert host.backend == "numpy" and yb.to("numpy").backend == "numpy"
+    assert np.asarray(host).dtype == np.int64 and np.array_equal(np.sort(host.numpy()),
+                                                                  np.sort(host.tolist()))
+    assert Tensor(yb).data is yb.data  # Tensor(t) of a loader Tensor: no copy
+    assert (yb == yb).all().item() and yb.view_as(yb).shape == yb.shape
+
+
+def test_numpy_asarray_of_a_tensor_and_view_as() -> None:
+    """``np.asarray(t)`` of a CPU tensor is its array (no copy), as for a CPU torch tensor, so
+    ``np.concatenate`` of loader batches works; a device tensor refuses the implicit copy."""
+    a = np.arange(6, dtype=np.int64).reshape(2, 3)
+    t = Tensor(a, backend="numpy")
+    assert np.asarray(t) is a and np.asarray(t, dtype=np.float32).dtype == np.float32
+    assert np.array(t) is not a and np.array_equal(np.array(t), a)  # np.array copies
+    assert np.concatenate([t, t]).dtype == np.int64
+    assert t.view_as(Tensor(np.zeros(6))).shape == (6,)
+    if B.current() != "numpy":
+        with pytest.raises(TypeError, match=r"t.numpy\(\) or t.cpu\(\)"):
+            np.asarray(_t(a))

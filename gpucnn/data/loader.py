@@ -1,5 +1,8 @@
 """DataLoader: shuffled mini-batches, prefetched by a background thread, on either backend.
 
+Batches come as :class:`gpucnn.Tensor` tuples (PyTorch's convention), each wrapping its batch
+array without a copy; ``tensors=False`` gives the arrays themselves (``fit``'s data path).
+
 One worker thread per iteration assembles the next ``prefetch`` batches (index, cast, copy to
 the device, augment) while the caller trains on the current one; a bounded queue holds them.
 An exception in the worker is re-raised in the caller at the batch where it happened.
@@ -239,6 +242,7 @@ class _LoaderIterator:
     def __init__(self, loader: DataLoader, order: np.ndarray, aug_seed: int, be: Any) -> None:
         self._nbatches = len(loader)
         self._i = 0
+        self._tensors = loader.tensors
         self._cuda: _CudaState | None = None
         # prefetch=0 builds each batch in next(), after the caller's event: memory freed so far
         # is already safe to reuse, so no window is kept (the pool serves the next batch from
@@ -297,6 +301,10 @@ class _LoaderIterator:
         if event is not None:
             _device.wait_event(event)
         self._window.append(batch)
+        if self._tensors:
+            from gpucnn.tensor import Tensor
+
+            return tuple(Tensor(a) for a in batch)  # wraps each array: no copy, no sync
         return batch
 
     def __len__(self) -> int:
@@ -336,9 +344,24 @@ class DataLoader:
         sampler: the sample indices of each epoch instead of ``shuffle`` (an object with
             ``__len__``, ``__iter__`` over indices and optionally ``set_epoch``), e.g. a
             :class:`gpucnn.distributed.DistributedSampler` giving this rank's share.
+        tensors: yield :class:`gpucnn.Tensor` batches (the default, as PyTorch's DataLoader
+            does); ``False`` yields the raw backend arrays instead (what ``fit`` and other
+            internal users take; the same arrays the Tensors would wrap).
 
-    Iterating yields tuples of arrays of the chosen backend (NumPy or CuPy, not Tensors):
-    ``(x, y)`` for two arrays, ``(x,)`` for one. ``len(loader)`` is the number of batches.
+    Iterating yields tuples of :class:`gpucnn.Tensor` (``requires_grad=False``) on the chosen
+    backend, each wrapping the batch array without a copy: ``(x, y)`` for two arrays, ``(x,)``
+    for one; with ``tensors=False``, tuples of the arrays themselves (NumPy or CuPy). ``x`` has
+    ``dtype`` (float32), ``y`` keeps its dtype (e.g. int64 class ids, as
+    ``F.cross_entropy`` takes them), so a PyTorch loop runs unchanged::
+
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            out = net(xb)
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad(); loss.backward(); opt.step()
+            acc = (out.argmax(dim=1) == yb).float().mean().item()
+
+    ``len(loader)`` is the number of batches.
     """
 
     def __init__(
@@ -353,6 +376,7 @@ class DataLoader:
         prefetch: int = 2,
         dtype: Any = np.float32,
         sampler: Any = None,
+        tensors: bool = True,
     ) -> None:
         batch_size = check_int("DataLoader", "batch_size", batch_size, 1)
         prefetch = check_int("DataLoader", "prefetch", prefetch, 0)
@@ -384,16 +408,18 @@ class DataLoader:
                              "and excludes shuffle=True (the sampler orders the epoch), got "
                              f"sampler={type(sampler).__name__}, shuffle={self.shuffle}")
         self.sampler = sampler
+        self.tensors = check_bool("DataLoader", "tensors", tensors)
         self.epoch = 0
-        self.arrays: tuple | None = None
+        #: the data set (PyTorch's ``loader.dataset``): ``data`` itself, or a
+        #: :class:`TensorDataset` of the arrays given
         self.dataset: Any = None
         raw = _raw(data)
         if isinstance(data, TensorDataset):
-            self.arrays = data.arrays
+            self.dataset = data
         elif _is_array(raw):
-            self.arrays = (raw,)
+            self.dataset = TensorDataset(raw)
         elif isinstance(data, (tuple, list)) and data and all(_is_array(_raw(a)) for a in data):
-            self.arrays = TensorDataset(*data).arrays
+            self.dataset = TensorDataset(*data)
         elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
             self.dataset = data
         else:
@@ -401,6 +427,10 @@ class DataLoader:
                 "DataLoader: data must be (x, y) arrays, an array, or a dataset with __len__ "
                 f"and __getitem__; got {type(data).__name__}"
             )
+        #: the arrays batched directly (a :class:`TensorDataset`'s), else None (a generic
+        #: data set, indexed sample by sample)
+        self.arrays: tuple | None = (self.dataset.arrays if isinstance(self.dataset,
+                                                                       TensorDataset) else None)
         self._n = len(self.arrays[0]) if self.arrays is not None else len(self.dataset)
         self._cuda_states: dict[int, _CudaState] = {}  # per device, kept across epochs
 

@@ -69,7 +69,7 @@ class ArrayData:
 
     def loader(self, backend: str, dtype: Any, shuffle: bool, seed: int | None) -> Any:
         """The DataLoader for these arrays (kept across epochs: its CUDA stream and pinned
-        rings are reused)."""
+        rings are reused). It yields raw arrays (``tensors=False``): the step wraps them."""
         key = (backend, np.dtype(dtype).str, bool(shuffle), seed, id(self.w))
         if self._loader is None or self._key != key:
             arrays = (self.x,) if self.y is None else (self.x, self.y)
@@ -77,7 +77,7 @@ class ArrayData:
                 arrays = (*arrays, self.w)
             self._loader = DataLoader(arrays, batch_size=self.batch_size, shuffle=shuffle,
                                       seed=seed, backend=backend, dtype=dtype,
-                                      prefetch=LOADER_PREFETCH)
+                                      prefetch=LOADER_PREFETCH, tensors=False)
             self._key = key
         return self._loader
 
