@@ -639,6 +639,18 @@ def _state_from(entries: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndar
     return {k: entries[f"w/{k}"] for k in meta.get("weights", [])}
 
 
+def _keep_float_dtypes(model: Any, state: dict[str, np.ndarray]) -> None:
+    """Give the rebuilt model's floating parameters and buffers the dtype they were saved
+    with (a float64 model comes back float64, so training resumes exactly)."""
+    from gpucnn.tensor import Tensor
+
+    for k, t in model._state_tensors().items():
+        v = state.get(k)
+        if (isinstance(t, Tensor) and isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                and t.dtype.kind == "f" and v.dtype != t.dtype and v.shape == t.shape):
+            t.data = t.data.astype(v.dtype)
+
+
 def _shape_arg(shape: list) -> Any:
     return tuple(shape) if not (shape and isinstance(shape[0], list)) else shape
 
@@ -766,8 +778,9 @@ def _load_model(path: str, backend: str | None, custom_objects: dict | None, com
                 raise CheckpointError(f"{path}: the model was saved unbuilt (no input shape)")
             _stage(path, "cannot build the model for the recorded input shape",
                    lambda: model.build(_shape_arg(shape), backend=be))
-    _stage(path, "the weights do not match the architecture",
-           model.load_state_dict, _state_from(entries, meta))
+    state = _state_from(entries, meta)
+    _keep_float_dtypes(model, state)
+    _stage(path, "the weights do not match the architecture", model.load_state_dict, state)
     comp = meta.get("compile")
     if compile and comp:
         _stage(path, "cannot re-compile the model", _recompile, path, model, comp, meta, entries,

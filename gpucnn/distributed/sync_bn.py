@@ -18,7 +18,8 @@ from gpucnn.layers.normalization import BatchNormalization
 from gpucnn.module import Module, register_module
 from gpucnn.tensor import Context, Function, Tensor
 
-__all__ = ["SyncBatchNormalization", "convert_sync_batchnorm", "sync_batch_norm"]
+__all__ = ["SyncBatchNormalization", "convert_sync_batchnorm", "sync_batch_norm",
+           "synchronized_forward"]
 
 
 def _shape(x: Any) -> tuple:
@@ -106,23 +107,37 @@ def sync_batch_norm(x: Tensor, running_mean: Any, running_var: Any, weight: Tens
                                 has_weight=weight is not None, has_bias=bias is not None)
 
 
+def synchronized_forward(layer: BatchNormalization, x: Tensor,
+                         comm: Communicator | None = None) -> Tensor | None:
+    """``layer``'s training-mode output with the statistics of every rank of ``comm``
+    (default: the world's, :func:`~gpucnn.distributed.get_communicator`), or None when
+    there is only the one rank (the plain layer then normalises): what
+    ``BatchNormalization(synchronized=True)`` and :class:`SyncBatchNormalization` run."""
+    if comm is None:
+        from gpucnn.distributed.world import get_communicator
+
+        comm = get_communicator()
+        if comm.size == 1:
+            return None
+    return sync_batch_norm(x, layer.running_mean, layer.running_var,
+                           layer.weight if layer.scale else None,
+                           layer.bias if layer.center else None, comm,
+                           momentum=1.0 - layer.momentum, eps=layer.epsilon)
+
+
 @register_module
 class SyncBatchNormalization(BatchNormalization):
     """:class:`gpucnn.layers.BatchNormalization` whose training statistics are those of the
-    global batch of all ranks (Keras's ``BatchNormalization(synchronized=True)``, PyTorch's
-    ``SyncBatchNorm``); in eval mode, and in a world of one, it is the plain layer. Same
-    arguments, weights and config."""
+    global batch of all ranks (PyTorch's ``SyncBatchNorm``; the same as
+    ``BatchNormalization(synchronized=True)``); in eval mode, and in a world of one, it is
+    the plain layer. Same arguments, weights and config."""
 
     def forward(self, x: Tensor) -> Tensor:
-        from gpucnn.distributed.world import get_communicator
-
-        comm = self.__dict__.get("communicator") or get_communicator()
-        if not self.training or comm.size == 1 and "communicator" not in self.__dict__:
-            return super().forward(x)
-        return sync_batch_norm(x, self.running_mean, self.running_var,
-                               self.weight if self.scale else None,
-                               self.bias if self.center else None, comm,
-                               momentum=1.0 - self.momentum, eps=self.epsilon)
+        if self.training:
+            y = synchronized_forward(self, x, self.__dict__.get("communicator"))
+            if y is not None:
+                return y
+        return super().forward(x)
 
 
 def convert_sync_batchnorm(module: Module, communicator: Communicator | None = None) -> Module:

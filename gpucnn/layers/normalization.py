@@ -9,7 +9,7 @@ import numpy as np
 
 import gpucnn.functional as F
 from gpucnn import initializers as _init
-from gpucnn._checks import check_number
+from gpucnn._checks import check_bool, check_number
 from gpucnn.layers.base import Layer
 from gpucnn.module import register_module
 from gpucnn.tensor import Tensor
@@ -34,6 +34,11 @@ class BatchNormalization(Layer):
     ``axis`` is the channel axis: 1 (or -3) channels-first, -1 (or 3) channels-last; ``None``
     takes the one of ``data_format`` (``None``: the global default). On (N, features) inputs
     both mean the feature axis.
+
+    ``synchronized`` (Keras's name): in training, with a :mod:`gpucnn.distributed` world of
+    more than one rank, normalise with the statistics of every rank's batch (those of the
+    global batch, :func:`gpucnn.distributed.sync_batch_norm`); with one rank, and in eval
+    mode, it is the plain layer.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class BatchNormalization(Layer):
         input_shape: Sequence[int] | None = None,
         name: str | None = None,
         data_format: str | None = None,
+        synchronized: bool = False,
     ) -> None:
         super().__init__(input_shape=input_shape, name=name, data_format=data_format)
         allowed = (-1, 3) if self.channels_last else (1, -3)
@@ -64,6 +70,7 @@ class BatchNormalization(Layer):
         self.axis = int(allowed[0])
         self.momentum = check_number(type(self).__name__, "momentum", momentum, 0.0, 1.0)
         self.epsilon = check_number(type(self).__name__, "epsilon", epsilon, 0.0, min_open=True)
+        self.synchronized = check_bool(type(self).__name__, "synchronized", synchronized)
         self.center = bool(center)
         self.scale = bool(scale)
         self.beta_initializer = beta_initializer
@@ -89,6 +96,13 @@ class BatchNormalization(Layer):
         self.register_buffer("running_var", Tensor(_init.ones((c,), np.float32, backend)))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.synchronized and self.training:
+            # lazily: gpucnn.layers never imports gpucnn.distributed (nor mpi4py)
+            from gpucnn.distributed.sync_bn import synchronized_forward
+
+            y = synchronized_forward(self, x)
+            if y is not None:
+                return y
         return F.batch_norm(
             x,
             self.running_mean,
@@ -110,10 +124,12 @@ class BatchNormalization(Layer):
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,
+            "synchronized": self.synchronized,
             "beta_initializer": _init.serialize(self.beta_initializer),
             "gamma_initializer": _init.serialize(self.gamma_initializer),
             **self._base_config(),
         }
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, momentum={self.momentum}, epsilon={self.epsilon}"
+        sync = ", synchronized=True" if self.synchronized else ""
+        return f"{self.channels}, momentum={self.momentum}, epsilon={self.epsilon}{sync}"

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from threadcomm import run_ranks  # tests/distributed/threadcomm.py
+from threadcomm import run_ranks, thread_world  # tests/distributed/threadcomm.py
 
 import gpucnn
 import gpucnn.distributed as dist
@@ -42,7 +42,8 @@ def to64(model: gpucnn.Module) -> gpucnn.Module:
 
 
 def make_model(bn: str | None, seed: int = 0, width: int = 3) -> gpucnn.Sequential:
-    """A tiny float64 CNN; ``bn``: None, "plain" or "sync" batch norm."""
+    """A tiny float64 CNN; ``bn``: None, "plain", "sync" (converted) or "flag"
+    (``BatchNormalization(synchronized=True)``) batch norm."""
     with _BUILD:  # the seeded global generator: one thread-rank at a time
         return _make_model(bn, seed, width)
 
@@ -52,7 +53,7 @@ def _make_model(bn: str | None, seed: int, width: int) -> gpucnn.Sequential:
     # no conv bias before batch norm: its gradient is rounding noise, which Adam amplifies
     layers = [L.Conv2D(width, 3, input_shape=(1, 6, 6), use_bias=bn is None)]
     if bn is not None:
-        layers.append(L.BatchNormalization(momentum=0.9))
+        layers.append(L.BatchNormalization(momentum=0.9, synchronized=bn == "flag"))
     layers += [L.ReLU(), L.Flatten(), L.Dense(3)]
     m = gpucnn.Sequential(layers)
     m.build((1, 6, 6))
@@ -99,9 +100,9 @@ def train_ddp(comm, kind: str, bn: str | None) -> dict:
 
 def train_single(kind: str, bn: str | None, size: int) -> dict:
     """The same STEPS steps in one process at batch ``size * B`` (plain batch norm for
-    "sync": the global batch's statistics)."""
+    "sync" and "flag": the global batch's statistics)."""
     x, y = data()
-    model = make_model(bn if bn != "sync" else "plain", seed=0)
+    model = make_model(bn if bn not in ("sync", "flag") else "plain", seed=0)
     opt = make_opt(kind, model.parameters())
     loader = DataLoader((x, y), batch_size=size * B, shuffle=True, seed=7, dtype=np.float64,
                         prefetch=0)
@@ -248,7 +249,7 @@ def test_dataloader_with_sampler_yields_the_share() -> None:
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
-@pytest.mark.parametrize("bn", [None, "sync"])
+@pytest.mark.parametrize("bn", [None, "sync", "flag"])
 def test_ranks_equal_one_process_at_the_doubled_batch(world, kind: str, bn: str | None) -> None:
     got = train_ddp(world, kind, bn)
     with dist.local_scope():
@@ -257,9 +258,10 @@ def test_ranks_equal_one_process_at_the_doubled_batch(world, kind: str, bn: str 
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
-@pytest.mark.parametrize("bn", [None, "sync"])
+@pytest.mark.parametrize("bn", [None, "sync", "flag"])
 def test_threads_two_ranks_equal_one_process(kind: str, bn: str | None) -> None:
-    got = run_ranks(2, lambda c: train_ddp(c, kind, bn))
+    with thread_world():  # "flag": the layer asks the world for its communicator
+        got = run_ranks(2, lambda c: train_ddp(c, kind, bn))
     want = train_single(kind, bn, 2)
     for r in range(2):
         assert_same_state(got[r], want, f"threads rank {r}, {kind}, bn={bn}")

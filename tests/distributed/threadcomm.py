@@ -1,14 +1,35 @@
 """An in-process world of threads: one :class:`ThreadComm` per rank, each driven by its own
-thread, so the 2-rank logic of :mod:`gpucnn.distributed` runs under plain pytest too."""
+thread, so the 2-rank logic of :mod:`gpucnn.distributed` runs under plain pytest too;
+inside :func:`thread_world`, the world itself (what ``fit`` and
+``BatchNormalization(synchronized=True)`` ask for) is each thread's communicator."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gpucnn.backend.device import array_module
 from gpucnn.distributed.comm import Communicator, DoneHandle, Handle, check_buffer, check_op
+
+_local = threading.local()  # the ThreadComm of the run_ranks thread running
+
+
+@contextlib.contextmanager
+def thread_world() -> Iterator[None]:
+    """Inside, :mod:`gpucnn.distributed.world`'s ``get_communicator`` and
+    ``is_initialized`` answer, on a :func:`run_ranks` thread, with that thread's
+    communicator (an initialised world of ``size`` ranks); elsewhere as before."""
+    from gpucnn.distributed import world
+
+    get, inited = world.get_communicator, world.is_initialized
+    world.get_communicator = lambda: getattr(_local, "comm", None) or get()
+    world.is_initialized = lambda: getattr(_local, "comm", None) is not None or inited()
+    try:
+        yield
+    finally:
+        world.get_communicator, world.is_initialized = get, inited
 
 
 class _Shared:
@@ -73,11 +94,14 @@ def run_ranks(size: int, fn: Callable[[ThreadComm], Any]) -> list:
     errors: list[BaseException] = []
 
     def body(r: int) -> None:
+        _local.comm = ThreadComm(shared, r)
         try:
-            results[r] = fn(ThreadComm(shared, r))
+            results[r] = fn(_local.comm)
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
             shared.barrier.abort()
+        finally:
+            _local.comm = None
 
     threads = [threading.Thread(target=body, args=(r,)) for r in range(size)]
     for t in threads:
