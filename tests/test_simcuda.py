@@ -589,7 +589,9 @@ def test_loader_prefetch_does_not_change_the_consumers_allocations(transform: bo
     def steps(prefetch: int) -> tuple[list, dict]:
         with simulated_device() as sim:
             sim.get_default_memory_pool().free_all_blocks()
-            loader = DataLoader((x, y), batch_size=8, prefetch=prefetch, seed=1, transform=aug)
+            # raw arrays: this measures the loader's transport, not Tensor arithmetic
+            loader = DataLoader((x, y), batch_size=8, prefetch=prefetch, seed=1, transform=aug,
+                                tensors=False)
             w = sim.asarray(np.ones((16, 4), np.float32))
             rows = []
             sim.reset_counters()
