@@ -456,6 +456,8 @@ class Model(Module):
                     # Drop this step's arrays before the next upload, so the memory pool
                     # serves the next step from them (one generation of buffers, not two).
                     xb = yb = wb = lv = batch_logs = None  # type: ignore[assignment]
+                    if ddp is not None:  # one rank stopping stops every rank at this step
+                        self.stop_training = ddp.agree_stop(self.stop_training)
                     if self.stop_training:
                         break
                 if run.seen == 0:
@@ -477,6 +479,8 @@ class Model(Module):
             prog.close(logs, run.seen)
             self.completed_epochs = epoch + 1
             cbs.on_epoch_end(epoch, logs)
+            if ddp is not None:
+                self.stop_training = ddp.agree_stop(self.stop_training)
             if self.stop_training:
                 break
         cbs.on_train_end(logs)

@@ -78,6 +78,13 @@ class FitParallel:
         opt.step = distributed_step
         self._opt = opt
 
+    def agree_stop(self, stop: bool) -> bool:
+        """Whether any rank asks to stop (``model.stop_training``), agreed by every rank, so
+        a callback that stops one rank (``TerminateOnNaN`` on its own batch's loss) stops
+        them all at the same step instead of leaving the others in the next all-reduce.
+        One small host collective; no device synchronisation."""
+        return any(bool(s) for s in self.comm.allgather_object(bool(stop)))
+
     def average_logs(self, logs: dict) -> dict:
         """``logs`` with every number averaged over the ranks (one all-reduce)."""
         keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float, np.number)))

@@ -165,3 +165,31 @@ def test_threads_history_is_averaged_over_the_ranks() -> None:
         np.testing.assert_allclose(h0[k], want[k], rtol=1e-9)
     assert_same_state(s0, state(ref), "threads fit")
     assert_same_state(s1, state(ref), "threads fit rank 1")
+
+
+def test_threads_one_rank_stopping_stops_every_rank_at_the_same_step() -> None:
+    """A callback that stops only rank 1 (as TerminateOnNaN would on that rank's own batch)
+    stops both ranks after the same step, with the same weights, instead of leaving rank 0
+    waiting in the next all-reduce."""
+    x, y = data()
+
+    class StopRankOne(gpucnn.callbacks.Callback):
+        def __init__(self, rank: int) -> None:
+            super().__init__()
+            self.rank, self.steps = rank, 0
+
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            self.steps += 1
+            if self.rank == 1 and batch == 1:
+                self.model.stop_training = True
+
+    def body(c):
+        m = fit_model("sgd", seed=c.rank)
+        cb = StopRankOne(c.rank)
+        m.fit(x, y, batch_size=B, epochs=2, verbose=0, seed=11, callbacks=[cb])
+        return cb.steps, m.completed_epochs, state(m)
+
+    with thread_world():
+        (n0, e0, s0), (n1, e1, s1) = run_ranks(2, body)
+    assert (n0, n1) == (2, 2) and e0 == e1
+    assert_same_state(s0, s1, "both ranks after the agreed stop")
