@@ -623,6 +623,9 @@ class Tensor:
             return other
         if _is_array(other):
             return Tensor(other)
+        if isinstance(other, (int, float, bool, np.number)):
+            # a fill kernel on the device, not an upload of a host scalar per op
+            return Tensor(self.xp.full((), other, dtype=self.dtype))
         return Tensor(self.xp.asarray(other, dtype=self.dtype))
 
     def __add__(self, o: Any) -> Tensor:

@@ -614,3 +614,18 @@ def test_loader_prefetch_does_not_change_the_consumers_allocations(transform: bo
     assert not no_workers and sum(workers.values()) == 2 * 2 * 12, workers  # 2 epochs, x and y
     assert all(r["allocations"] == 0 for r in ahead[1:]), ahead
     assert all(r["h2d"] == 0 and r["syncs"] == 0 for r in ahead), ahead
+
+
+def test_tensor_arithmetic_with_python_scalars_uploads_nothing() -> None:
+    """``t * 2.0``, ``t.mean()`` (a division by the count) and comparisons with numbers make
+    their scalar on the device (a fill kernel), never a host-to-device copy per op."""
+    from gpucnn import Tensor
+    from gpucnn.testing import simulated_device
+
+    with simulated_device() as sim:
+        x = Tensor(sim.asarray(np.arange(8, dtype=np.float32)))
+        before = sim.counters(thread="current").snapshot()
+        r = (x * 2.0 + 1).mean() - (x == 3).float().sum() / 4 + (x > 2).sum()
+        after = sim.counters(thread="current").snapshot()
+        assert after["h2d"] - before["h2d"] == 0 and after["syncs"] - before["syncs"] == 0
+        assert float(r.item()) == pytest.approx(8.0 - 0.25 + 5)
