@@ -6,6 +6,7 @@ CuPy is missing or broken: the backend is probed on first use.
 """
 
 from gpucnn import (
+    amp,
     backend,
     callbacks,
     config,
@@ -67,6 +68,7 @@ __all__ = [
     "saving",
     "Parameter",
     "Tensor",
+    "amp",
     "backend",
     "data",
     "datasets",
