@@ -1,38 +1,6 @@
-"""Keras's ``callbacks`` module:
-re-exports :mod:`gpucnn.callbacks` (``EarlyStopping``, ``ModelCheckpoint``, ...).
-A name is looked up there on first use, so everything it defines is available here."""
+"""Keras's ``callbacks`` module: the public names of :mod:`gpucnn.callbacks`
+(``EarlyStopping``, ``ModelCheckpoint``, ...)."""
 
-from __future__ import annotations
+from gpucnn.keras._reexport import reexport
 
-import importlib
-from typing import Any
-
-_TARGETS = ('gpucnn.callbacks',)
-
-
-def _modules() -> list[Any]:
-    found = []
-    for name in _TARGETS:
-        try:
-            found.append(importlib.import_module(name))
-        except ImportError:  # (an optional module not present in this version)
-            continue
-    return found
-
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    for mod in _modules():
-        if hasattr(mod, name):
-            return getattr(mod, name)
-    raise AttributeError(
-        f"gpucnn.keras.callbacks has no {name!r} (it re-exports {', '.join(_TARGETS)})"
-    )
-
-
-def __dir__() -> list[str]:
-    names: set[str] = set()
-    for mod in _modules():
-        names.update(getattr(mod, "__all__", [n for n in vars(mod) if not n.startswith("_")]))
-    return sorted(names)
+reexport(globals(), "gpucnn.callbacks")
