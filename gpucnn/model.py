@@ -346,6 +346,8 @@ class Model(Module):
                 raise ValueError("fit: give class_weight or sample_weight, not both (fold the "
                                  "class weights into sample_weight)")
             cw_table = checks.class_weight_table(checks.check_class_weight("fit", class_weight))
+            # uploaded once here, not once per step inside the weighted loss
+            cw_table = _backend.to_backend(cw_table.astype(self.dtype), self.backend)
         if (class_weight is not None or sample_weight is not None) and loss.kind == "custom":
             raise ValueError(
                 f"fit: sample_weight / class_weight need a built-in loss; the custom loss "

@@ -127,3 +127,19 @@ def test_lenet5_fit_step_allocates_nothing_in_steady_state() -> None:
     r = quiet[0]
     print(f"LeNet-5 fit step on the simulated device: {r['launches']} kernel launches, "
           f"{r['cupy_kernels']} CuPy kernels, {r['cublas']} cuBLAS calls, {r['h2d']} uploads")
+
+
+def test_class_weighted_fit_step_uploads_nothing() -> None:
+    """``fit(class_weight=...)``: the class-weight table goes to the device once, so a
+    weighted training step uploads nothing from the training thread either."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32 * 4, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 32 * 4)
+    with simulated_device() as sim:
+        model = gpucnn.models.lenet5()
+        model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        rec = _PerStep(sim)
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, update_freq=4, callbacks=[rec],
+                  class_weight={0: 2.0, 3: 0.5})
+    assert [r["h2d"] for r in rec.rows[1:]] == [0] * 3, [r["h2d"] for r in rec.rows]
+    assert all(r["syncs"] == 0 for r in rec.rows[:3]), rec.rows

@@ -169,8 +169,9 @@ def class_weight_table(class_weight: dict[int, float]) -> np.ndarray:
     return table
 
 
-def class_weights_for(table: np.ndarray, y: Any, loss_kind: str) -> Any:
-    """Per-sample weights of target batch ``y`` (an array on its backend) from ``table``:
+def class_weights_for(table: Any, y: Any, loss_kind: str) -> Any:
+    """Per-sample weights of target batch ``y`` (an array on its backend) from ``table`` (on
+    the same backend: ``fit`` uploads it once):
     the class is ``y`` (sparse ids), ``argmax(y, axis=1)`` (one-hot / probabilities) or
     ``round(y)`` (one binary output per sample); classes past the table weigh 1.0."""
     xp = _array_module(y)
