@@ -300,6 +300,28 @@ def remove_orphans(path: str, suffix: str) -> list[str]:
     return removed
 
 
+def write_bytes_atomic(path: str | os.PathLike, body: bytes) -> None:
+    """Write ``body`` to ``path`` through a temporary file in the same folder, flushed,
+    fsync'ed and ``os.replace``'d over it: ``path`` is never half-written (datasets' cache,
+    ONNX files)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    remove_orphans(path, ".tmp")
+    fd, tmp = temp_file(path, ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        temp_done(tmp)
+
+
 def _write_npz(f: Any, entries: dict[str, np.ndarray]) -> None:
     """Write the archive to the open binary file ``f`` (a seam for crash tests)."""
     np.savez(f, **entries)

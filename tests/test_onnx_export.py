@@ -359,3 +359,22 @@ def test_gpucnn_command_has_the_onnx_subcommands(tmp_path, capsys, monkeypatch) 
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert cli.main(["onnx", "inspect", str(out)]) == 1
     assert 'pip install "gpucnn[onnx]"' in capsys.readouterr().err
+
+
+def test_an_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    """The file is written atomically: a write that fails part way (here the fsync) leaves
+    neither ``path`` nor a temporary file behind, and an earlier export at ``path`` intact."""
+    import os
+
+    path = tmp_path / "m.onnx"
+    gx.export(models.lenet5(), path)
+    before = path.read_bytes()
+
+    def fail(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        gx.export(models.resnet20(), path, input_shape=(3, 8, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert path.read_bytes() == before

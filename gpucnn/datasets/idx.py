@@ -6,7 +6,6 @@ Header: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import math
 import os
@@ -203,26 +202,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     body += np.ascontiguousarray(array, dtype=_TYPES[code]).tobytes()
     if compress or (compress is None and path.suffix == ".gz"):
         body = gzip.compress(body, mtime=0)
-    _atomic_write_bytes(path, body)
+    from gpucnn.saving import write_bytes_atomic
+
+    write_bytes_atomic(path, body)
     return path
-
-
-def _atomic_write_bytes(path: Path, body: bytes) -> None:
-    """Write via a temporary file and ``os.replace``: never a half-written ``path``."""
-    from gpucnn.saving import remove_orphans, temp_done, temp_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(str(path), ".tmp")
-    fd, tmp = temp_file(str(path), ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        temp_done(tmp)

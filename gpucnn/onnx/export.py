@@ -28,6 +28,7 @@ import numpy as np
 from gpucnn import backend as _backend
 from gpucnn.module import Module
 from gpucnn.onnx._common import ExportError, check_opset, min_ir_version, require_onnx
+from gpucnn.saving import write_bytes_atomic
 from gpucnn.tensor import Function, Parameter, Tensor, enable_grad
 
 __all__ = ["export", "to_model_proto"]
@@ -771,7 +772,8 @@ def export(
         ValueError: an unknown input shape or an opset outside 17..21.
         ImportError: the ``onnx`` package is missing (``pip install "gpucnn[onnx]"``).
     """
-    onnx = require_onnx()
+    require_onnx()
     proto = to_model_proto(model, input_shape, opset, dynamic_batch, batch_size)
-    onnx.save(proto, os.fspath(path))
+    # serialised first, then written atomically: a failed export never leaves a partial file
+    write_bytes_atomic(path, proto.SerializeToString())
     return proto
