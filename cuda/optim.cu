@@ -178,5 +178,51 @@ __device__ void nadam(T* __restrict__ param, const T* __restrict__ grad, T* __re
                  coef_g, coef_m, decoupled, n);                                                \
     }
 
+// The *_dev_<T> kernels: the same updates with the hyper-parameters that change from step to
+// step read from device memory, `hyper` (a few T values), instead of passed by value: a CUDA
+// graph replays its kernels with the arguments they were captured with, so a captured update
+// must find the current learning rate and bias corrections in memory, which the host rewrites
+// (one copy) before each replay. Layout of `hyper`:
+//   sgd_dev, rmsprop_dev: [lr]        adam_dev: [lr, bc1, bc2]        adagrad_dev: [clr]
+//   nadam_dev: [lr, bc2, coef_g, coef_m]
+// Same thread mapping; twins: the same numpy_ops/optim.py functions with `hyper=` given.
+#define OPTIM_DEV_INSTANTIATE(T, SUF)                                                          \
+    extern "C" __global__ void sgd_dev_##SUF(T* param, const T* grad, T* buf, const T* hyper, \
+                                             T momentum, T dampening, T weight_decay,         \
+                                             int nesterov, int first_step, long long n) {     \
+        sgd<T>(param, grad, buf, hyper[0], momentum, dampening, weight_decay, nesterov,        \
+               first_step, n);                                                                 \
+    }                                                                                          \
+    extern "C" __global__ void adam_dev_##SUF(T* param, const T* grad, T* exp_avg,            \
+                                              T* exp_avg_sq, T* max_exp_avg_sq,               \
+                                              const T* hyper, T beta1, T beta2, T eps,        \
+                                              T weight_decay, int decoupled, int amsgrad,     \
+                                              long long n) {                                   \
+        adam<T>(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, hyper[0], beta1, beta2, eps, \
+                weight_decay, hyper[1], hyper[2], decoupled, amsgrad, n);                      \
+    }                                                                                          \
+    extern "C" __global__ void rmsprop_dev_##SUF(T* param, const T* grad, T* square_avg,      \
+                                                 T* grad_avg, T* momentum_buf,                \
+                                                 const T* hyper, T alpha, T eps,              \
+                                                 T weight_decay, T momentum, int centered,    \
+                                                 long long n) {                                \
+        rmsprop<T>(param, grad, square_avg, grad_avg, momentum_buf, hyper[0], alpha, eps,     \
+                   weight_decay, momentum, centered, n);                                       \
+    }                                                                                          \
+    extern "C" __global__ void adagrad_dev_##SUF(T* param, const T* grad, T* sum,             \
+                                                 const T* hyper, T eps, T weight_decay,       \
+                                                 long long n) {                                \
+        adagrad<T>(param, grad, sum, hyper[0], eps, weight_decay, n);                          \
+    }                                                                                          \
+    extern "C" __global__ void nadam_dev_##SUF(T* param, const T* grad, T* exp_avg,           \
+                                               T* exp_avg_sq, const T* hyper, T beta1,        \
+                                               T beta2, T eps, T weight_decay, int decoupled, \
+                                               long long n) {                                  \
+        nadam<T>(param, grad, exp_avg, exp_avg_sq, hyper[0], beta1, beta2, eps, weight_decay, \
+                 hyper[1], hyper[2], hyper[3], decoupled, n);                                  \
+    }
+
 OPTIM_INSTANTIATE(float, f32)
 OPTIM_INSTANTIATE(double, f64)
+OPTIM_DEV_INSTANTIATE(float, f32)
+OPTIM_DEV_INSTANTIATE(double, f64)

@@ -110,6 +110,52 @@ def use_runtime(rt: KernelRuntime) -> Iterator[KernelRuntime]:
         _override.reset(token)
 
 
+_own: contextvars.ContextVar[bool] = contextvars.ContextVar("gpucnn_own_kernels", default=False)
+
+
+@contextlib.contextmanager
+def own_kernels(enabled: bool = True) -> Iterator[None]:
+    """Inside the ``with`` block, CUDA ops run only our kernels: convolution takes the
+    implicit-GEMM algorithm (``cuda/conv_igemm.cu``) and dense products our GEMM
+    (``cuda/gemm.cu``) instead of cuBLAS. A captured CUDA graph needs this (CuPy refuses cuBLAS
+    during stream capture, cupy/cupy#6290); eager code under it runs the very same kernels as a
+    graph replay, so the two agree bit for bit. No effect on the NumPy backend."""
+    token = _own.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _own.reset(token)
+
+
+_hyper_slots: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "gpucnn_hyper_slots", default=None
+)
+
+
+@contextlib.contextmanager
+def use_hyper_slots(slots: Any) -> Iterator[Any]:
+    """Hand the optimizer launchers of :mod:`gpucnn.backend.cuda_ops.optim` a store of their
+    per-step scalars (learning rate, bias corrections) inside the ``with`` block: the CUDA
+    graph machinery (:mod:`gpucnn.cuda_graph`) counts, captures and refills them. ``slots``
+    has ``take(values, dtype) -> device array | None`` and ``launch`` (bool: whether the
+    update kernel is to be launched)."""
+    token = _hyper_slots.set(slots)
+    try:
+        yield slots
+    finally:
+        _hyper_slots.reset(token)
+
+
+def current_hyper_slots() -> Any:
+    """The store :func:`use_hyper_slots` set here, or ``None``."""
+    return _hyper_slots.get()
+
+
+def own_kernels_active() -> bool:
+    """Whether :func:`own_kernels` is in force here."""
+    return _own.get()
+
+
 def dtype_suffix(dtype: Any, op: str = "this op") -> str:
     """Kernel-name suffix for a floating dtype: ``f32`` or ``f64``.
 

@@ -31,7 +31,7 @@ from gpucnn.backend.cuda_ops.conv_igemm import (
 )
 from gpucnn.backend.cuda_ops.im2col import col2im_cn, im2col_cn
 from gpucnn.backend.geometry import Conv2dGeometry, ConvSaved
-from gpucnn.backend.runtime import current_runtime
+from gpucnn.backend.runtime import current_runtime, own_kernels_active
 
 __all__ = [
     "conv2d_algorithm",
@@ -78,6 +78,7 @@ def _ns() -> Any:
 
 def conv2d_algorithm(geom: Conv2dGeometry) -> str:
     """The algorithm :func:`conv2d_forward` runs ``geom`` with (one of :data:`ALGORITHMS`):
+    ``"igemm"`` under :func:`gpucnn.backend.runtime.own_kernels` (graph capture), else
     :func:`get_conv_algorithm` when set, else the rule.
 
     The rule keeps ``"im2col_gemm"`` for every geometry: the FP32 SIMT implicit-GEMM kernels
@@ -85,6 +86,8 @@ def conv2d_algorithm(geom: Conv2dGeometry) -> str:
     ``python -m benchmarks.run --only conv`` (the ``conv2d_igemm_*`` cases beside the im2col
     ones, ``benchmarks/cases.py``) has numbers, with them in a comment next to its constants.
     """
+    if own_kernels_active():  # a CUDA-graph capture, or eager code asking for our kernels
+        return "igemm"
     chosen = get_conv_algorithm()
     return chosen if chosen is not None else "im2col_gemm"
 

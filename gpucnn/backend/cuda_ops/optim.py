@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend.checks import nadam_coefficients
-from gpucnn.backend.runtime import current_runtime, dtype_suffix
+from gpucnn.backend.runtime import current_hyper_slots, current_runtime, dtype_suffix
 
 __all__ = ["sgd_update", "adam_update", "rmsprop_update", "adagrad_update", "nadam_update"]
 
@@ -36,6 +36,23 @@ def _prep(op: str, param: Any, grad: Any, *state: Any) -> tuple[Any, Any, list[A
     return xp, g, [param if s is None else s for s in state]
 
 
+def _dev_hyper(op: str, param: Any, values: tuple, hyper: Any) -> tuple[bool, Any]:
+    """``(launch, hyper array or None)`` for one update: with ``hyper`` given (or a graph's
+    slots store active, :func:`gpucnn.backend.runtime.use_hyper_slots`) the ``*_dev`` kernel
+    reads ``values`` from that device array; ``launch`` False: only record the values."""
+    if hyper is None:
+        slots = current_hyper_slots()
+        if slots is None:
+            return True, None
+        return slots.launch, slots.take(values, param.dtype)
+    if tuple(hyper.shape) != (len(values),) or hyper.dtype != param.dtype:
+        raise ValueError(
+            f"{op}: hyper must be a ({len(values)},) array of {param.dtype}, got "
+            f"{hyper.dtype} {tuple(hyper.shape)}"
+        )
+    return True, current_runtime().xp.ascontiguousarray(hyper)
+
+
 def sgd_update(
     param: Any,
     grad: Any,
@@ -46,20 +63,25 @@ def sgd_update(
     weight_decay: float,
     nesterov: bool,
     first_step: bool,
+    hyper: Any = None,
 ) -> None:
-    """SGD step in place (PyTorch semantics); kernel ``sgd_f32/_f64``, one thread per element."""
+    """SGD step in place (PyTorch semantics); kernel ``sgd_f32/_f64``, one thread per element
+    (``sgd_dev_*`` reading ``[lr]`` from the device array ``hyper`` when given)."""
     _, g, (b,) = _prep("sgd_update", param, grad, buf)
     t = param.dtype.type
     n = int(param.size)
+    go, dev = _dev_hyper("sgd_update", param, (lr,), hyper)
+    if not go:
+        return
     current_runtime().launch(
         _FAMILY,
-        f"sgd_{dtype_suffix(param.dtype, 'sgd')}",
+        f"sgd_{'dev_' if dev is not None else ''}{dtype_suffix(param.dtype, 'sgd')}",
         n,
         (
             param,
             g,
             b,
-            t(lr),
+            *((dev,) if dev is not None else (t(lr),)),
             t(momentum),
             t(dampening),
             t(weight_decay),
@@ -84,16 +106,23 @@ def adam_update(
     step: int,
     decoupled: bool,
     amsgrad: bool,
+    hyper: Any = None,
 ) -> None:
-    """Adam / AdamW step ``step`` (1-based) in place; kernel ``adam_f32/_f64``."""
+    """Adam / AdamW step ``step`` (1-based) in place; kernel ``adam_f32/_f64``
+    (``adam_dev_*`` reading ``[lr, 1 - beta1**step, 1 - beta2**step]`` from ``hyper``)."""
     _, g, (m, v, vmax) = _prep("adam_update", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     t = param.dtype.type
     bc1 = t(1.0 - float(beta1) ** step)
     bc2 = t(1.0 - float(beta2) ** step)
     n = int(param.size)
+    go, dev = _dev_hyper("adam_update", param, (lr, bc1, bc2), hyper)
+    if not go:
+        return
+    scalars = (dev,) if dev is not None else (t(lr),)
+    tail = () if dev is not None else (bc1, bc2)
     current_runtime().launch(
         _FAMILY,
-        f"adam_{dtype_suffix(param.dtype, 'adam')}",
+        f"adam_{'dev_' if dev is not None else ''}{dtype_suffix(param.dtype, 'adam')}",
         n,
         (
             param,
@@ -101,13 +130,12 @@ def adam_update(
             m,
             v,
             vmax,
-            t(lr),
+            *scalars,
             t(beta1),
             t(beta2),
             t(eps),
             t(weight_decay),
-            bc1,
-            bc2,
+            *tail,
             np.int32(bool(decoupled)),
             np.int32(bool(amsgrad)),
             np.int64(n),
@@ -127,14 +155,19 @@ def rmsprop_update(
     weight_decay: float,
     momentum: float,
     centered: bool,
+    hyper: Any = None,
 ) -> None:
-    """RMSprop step in place (PyTorch semantics); kernel ``rmsprop_f32/_f64``."""
+    """RMSprop step in place (PyTorch semantics); kernel ``rmsprop_f32/_f64`` (``rmsprop_dev_*``
+    reading ``[lr]`` from ``hyper``)."""
     _, g, (sq, ga, mb) = _prep("rmsprop_update", param, grad, square_avg, grad_avg, momentum_buf)
     t = param.dtype.type
     n = int(param.size)
+    go, dev = _dev_hyper("rmsprop_update", param, (lr,), hyper)
+    if not go:
+        return
     current_runtime().launch(
         _FAMILY,
-        f"rmsprop_{dtype_suffix(param.dtype, 'rmsprop')}",
+        f"rmsprop_{'dev_' if dev is not None else ''}{dtype_suffix(param.dtype, 'rmsprop')}",
         n,
         (
             param,
@@ -142,7 +175,7 @@ def rmsprop_update(
             sq,
             ga,
             mb,
-            t(lr),
+            *((dev,) if dev is not None else (t(lr),)),
             t(alpha),
             t(eps),
             t(weight_decay),
@@ -162,17 +195,22 @@ def adagrad_update(
     weight_decay: float,
     eps: float,
     step: int,
+    hyper: Any = None,
 ) -> None:
-    """Adagrad step ``step`` (1-based) in place (PyTorch semantics); kernel ``adagrad_f32/_f64``."""
+    """Adagrad step ``step`` (1-based) in place (PyTorch semantics); kernel ``adagrad_f32/_f64``
+    (``adagrad_dev_*`` reading ``[lr / (1 + (step - 1) * lr_decay)]`` from ``hyper``)."""
     _, g, (s,) = _prep("adagrad_update", param, grad, state_sum)
     t = param.dtype.type
     clr = t(float(lr) / (1.0 + (step - 1) * float(lr_decay)))
     n = int(param.size)
+    go, dev = _dev_hyper("adagrad_update", param, (clr,), hyper)
+    if not go:
+        return
     current_runtime().launch(
         _FAMILY,
-        f"adagrad_{dtype_suffix(param.dtype, 'adagrad')}",
+        f"adagrad_{'dev_' if dev is not None else ''}{dtype_suffix(param.dtype, 'adagrad')}",
         n,
-        (param, g, s, clr, t(eps), t(weight_decay), np.int64(n)),
+        (param, g, s, clr if dev is None else dev, t(eps), t(weight_decay), np.int64(n)),
     )
 
 
@@ -191,29 +229,34 @@ def nadam_update(
     mu_product: float,
     step: int,
     decoupled: bool,
+    hyper: Any = None,
 ) -> None:
-    """NAdam step ``step`` (1-based) in place (PyTorch semantics); kernel ``nadam_f32/_f64``."""
+    """NAdam step ``step`` (1-based) in place (PyTorch semantics); kernel ``nadam_f32/_f64``
+    (``nadam_dev_*`` reading ``[lr, bc2, coef_g, coef_m]`` from ``hyper``)."""
     _, g, (m, v) = _prep("nadam_update", param, grad, exp_avg, exp_avg_sq)
     t = param.dtype.type
     bc2, coef_g, coef_m = nadam_coefficients(lr, beta2, mu, mu_next, mu_product, step)
     n = int(param.size)
+    go, dev = _dev_hyper("nadam_update", param, (lr, bc2, coef_g, coef_m), hyper)
+    if not go:
+        return
+    dev_args = (dev,) if dev is not None else (t(lr),)
+    dev_tail = () if dev is not None else (t(bc2), t(coef_g), t(coef_m))
     current_runtime().launch(
         _FAMILY,
-        f"nadam_{dtype_suffix(param.dtype, 'nadam')}",
+        f"nadam_{'dev_' if dev is not None else ''}{dtype_suffix(param.dtype, 'nadam')}",
         n,
         (
             param,
             g,
             m,
             v,
-            t(lr),
+            *dev_args,
             t(beta1),
             t(beta2),
             t(eps),
             t(weight_decay),
-            t(bc2),
-            t(coef_g),
-            t(coef_m),
+            *dev_tail,
             np.int32(bool(decoupled)),
             np.int64(n),
         ),
