@@ -102,6 +102,13 @@ def _check_verbose(where: str, verbose: Any) -> None:
         raise ValueError(f"{where}: verbose must be 0, 1 or 2, got {verbose!r}")
 
 
+def _amp_scaler(policy: str | None) -> Any:
+    """A fresh :class:`gpucnn.amp.GradScaler` (torch's defaults) for float16, else None."""
+    from gpucnn.amp import GradScaler
+
+    return GradScaler() if policy == "float16" else None
+
+
 class Model(Module):
     """A Module that trains itself: compile / fit / evaluate / predict / summary / save.
 
@@ -131,6 +138,8 @@ class Model(Module):
         self._metric_specs: list = []
         self._optimizer_factory: Callable[[list], Any] | None = None
         self._compile_config: dict | None = None
+        self.mixed_precision: str | None = None  # compile(mixed_precision=...)'s dtype
+        self.loss_scaler: Any = None  # its GradScaler (float16)
 
     # ------------------------------------------------------------------ compile
     def compile(
@@ -142,6 +151,7 @@ class Model(Module):
         from_logits: bool | None = None,
         *,
         learning_rate: float | None = None,
+        mixed_precision: str | None = None,
     ) -> None:
         """Configure training.
 
@@ -162,13 +172,30 @@ class Model(Module):
                 softmax/sigmoid (see the module doc).
             learning_rate: Keras' name for ``lr`` (give one of them; different values are a
                 ValueError).
+            mixed_precision: ``None`` (or ``"float32"``): full float32; ``"bfloat16"`` /
+                ``"float16"`` (or Keras's ``"mixed_bfloat16"`` / ``"mixed_float16"``): the
+                forward of fit/evaluate/predict/train_on_batch runs under
+                :class:`gpucnn.amp.autocast` with FP32 master weights and the loss in float32;
+                float16 also scales the loss with a :class:`gpucnn.amp.GradScaler` (torch's
+                defaults), exposed as ``model.loss_scaler`` (None otherwise; assign another
+                ``GradScaler`` after compile to change its settings) and saved in checkpoints.
+                ``model.mixed_precision`` is the autocast dtype (or None); the compile config
+                (saved with the model) records it. On the cuda backend the device's compute
+                capability is checked here.
 
         Raises:
-            ValueError: unknown optimizer, loss or metric name (listing the valid ones).
+            ValueError: unknown optimizer, loss, metric name or mixed precision policy
+                (listing the valid ones); a mixed precision policy on a CUDA device without
+                its tensor cores (float16 needs compute capability 7.0, bfloat16 8.0).
         """
         from gpucnn import optim
+        from gpucnn.amp import autocast_mode as _amp
 
         lr = optim.optimizers.resolve_lr("compile", lr, learning_rate, None)
+        policy = _amp.resolve_policy(mixed_precision)
+        if policy is not None and self.backend == "cuda":
+            _amp.check_mixed_precision_supported(policy, _amp.device_capability(),
+                                                 "compile(mixed_precision=...)")
 
         if loss is None:
             raise ValueError(
@@ -223,6 +250,10 @@ class Model(Module):
                         or _metrics.config_name(m) for m in specs],
             "from_logits": bool(from_logits),
         }
+        if policy is not None:
+            self._compile_config["mixed_precision"] = policy
+        self.mixed_precision = policy
+        self.loss_scaler = _amp_scaler(policy)
         if self.built and self.trainable_parameters():  # nothing to train: fit says so
             self._ensure_optimizer()
 
@@ -284,6 +315,7 @@ class Model(Module):
         update_freq: int | str | None = None,
         class_weight: dict | None = None,
         sample_weight: Any = None,
+        cuda_graph: bool = False,
     ) -> History:
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the final epoch index).
 
@@ -318,6 +350,12 @@ class Model(Module):
                 ``validation_split`` splits them too (the held-out samples keep theirs, as
                 Keras). A loader may yield ``(x, y, w)`` batches
                 instead. Not together with ``class_weight``.
+            cuda_graph: on the cuda backend, capture the training step (forward, loss,
+                backward, optimizer update) as one CUDA graph after 3 eager warm-up steps and
+                replay it for every full batch; the last partial batch and validation run
+                eagerly (:mod:`gpucnn.train.graphed`, :mod:`gpucnn.cuda_graph`). Every op runs
+                our own kernels then. Not with dropout/noise layers, sample or class weights,
+                distributed training or a float16 loss scaler (a clear error says which).
 
         Warnings (:class:`gpucnn.train.checks.TrainingWarning`, once per call each): NaN or
         Inf in array ``x``/``y`` or in the loss; ``uint8`` images in 0-255 (not scaled).
@@ -400,6 +438,12 @@ class Model(Module):
         from gpucnn.distributed.fit import fit_setup  # no-op unless init() found >1 rank
 
         ddp, train, callbacks, verbose = fit_setup(self, train, callbacks, verbose)
+        check_bool("fit", "cuda_graph", cuda_graph)
+        graphed = None
+        if cuda_graph:
+            from gpucnn.train.graphed import GraphedTrainStep, check_graph_fit
+
+            check_graph_fit(self, ddp, sample_weight, class_weight)
 
         base_seed = seed
         if base_seed is None:
@@ -439,8 +483,13 @@ class Model(Module):
                 for xb, yb, wb in batches:
                     step += 1
                     cbs.on_train_batch_begin(step, {})
-                    n, lv = steps.train_step(self, xb, yb, loss, run, "fit", y_all, wb,
-                                             cw_table)
+                    if cuda_graph:
+                        if graphed is None:
+                            graphed = GraphedTrainStep(self, loss)
+                        n, lv = graphed(xb, yb, run, "fit", y_all)
+                    else:
+                        n, lv = steps.train_step(self, xb, yb, loss, run, "fit", y_all, wb,
+                                                 cw_table)
                     y_all = None  # checked once per epoch
                     batch_logs = BatchLogs(run, lv, n, step, keys)
                     refresh = (every is not None and (step + 1) % every == 0) or (

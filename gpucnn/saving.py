@@ -9,7 +9,10 @@ Format: ONE ``.npz`` file (a zip of ``.npy`` members, readable with ``numpy.load
   (``{"class_name", "config"}``, see :func:`gpucnn.module.serialize`), the per-sample input
   shape the model was built for, the compile settings, the optimizer class, hyper-parameters
   and the structure of its state (array leaves replaced by references), the
-  :mod:`gpucnn.random` state, and the number of completed epochs;
+  :mod:`gpucnn.random` state, and the number of completed epochs (with
+  ``compile(mixed_precision="float16")`` also ``loss_scaler``: the
+  :class:`~gpucnn.amp.GradScaler` state, so a resumed run scales exactly as an uninterrupted
+  one; the weights saved are always the FP32 master weights);
 * ``w/<name>``: every state-dict entry (parameters and persistent buffers), as NumPy arrays;
 * ``o/<i>``: the optimizer's state arrays (momentum buffers, Adam moments, ...);
 * ``a/<i>``: the arrays and Tensors of an ``"object"`` file, whose structure (dicts, lists,
@@ -547,6 +550,7 @@ def _check_meta(path: str, meta: Any, entries: dict[str, np.ndarray]) -> None:
     if kind == "model":
         for key, types in (("architecture", (dict, type(None))), ("compile", (dict, type(None))),
                            ("optimizer", (dict, type(None))),
+                           ("loss_scaler", (dict, type(None))),
                            ("random_state", (dict, type(None))),
                            ("backend", (str, type(None)))):
             if not isinstance(meta.get(key), types):
@@ -633,6 +637,7 @@ def save_model(model: Any, path: Any) -> None:
         "weights": names,
         "compile": getattr(model, "_compile_config", None),
         "optimizer": opt_spec,
+        "loss_scaler": _scaler_state(model),
         "random_state": get_state(),
         "epoch": int(getattr(model, "completed_epochs", 0)),
         "backend": model.backend,
@@ -709,7 +714,25 @@ def _recompile(path: str, model: Any, comp: dict, meta: dict, entries: dict,
     model.compile(optimizer=opt, loss=loss, metrics=metrics,
                   from_logits=comp.get("from_logits"),
                   lr=(comp["optimizer"]["config"].get("lr") if isinstance(opt, str)
-                      else None))
+                      else None), **_policy_kwargs(comp))
+    scaler_state = meta.get("loss_scaler")
+    scaler = getattr(model, "loss_scaler", None)
+    if scaler_state and scaler is not None:
+        _stage(path, "cannot restore the loss scaler", scaler.load_state_dict, scaler_state)
+
+
+def _policy_kwargs(comp: dict) -> dict:
+    """``compile``'s ``mixed_precision`` argument of a saved compile config (none when the
+    model was compiled without one, so older files re-compile as before)."""
+    mp = comp.get("mixed_precision")
+    return {} if mp is None else {"mixed_precision": mp}
+
+
+def _scaler_state(model: Any) -> dict | None:
+    """The state of ``model.loss_scaler`` (``compile(mixed_precision="float16")``: scale,
+    growth tracker and factors), or None."""
+    scaler = getattr(model, "loss_scaler", None)
+    return None if scaler is None else dict(scaler.state_dict())
 
 
 def load_weights(model: Any, path: Any, strict: bool = True) -> None:

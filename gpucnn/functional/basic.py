@@ -51,9 +51,20 @@ __all__ = [
 
 
 def _xp(a: Any) -> Any:
+    return _backend_of(a).xp
+
+
+def _backend_of(a: Any) -> Any:
     from gpucnn.backend import backend_of
 
-    return backend_of(a).xp
+    return backend_of(a)
+
+
+def _autocast_dtype(*tensors: Any) -> str | None:
+    """The :class:`gpucnn.amp.autocast` dtype for a GEMM-class op on ``tensors``, or None."""
+    from gpucnn.amp.autocast_mode import active_dtype
+
+    return active_dtype(*tensors)
 
 
 def _axes(axis: Any, x: Any, op: str = "reduction") -> tuple[int, ...]:
@@ -108,6 +119,8 @@ class _MatMul(Function):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         ctx.save_for_backward(a, b)
+        if a.ndim == 2 and b.ndim == 2:
+            return _backend_of(a).matmul2d(a, b)
         return a @ b
 
     @staticmethod
@@ -115,6 +128,11 @@ class _MatMul(Function):
         a, b = ctx.saved
         xp = _xp(g)
         ga = gb = None
+        if a.ndim == 2 and b.ndim == 2:  # through the backend (our GEMM in a graph capture)
+            mm = _backend_of(g).matmul2d
+            ga = mm(g, b, trans_b=True) if ctx.needs_input_grad[0] else None
+            gb = mm(a, g, trans_a=True) if ctx.needs_input_grad[1] else None
+            return ga, gb
         if a.ndim == 1 and b.ndim == 1:
             return (g * b if ctx.needs_input_grad[0] else None), (
                 g * a if ctx.needs_input_grad[1] else None
@@ -148,6 +166,11 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(
             f"matmul: inner dimensions differ: a {a.shape} has {ka}, b {b.shape} has {kb}"
         )
+    lp = _autocast_dtype(a, b)
+    if lp is not None:  # autocast: operands and output rounded (see gpucnn.amp.autocast_mode)
+        from gpucnn.amp.autocast_mode import cast
+
+        return cast(_MatMul.apply(cast(a, lp), cast(b, lp)), lp)
     return _MatMul.apply(a, b)
 
 
@@ -156,7 +179,11 @@ class _Linear(Function):
     def forward(ctx: Context, x: Any, w: Any, b: Any = None) -> Any:
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        y = x @ w.T
+        # As 2-D products through the backend (cuBLAS, or our GEMM in a CUDA-graph capture).
+        # Rows counted explicitly: reshape(-1, 0) is ambiguous for a zero-feature input.
+        rows = math.prod(x.shape[:-1])
+        mm = _backend_of(x).matmul2d
+        y = mm(x.reshape(rows, x.shape[-1]), w, trans_b=True).reshape(*x.shape[:-1], w.shape[0])
         if b is not None:
             y += b
         return y
@@ -165,13 +192,13 @@ class _Linear(Function):
     def backward(ctx: Context, g: Any) -> tuple:
         x, w = ctx.saved
         need = ctx.needs_input_grad
-        gx = g @ w if need[0] else None
-        gw = None
-        # Rows counted explicitly: reshape(-1, 0) is ambiguous for a zero-feature input.
+        mm = _backend_of(g).matmul2d
         rows = math.prod(g.shape[:-1])
+        g2 = g.reshape(rows, g.shape[-1])
+        gx = mm(g2, w).reshape(x.shape) if need[0] else None
+        gw = None
         if need[1]:
-            g2 = g.reshape(rows, g.shape[-1])
-            gw = g2.T @ x.reshape(rows, x.shape[-1])
+            gw = mm(g2, x.reshape(rows, x.shape[-1]), trans_a=True)
         if ctx.has_bias:
             gb = g.reshape(rows, g.shape[-1]).sum(axis=0) if need[2] else None
             return gx, gw, gb
@@ -200,6 +227,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    lp = _autocast_dtype(x, weight, bias)
+    if lp is not None:  # autocast: operands and output rounded (see gpucnn.amp.autocast_mode)
+        from gpucnn.amp.autocast_mode import cast
+
+        x, weight, bias = cast(x, lp), cast(weight, lp), cast(bias, lp)
+        y = _Linear.apply(x, weight) if bias is None else _Linear.apply(x, weight, bias)
+        return cast(y, lp)
     if bias is None:
         return _Linear.apply(x, weight)
     return _Linear.apply(x, weight, bias)

@@ -131,6 +131,14 @@ def conv2d(
             f"conv2d: input {x.shape} has zero channels; expected (N, C, H, W) with C >= 1"
         )
     geom = Conv2dGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
+    from gpucnn.amp.autocast_mode import active_dtype, cast
+
+    lp = active_dtype(x, weight, bias)
+    if lp is not None:  # autocast: operands and output rounded (see gpucnn.amp.autocast_mode)
+        x, weight, bias = cast(x, lp), cast(weight, lp), cast(bias, lp)
+        y = (Conv2dFunction.apply(x, weight, geom=geom) if bias is None
+             else Conv2dFunction.apply(x, weight, bias, geom=geom))
+        return cast(y, lp)
     if bias is None:
         return Conv2dFunction.apply(x, weight, geom=geom)
     return Conv2dFunction.apply(x, weight, bias, geom=geom)

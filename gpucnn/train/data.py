@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend.device import is_device_array as _is_device_array
+from gpucnn.backend.precision import is_bfloat16
 from gpucnn.data import DataLoader
 from gpucnn.tensor import Tensor
 
@@ -184,6 +185,8 @@ def make_data(x: Any, y: Any, batch_size: int, where: str, steps: int | None = N
         xa = raw_array(x)
     except ValueError:
         raise ValueError(f"{where}: x is ragged (nested lists of different lengths)") from None
+    if is_bfloat16(xa.dtype):  # ml_dtypes.bfloat16 (kind 'V'): exact in float32
+        xa = xa.astype(np.float32)
     if xa.dtype.kind not in "biuf":
         raise TypeError(f"{where}: x must hold numbers, got dtype {xa.dtype}")
     if xa.ndim == 0:

@@ -6,6 +6,10 @@ forward without gradients and, given running sums, the loss and metrics. :func:`
 one :func:`eval_step` pass over some data, read in one host transfer. Neither step reads the
 host (see :mod:`gpucnn.train.accumulate`).
 
+Mixed precision (``compile(mixed_precision=...)``): the forward and the loss run under
+:class:`gpucnn.amp.autocast` (the loss ops stay float32), the backward and the optimizer step
+outside it; with a ``model.loss_scaler`` the loss is scaled and the step goes through it.
+
 Per-sample weights (``fit(sample_weight=..., class_weight=...)``): a batch's weights ``w``
 (an array ``(N,)``) or a ``class_weights`` table (see :mod:`gpucnn.train.checks`) make the
 batch loss :meth:`Loss.weighted <gpucnn.train.losses.Loss.weighted>` (Keras semantics).
@@ -13,6 +17,7 @@ batch loss :meth:`Loss.weighted <gpucnn.train.losses.Loss.weighted>` (Keras sema
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -96,18 +101,37 @@ def forward_loss(model: Any, xb: Any, yb: Any, loss: Loss, where: str,
     return n, ya, out, value
 
 
+def _autocast_for(model: Any) -> Any:
+    """The :class:`gpucnn.amp.autocast` region of ``model``'s mixed precision policy
+    (``compile(mixed_precision=...)``), or a no-op."""
+    dtype = getattr(model, "mixed_precision", None)
+    if dtype is None:
+        return contextlib.nullcontext()
+    from gpucnn.amp import autocast
+
+    return autocast(dtype)
+
+
 def train_step(model: Any, xb: Any, yb: Any, loss: Loss, run: Running | None, where: str,
                y_all: np.ndarray | None = None, wb: Any = None,
                class_weights: np.ndarray | None = None) -> tuple[int, Any]:
     """THE training step (``fit``, ``train_on_batch``): forward, loss (weighted by ``wb`` or
     ``class_weights``), backward, optimizer step, and the batch added to ``run`` (when given).
-    Returns ``(n, batch loss as a 0-d array)``; no host read."""
+    Returns ``(n, batch loss as a 0-d array)``; no host read (with ``model.loss_scaler``: one,
+    the scaler's inf/NaN check)."""
     model._ensure_built_for(xb)
     opt = model._ensure_optimizer()
-    n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all, wb, class_weights)
+    with _autocast_for(model):
+        n, ya, out, value = forward_loss(model, xb, yb, loss, where, y_all, wb, class_weights)
     opt.zero_grad()
-    value.backward()
-    opt.step()
+    scaler = getattr(model, "loss_scaler", None)
+    if scaler is None:
+        value.backward()
+        opt.step()
+    else:  # float16 mixed precision: skipped on inf/NaN gradients (the step's one host read)
+        scaler.scale(value).backward()
+        scaler.step(opt)
+        scaler.update()
     return n, (scalar(value) if run is None else run.add(value, n, ya, out.data))
 
 
@@ -116,7 +140,7 @@ def eval_step(model: Any, xb: Any, yb: Any, loss: Loss | None, run: Running | No
     """THE evaluation step (``evaluate``, validation, ``predict``; the caller sets eval
     mode): the forward without gradients and, when ``run`` is given, the loss (weighted by
     ``wb`` when given) and metrics added to it. Returns the output."""
-    with no_grad():
+    with no_grad(), _autocast_for(model):
         model._ensure_built_for(xb)
         if run is None:
             return model(prepare_x(model, xb))
