@@ -575,7 +575,11 @@ class Module:
             self._build_from_inputs(args)
         elif args:
             self._check_inputs(args)
-        out = self.forward(*args, **kwargs)
+        try:
+            out = self.forward(*args, **kwargs)
+        except Exception as e:
+            _name_layer_in_capture(self, e)
+            raise
         active = getattr(_rec, "active", None)
         if active is not None and id(self) in active[0] and id(self) not in active[1]:
             ins = args[0] if len(args) == 1 else list(args)
@@ -728,3 +732,17 @@ def apply_to_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
         return type(value)(apply_to_tensors(fn, v) for v in value)
     return fn(value) if isinstance(value, Tensor) else value
 
+
+def _name_layer_in_capture(layer: Module, e: Exception) -> None:
+    """Inside a CUDA-graph capture, raise ``e`` again as a ``CudaGraphError`` that names the
+    innermost layer it came from (outer layers pass it on unchanged)."""
+    from gpucnn import cuda_graph
+
+    if not cuda_graph.is_capturing() or getattr(e, "gpucnn_layer", None) is not None:
+        return
+    err = cuda_graph.CudaGraphError(
+        f"cuda_graph: layer {layer.name!r} ({type(layer).__name__}) cannot run inside a "
+        f"captured CUDA graph: {e}"
+    )
+    err.gpucnn_layer = layer.name  # type: ignore[attr-defined]
+    raise err from e

@@ -49,7 +49,10 @@ def uniform(shape: Any, dtype: Any = np.float32, backend: str = "numpy") -> Any:
     """
     global _offset
     from gpucnn.backend import get_backend
+    from gpucnn.cuda_graph import refuse_in_capture
 
+    # The stream offset is a host number passed to the kernel: a graph would replay one mask.
+    refuse_in_capture("drawing random numbers (dropout, noise layers)")
     shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
     n = int(np.prod(shape, dtype=np.int64))
     dt = np.dtype(dtype)
