@@ -100,6 +100,21 @@ def test_lenet5_step_is_captured_and_replays_bit_exact(sim) -> None:  # noqa: AN
     assert steps_e == steps_g == [9] * len(steps_e)
 
 
+@pytest.mark.gpu
+def test_capture_on_the_cuda_backend_replays_bit_exact() -> None:
+    """On the session's cuda backend: real CuPy in the gpu-check (`python -m
+    gpucnn.testing.gpu_check`), the simulated device in the simulated pass. Deterministic
+    kernels (no atomics) give eager and replayed training the same bits on a GPU too."""
+    xs, ys = _batches(8, (16, 1, 28, 28), seed=2)
+    make = gpucnn.models.lenet5
+    adam = lambda p: gpucnn.optim.Adam(p, lr=1e-3)  # noqa: E731
+    eager, el, _, _ = _loop(make, adam, xs, ys, graph=False)
+    graph, gl, _, fn = _loop(make, adam, xs, ys, graph=True)
+    assert fn.graph is not None and fn.replays >= 1
+    _same(eager, graph)
+    assert el == gl
+
+
 @pytest.mark.skipif(not SIM_PASS, reason="ResNet-20 on the emulator is slow: the simulated pass")
 def test_resnet20_step_is_captured_and_replays_bit_exact(sim) -> None:  # noqa: ANN001
     """Batch norm (running statistics updated in place), projection-free shortcuts, split-K
