@@ -142,7 +142,80 @@ def _conv_cases(ctx: Ctx, reps: int) -> list[Case]:
                 for tile in (None, "64x128", "128x128") if mode == "fwd" else (None,):
                     cases.append(_conv_case(ctx, label, mode, params, fl, reps, gemm_shape,
                                             algorithm="igemm", tile=tile))  # fmt: skip
+        # Our tensor-core implicit-GEMM forward (cuda/conv_igemm_tc.cu) in TF32 and BF16 beside
+        # cuBLAS TF32 GEMM of the same FLOPs (the gemm_equiv column, conv_over_gemm): targets
+        # "TF32 conv >= 60% of cuBLAS TF32 GEMM" and "BF16 >= 1.6x our TF32" (compare the
+        # conv2d_igemm_tc_fwd rows of one shape). CUDA only.
+        if ctx.backend == "cuda" and label.startswith("resnet18"):
+            for prec in ("tf32", "bf16"):
+                for tile in (None, "128x128"):
+                    cases.append(_conv_tc_case(ctx, label, params, fl, reps, gemm_shape, prec,
+                                               tile))  # fmt: skip
     return cases
+
+
+def _conv_tc_case(ctx: Ctx, label: str, p: dict, fl: float, reps: int,
+                  gemm_shape: tuple[int, int, int], prec: str, tile: str | None) -> Case:
+    """Forward of ``conv2d_igemm_forward(precision=prec)`` (the backend primitive, bias fused)
+    at one shape and tensor-core tile; ``gemm_equiv``: cuBLAS float32 GEMM with TF32 on."""
+    n, c, h, o, k, s, pad = p["N"], p["C"], p["H"], p["O"], p["k"], p["stride"], p["pad"]
+    x0, w0, b0 = ctx.randn(n, c, h, h), ctx.randn(o, c, k, k) * 0.1, ctx.randn(o)
+
+    def build_g() -> Callable[[], Any]:
+        import contextlib
+        import importlib
+
+        import gpucnn
+        from gpucnn.backend.geometry import Conv2dGeometry
+
+        igemm = importlib.import_module("gpucnn.backend.cuda_ops.conv_igemm")
+        geom = Conv2dGeometry.create((n, c, h, h), (o, c, k, k), stride=s, padding=pad)
+        dt = _gemm_dtype(prec)
+        to = gpucnn.backend.to_backend
+        x = to(np.ascontiguousarray(x0.astype(dt)), ctx.backend)
+        w = to(np.ascontiguousarray(w0.astype(dt)), ctx.backend)
+        b = to(np.ascontiguousarray(b0.astype(np.float32)), ctx.backend)
+
+        def step() -> Any:
+            with igemm.use_tc_tile(tile) if tile else contextlib.nullcontext():
+                return igemm.conv2d_igemm_forward(x, w, b, geom, precision=prec)
+        return step
+
+    def build_t() -> Callable[[], Any]:  # cuDNN in the same format (TF32: allow_tf32's default)
+        torch = ctx.torch
+        tdt = getattr(torch, "bfloat16" if prec == "bf16" else "float32")
+        x, w, b = (ctx.t(a).to(tdt) for a in (x0, w0, b0))
+
+        def step() -> Any:
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(x, w, b, stride=s, padding=pad)
+        return step
+
+    def build_gemm_tf32() -> Callable[[], Any]:
+        import gpucnn
+
+        xp = ctx.xp()
+        m, kk, nn = gemm_shape
+        a, bb = xp.asarray(ctx.randn(m, kk)), xp.asarray(ctx.randn(kk, nn))
+
+        def step() -> Any:
+            prev = gpucnn.backend.tf32_enabled()
+            gpucnn.backend.set_tf32(True)
+            try:
+                return xp.matmul(a, bb)
+            finally:
+                gpucnn.backend.set_tf32(prev)
+        return step
+
+    return Case(
+        group="conv",
+        name=f"conv2d_igemm_tc_fwd[{label},{prec}{',' + tile if tile else ''}]",
+        params=dict(p, precision=prec, algorithm="igemm_tc", **({"tile": tile} if tile else {})),
+        build_gpucnn=build_g, build_torch=build_t, flops=fl, images=n, repeats=reps,
+        build_gemm_equiv=build_gemm_tf32, gemm_equiv_shape=gemm_shape,
+        extra={"label": label, "mode": "fwd", "algorithm": "igemm_tc", "precision": prec,
+               "tile": tile or "default", "gemm_equiv": "cuBLAS float32 GEMM, TF32 on"},
+    )
 
 
 def _with_conv_algorithm(
@@ -486,7 +559,9 @@ def _train_cases(ctx: Ctx, reps: int, prefer_library: bool) -> list[Case]:
     cases = []
     for name, batch, r in cfg:
         cases.append(_train_case(ctx, name, batch, r, prefer_library))
-    return cases
+    from benchmarks.graph_cases import graph_train_cases  # GPU only: graph, TF32, BF16 steps
+
+    return cases + graph_train_cases(ctx, reps, Case, prefer_library)
 
 
 def _train_case(ctx: Ctx, name: str, batch: int, reps: int, prefer_library: bool) -> Case:

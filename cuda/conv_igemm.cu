@@ -1,5 +1,7 @@
 // conv_igemm.cu: implicit-GEMM 2-D convolution (NCHW), forward, backward-data and
-// backward-weight, float32 and float64, plain FP32/FP64 SIMT (no tensor cores).
+// backward-weight, float32 and float64, plain FP32/FP64 SIMT (no tensor cores; those are
+// cuda/conv_igemm_tc.cu, sharing the index math of cuda/conv_igemm.cuh). The forward fuses
+// bias + an activation (cuda/epilogue.cuh) into its store.
 //
 // The implicit-GEMM view (CUTLASS, media/docs/cpp/implicit_gemm_convolution.md): each pass is,
 // per group g, one GEMM  D (M x Ncols) = A (M x K) @ B (K x Ncols)  whose operands are never
@@ -34,6 +36,7 @@
 // NumPy twin: gpucnn/backend/numpy_ops/conv_igemm.py (the im2col + GEMM reference,
 // gpucnn/backend/numpy_ops/conv/reference.py).
 #include "common.cuh"
+#include "conv_igemm.cuh"
 
 #ifndef IGEMM_BM
 #define IGEMM_BM 64  // tile rows (M: output channels of the group, or input channels)
@@ -63,200 +66,9 @@ static_assert(IGEMM_THREADS % IGEMM_BN == 0, "IGEMM_BN must divide the thread co
 static_assert((IGEMM_BK * IGEMM_BN) % IGEMM_THREADS == 0,
               "the thread count must divide IGEMM_BK * IGEMM_BN");
 
-// Sizes of one convolution, as the kernels receive them (all int32), plus derived ones.
-struct ConvShape {
-    int N, C, H, W;      // input
-    int O, G, Cg, Og;    // output channels, groups, channels per group (in, out)
-    int KH, KW, KHW;     // kernel
-    int SH, SW, PT, PL;  // stride, top/left padding (bottom/right are implied by P, Q)
-    int DH, DW, P, Q;    // dilation, output size
-    index_t HW, PQ;      // plane sizes
-};
-
-#define IGEMM_SHAPE_PARAMS                                                                  \
-    int N, int C, int H, int W, int O, int G, int KH, int KW, int SH, int SW, int PT, int PL, \
-        int DH, int DW, int P, int Q
-#define IGEMM_SHAPE_ARGS N, C, H, W, O, G, KH, KW, SH, SW, PT, PL, DH, DW, P, Q
-
-__device__ __forceinline__ ConvShape make_shape(IGEMM_SHAPE_PARAMS) {
-    ConvShape s;
-    s.N = N; s.C = C; s.H = H; s.W = W;
-    s.O = O; s.G = G; s.Cg = C / G; s.Og = O / G;
-    s.KH = KH; s.KW = KW; s.KHW = KH * KW;
-    s.SH = SH; s.SW = SW; s.PT = PT; s.PL = PL;
-    s.DH = DH; s.DW = DW; s.P = P; s.Q = Q;
-    s.HW = (index_t)H * W;
-    s.PQ = (index_t)P * Q;
-    return s;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The three passes as "problems" of the tile driver below. Each one says:
-//   M(), cols(), K()            the GEMM sizes of one group
-//   a(g, m, k)                  an element of A (m < M, k < K: the driver checks)
-//   col(g, c) -> Col            what a B element of column c needs, worked out once per tile
-//   b(g, col, k)                an element of B (zero in the padding)
-//   store(g, split, m, c, v)    write D[m, c] (the driver checks m < M, c < cols)
-// ---------------------------------------------------------------------------------------------
-
-// Forward: y[n, g*Og + m, p, q] = sum over (c, i, j) of w[g*Og + m, c, i, j] * x[n, g*Cg + c,
-// p*SH - PT + i*DH, q*SW - PL + j*DW], plus bias[g*Og + m] when has_bias.
-template <typename T>
-struct FwdProblem {
-    ConvShape s;
-    const T* __restrict__ x;
-    const T* __restrict__ w;
-    const T* __restrict__ bias;
-    T* __restrict__ y;
-    int has_bias;
-
-    __device__ int M() const { return s.Og; }
-    __device__ index_t cols() const { return (index_t)s.N * s.PQ; }
-    __device__ index_t K() const { return (index_t)s.Cg * s.KHW; }
-
-    // w (O, Cg*KHW) row-major: row g*Og + m, column k = (c*KH + i)*KW + j.
-    __device__ T a(int g, int m, index_t k) const {
-        return w[((index_t)g * s.Og + m) * K() + k];
-    }
-
-    struct Col {
-        index_t base;  // offset of x[n, g*Cg, 0, 0]
-        int y0, x0;    // input row/column of tap (0, 0): p*SH - PT, q*SW - PL
-    };
-    __device__ Col col(int g, index_t c) const {
-        const index_t n = c / s.PQ;
-        const int pq = (int)(c - n * s.PQ);
-        const int p = pq / s.Q, q = pq - (pq / s.Q) * s.Q;
-        Col r;
-        r.base = (n * s.C + (index_t)g * s.Cg) * s.HW;
-        r.y0 = p * s.SH - s.PT;
-        r.x0 = q * s.SW - s.PL;
-        return r;
-    }
-    // k = (c*KH + i)*KW + j: channel c of the group, tap (i, j).
-    __device__ T b(int g, const Col& cl, index_t k) const {
-        (void)g;
-        const int c = (int)(k / s.KHW);
-        const int r = (int)(k - (index_t)c * s.KHW);
-        const int i = r / s.KW, j = r - (r / s.KW) * s.KW;
-        const int iy = cl.y0 + i * s.DH, ix = cl.x0 + j * s.DW;
-        if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) return T(0);  // padding
-        return x[cl.base + c * s.HW + (index_t)iy * s.W + ix];
-    }
-    __device__ void store(int g, int split, int m, index_t c, T v) const {
-        (void)split;
-        const int o = g * s.Og + m;
-        const index_t n = c / s.PQ;
-        const index_t pq = c - n * s.PQ;
-        if (has_bias) v += bias[o];
-        y[(n * s.O + o) * s.PQ + pq] = v;
-    }
-};
-
-// Backward data: dx[n, g*Cg + m, iy, ix] = sum over (o, i, j) of w[g*Og + o, m, i, j] *
-// dy[n, g*Og + o, p, q] for p = (iy + PT - i*DH) / SH, q = (ix + PL - j*DW) / SW whole and in
-// range (a gather: the taps of other (i, j) touch no output of this pixel).
-template <typename T>
-struct DataProblem {
-    ConvShape s;
-    const T* __restrict__ dy;
-    const T* __restrict__ w;
-    T* __restrict__ dx;
-
-    __device__ int M() const { return s.Cg; }
-    __device__ index_t cols() const { return (index_t)s.N * s.HW; }
-    __device__ index_t K() const { return (index_t)s.Og * s.KHW; }
-
-    // k = o*KHW + r (r = i*KW + j): w[g*Og + o, m, r].
-    __device__ T a(int g, int m, index_t k) const {
-        const int o = (int)(k / s.KHW);
-        const int r = (int)(k - (index_t)o * s.KHW);
-        return w[(((index_t)g * s.Og + o) * s.Cg + m) * s.KHW + r];
-    }
-
-    struct Col {
-        index_t base;  // offset of dy[n, g*Og, 0, 0]
-        int ty0, tx0;  // iy + PT, ix + PL: tap (i, j) reaches output row (ty0 - i*DH) / SH
-    };
-    __device__ Col col(int g, index_t c) const {
-        const index_t n = c / s.HW;
-        const int yx = (int)(c - n * s.HW);
-        const int iy = yx / s.W, ix = yx - (yx / s.W) * s.W;
-        Col r;
-        r.base = (n * s.O + (index_t)g * s.Og) * s.PQ;
-        r.ty0 = iy + s.PT;
-        r.tx0 = ix + s.PL;
-        return r;
-    }
-    __device__ T b(int g, const Col& cl, index_t k) const {
-        (void)g;
-        const int o = (int)(k / s.KHW);
-        const int r = (int)(k - (index_t)o * s.KHW);
-        const int i = r / s.KW, j = r - (r / s.KW) * s.KW;
-        const int ty = cl.ty0 - i * s.DH, tx = cl.tx0 - j * s.DW;
-        if (ty < 0 || tx < 0 || ty % s.SH != 0 || tx % s.SW != 0) return T(0);
-        const int p = ty / s.SH, q = tx / s.SW;
-        if (p >= s.P || q >= s.Q) return T(0);
-        return dy[cl.base + o * s.PQ + (index_t)p * s.Q + q];
-    }
-    __device__ void store(int g, int split, int m, index_t c, T v) const {
-        (void)split;
-        const index_t n = c / s.HW;
-        const index_t yx = c - n * s.HW;
-        dx[(n * s.C + (index_t)g * s.Cg + m) * s.HW + yx] = v;
-    }
-};
-
-// Backward weight: dw[g*Og + m, c, i, j] = sum over (n, p, q) of dy[n, g*Og + m, p, q] *
-// x[n, g*Cg + c, p*SH - PT + i*DH, q*SW - PL + j*DW]. With splits > 1, split s writes its
-// partial sum to out + s*O*Cg*KHW (the workspace), else straight into dw.
-template <typename T>
-struct WeightProblem {
-    ConvShape s;
-    const T* __restrict__ dy;
-    const T* __restrict__ x;
-    T* __restrict__ out;
-
-    __device__ int M() const { return s.Og; }
-    __device__ index_t cols() const { return (index_t)s.Cg * s.KHW; }
-    __device__ index_t K() const { return (index_t)s.N * s.PQ; }
-
-    // k = n*P*Q + pq: dy[n, g*Og + m, pq].
-    __device__ T a(int g, int m, index_t k) const {
-        const index_t n = k / s.PQ;
-        const index_t pq = k - n * s.PQ;
-        return dy[(n * s.O + (index_t)g * s.Og + m) * s.PQ + pq];
-    }
-
-    struct Col {
-        index_t chan;  // offset of x[0, g*Cg + c, 0, 0]
-        int iy0, ix0;  // input row/column of output (0, 0) at this tap: i*DH - PT, j*DW - PL
-    };
-    __device__ Col col(int g, index_t c) const {
-        const int ch = (int)(c / s.KHW);
-        const int r = (int)(c - (index_t)ch * s.KHW);
-        const int i = r / s.KW, j = r - (r / s.KW) * s.KW;
-        Col cl;
-        cl.chan = ((index_t)g * s.Cg + ch) * s.HW;
-        cl.iy0 = i * s.DH - s.PT;
-        cl.ix0 = j * s.DW - s.PL;
-        return cl;
-    }
-    __device__ T b(int g, const Col& cl, index_t k) const {
-        (void)g;
-        const index_t n = k / s.PQ;
-        const int pq = (int)(k - n * s.PQ);
-        const int p = pq / s.Q, q = pq - (pq / s.Q) * s.Q;
-        const int iy = cl.iy0 + p * s.SH, ix = cl.ix0 + q * s.SW;
-        if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) return T(0);  // padding
-        return x[n * s.C * s.HW + cl.chan + (index_t)iy * s.W + ix];
-    }
-    __device__ void store(int g, int split, int m, index_t c, T v) const {
-        const index_t per_split = (index_t)s.O * cols();
-        out[split * per_split + ((index_t)g * s.Og + m) * cols() + c] = v;
-    }
-};
-
+// ConvShape, make_shape, IGEMM_SHAPE_PARAMS / IGEMM_SHAPE_ARGS and the three Problem structs
+// (FwdProblem, DataProblem, WeightProblem): cuda/conv_igemm.cuh, shared with
+// cuda/conv_igemm_tc.cu.
 // ---------------------------------------------------------------------------------------------
 // The tile driver: every (group, split, row tile, column tile) of problem `pb`, grid-stride.
 // As / Bs: the block's shared staging buffers (declared by the kernel).
@@ -342,10 +154,12 @@ __device__ __forceinline__ void igemm_tiles(const Problem& pb, int groups, int s
 }
 
 // ---------------------------------------------------------------------------------------------
-// conv_igemm_fwd_{f32,f64}(x, w, bias, y, has_bias, N, C, H, W, O, G, KH, KW, SH, SW, PT, PL,
-//                          DH, DW, P, Q)
-// Computes: y (N, O, P, Q) = conv(x, w) (+ bias[o] when has_bias != 0; bias must still be a
-//           valid pointer, e.g. w, when has_bias == 0).
+// conv_igemm_fwd_{f32,f64}(x, w, bias, y, pre, has_bias, act, slope, has_pre, N, C, H, W, O,
+//                          G, KH, KW, SH, SW, PT, PL, DH, DW, P, Q)
+// Computes: y (N, O, P, Q) = act(conv(x, w) (+ bias[o] when has_bias != 0)), act the code of
+//           epilogue.cuh (0 none, 1 ReLU, 2 LeakyReLU with `slope` (of type T), 3 GELU erf,
+//           4 GELU tanh); with has_pre != 0 also pre (N, O, P, Q) = the value before act.
+//           bias / pre must still be valid pointers (e.g. w / y) when their flag is 0.
 // Threads:  IGEMM_THREADS per block, 1-D grid-stride over the G * ceil(Og/BM) * ceil(NPQ/BN)
 //           tiles (see the driver). NumPy twin: numpy_ops/conv_igemm.py::conv2d_igemm_forward.
 //
@@ -366,10 +180,12 @@ __device__ __forceinline__ void igemm_tiles(const Problem& pb, int groups, int s
 #define GPUCNN_IGEMM_KERNELS(SUFFIX, T)                                                         \
     extern "C" __global__ void conv_igemm_fwd_##SUFFIX(                                         \
         const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,          \
-        T* __restrict__ y, int has_bias, IGEMM_SHAPE_PARAMS) {                                  \
+        T* __restrict__ y, T* __restrict__ pre, int has_bias, int act, T slope, int has_pre,   \
+        IGEMM_SHAPE_PARAMS) {                                                                   \
         __shared__ T As[IGEMM_BK][IGEMM_BM];                                                    \
         __shared__ T Bs[IGEMM_BK][IGEMM_BN];                                                    \
-        FwdProblem<T> pb{make_shape(IGEMM_SHAPE_ARGS), x, w, bias, y, has_bias};                \
+        FwdProblem<T> pb{make_shape(IGEMM_SHAPE_ARGS), x, w, bias, y, pre, has_bias, act,       \
+                         slope, has_pre};                                                       \
         igemm_tiles<T>(pb, G, 1, As, Bs);                                                       \
     }                                                                                           \
     extern "C" __global__ void conv_igemm_bwd_data_##SUFFIX(                                    \

@@ -1,10 +1,13 @@
-// gemm.cu: C = alpha * op(A) @ op(B) + beta * C (+ bias[n]) (ReLU), row-major, FP32 output.
+// gemm.cu: C = act(alpha * op(A) @ op(B) + beta * C (+ bias[n])), row-major, FP32 output.
 //
 // op(A) is (M, K): A stored (M, K) with row stride lda, or (K, M) when trans_a (A^T used).
 // op(B) is (K, N): B stored (K, N) with row stride ldb, or (N, K) when trans_b.
 // C is (M, N) with row stride ldc. beta == 0 never reads C (it may hold garbage).
-// epilogue: bit 0 adds bias[n] (length N), bit 1 applies ReLU (v > 0 ? v : 0), in that order,
-// after v = alpha * acc (+ beta * C). `bias` must point to valid memory even when unused.
+// epilogue: bit 0 adds bias[n] (length N); bits 1.. (epilogue >> 1) are an activation code of
+// epilogue.cuh applied after it: 1 ReLU (v > 0 ? v : 0, as before: bit 1 alone is ReLU),
+// 2 LeakyReLU (negative slope `slope`, the kernels' last argument), 3 GELU (erf), 4 GELU (tanh
+// approximation); all after v = alpha * acc (+ beta * C). `bias` must point to valid memory
+// even when unused.
 // NumPy twin: gpucnn/backend/numpy_ops/gemm.py (gemm).
 //
 // Kernels (all: inputs, outputs, then sizes; one block per output tile, tile-stride loop over
@@ -22,6 +25,7 @@
 // [m][k] and B as [n][k] (k contiguous, what the fragment loads of mma.cuh read). Each output
 // accumulates over k in ascending order (tile by tile, step by step).
 #include "common.cuh"
+#include "epilogue.cuh"
 #include "mma.cuh"
 
 #ifndef GEMM_BM
@@ -77,14 +81,17 @@ __device__ __forceinline__ index_t gemm_b_index(int k, int n, int ldb, int trans
     return trans_b ? (index_t)n * ldb + k : (index_t)k * ldb + n;
 }
 
-// The shared epilogue: C[m, n] = relu?(alpha * acc + beta * C[m, n] + bias[n]).
+// The shared epilogue: C[m, n] = act(alpha * acc + beta * C[m, n] + bias[n]).
 __device__ __forceinline__ void gemm_store(float* C, int ldc, int m, int n, float acc, float alpha,
-                                           float beta, const float* bias, int epilogue) {
+                                           float beta, const float* bias, int epilogue,
+                                           float slope) {
     const index_t i = (index_t)m * ldc + n;
     float v = alpha * acc;
     if (beta != 0.0f) v = v + beta * C[i];
     if (epilogue & 1) v = v + bias[n];
-    if (epilogue & 2) v = v > 0.0f ? v : 0.0f;
+    const int act = epilogue >> 1;
+    if (act == GPUCNN_ACT_RELU) v = v > 0.0f ? v : 0.0f;  // gemm's ReLU: NaN -> 0, as before
+    else if (act != GPUCNN_ACT_NONE) v = gpucnn_epilogue_act<float>(v, act, slope);
     C[i] = v;
 }
 
@@ -93,7 +100,8 @@ __device__ __forceinline__ void gemm_store(float* C, int ldc, int m, int n, floa
 extern "C" __global__ void
 gemm_f32_simt(const float* __restrict__ A, const float* __restrict__ B,
               const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
-              int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue) {
+              int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
+              float slope) {
     __shared__ float As[GEMM_BK][GEMM_BM];  // [k][m]
     __shared__ float Bs[GEMM_BK][GEMM_BN];  // [k][n]
     const int tid = (int)threadIdx.x;
@@ -131,7 +139,7 @@ gemm_f32_simt(const float* __restrict__ A, const float* __restrict__ B,
             if (m >= M) continue;
             for (int j = 0; j < GEMM_TN; ++j) {
                 const int n = n0 + tn * GEMM_TN + j;
-                if (n < N) gemm_store(C, ldc, m, n, acc[i][j], alpha, beta, bias, epilogue);
+                if (n < N) gemm_store(C, ldc, m, n, acc[i][j], alpha, beta, bias, epilogue, slope);
             }
         }
     }
@@ -195,7 +203,8 @@ __device__ __forceinline__ void gemm_tc(const typename P::in_t* __restrict__ A,
                                         const float* __restrict__ bias, float* C, int M, int N,
                                         int K, int lda, int ldb, int ldc, int trans_a,
                                         int trans_b, float alpha, float beta, int epilogue,
-                                        typename P::smem_t* As, typename P::smem_t* Bs) {
+                                        float slope, typename P::smem_t* As,
+                                        typename P::smem_t* Bs) {
     // As: [GEMM_TC_BM][LD] ([m][k]), Bs: [GEMM_TC_BN][LD] ([n][k]), declared by the kernel.
     const int LD = GEMM_TC_BK + P::PAD;
     const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -246,7 +255,8 @@ __device__ __forceinline__ void gemm_tc(const typename P::in_t* __restrict__ A,
                     const int m = m0 + wm * GEMM_TC_WM + i * 16 + mma_c_row(lane, r);
                     const int n = n0 + wn * GEMM_TC_WN + j * 8 + mma_c_col(lane, r);
                     if (m < M && n < N)
-                        gemm_store(C, ldc, m, n, acc[i][j][r], alpha, beta, bias, epilogue);
+                        gemm_store(C, ldc, m, n, acc[i][j][r], alpha, beta, bias, epilogue,
+                                   slope);
                 }
     }
 }
@@ -254,29 +264,32 @@ __device__ __forceinline__ void gemm_tc(const typename P::in_t* __restrict__ A,
 extern "C" __global__ void
 gemm_tf32_tc(const float* __restrict__ A, const float* __restrict__ B,
              const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
-             int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue) {
+             int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
+             float slope) {
     __shared__ __align__(16) float As[GEMM_TC_BM * (GEMM_TC_BK + GemmTf32::PAD)];
     __shared__ __align__(16) float Bs[GEMM_TC_BN * (GEMM_TC_BK + GemmTf32::PAD)];
     gemm_tc<GemmTf32>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
-                      epilogue, As, Bs);
+                      epilogue, slope, As, Bs);
 }
 
 extern "C" __global__ void
 gemm_f16_tc(const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,
             const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
-            int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue) {
+            int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
+            float slope) {
     __shared__ __align__(16) unsigned short As[GEMM_TC_BM * (GEMM_TC_BK + GemmF16::PAD)];
     __shared__ __align__(16) unsigned short Bs[GEMM_TC_BN * (GEMM_TC_BK + GemmF16::PAD)];
     gemm_tc<GemmF16>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
-                      epilogue, As, Bs);
+                      epilogue, slope, As, Bs);
 }
 
 extern "C" __global__ void
 gemm_bf16_tc(const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,
              const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
-             int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue) {
+             int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
+             float slope) {
     __shared__ __align__(16) unsigned short As[GEMM_TC_BM * (GEMM_TC_BK + GemmBf16::PAD)];
     __shared__ __align__(16) unsigned short Bs[GEMM_TC_BN * (GEMM_TC_BK + GemmBf16::PAD)];
     gemm_tc<GemmBf16>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
-                      epilogue, As, Bs);
+                      epilogue, slope, As, Bs);
 }

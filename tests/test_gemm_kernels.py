@@ -398,6 +398,43 @@ def test_gemm_alpha_beta_bias_relu(emulate, prec: str) -> None:  # noqa: ANN001
     _check(emulate, prec, (20, 11, 9), True, True, alpha=2.0, beta=0.25, bias=True, relu=True)
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("prec", ["fp32", "tf32", "fp16", "bf16"])
+def test_gemm_fused_activations(emulate, prec: str, act: str) -> None:  # noqa: ANN001
+    """Epilogue bits 1..: act(alpha * acc + beta * C + bias) (cuda/epilogue.cuh) equals the
+    unfused route (the same GEMM, then the activation twin in float32) and the twin."""
+    from gpucnn.backend.cuda_ops import gemm as cg
+    from gpucnn.backend.numpy_ops import gemm as ng
+    from gpucnn.backend.numpy_ops.activation import activation_forward
+
+    m, n, k = 37, 45, 29
+    a32, b32, a, b = _inputs(prec, m, n, k, False, True, 5)
+    r = np.random.default_rng(7)
+    c, bv = r.standard_normal((m, n)).astype(np.float32), r.standard_normal(n).astype(np.float32)
+    kw = dict(alpha=0.5, beta=0.25, trans_b=True, precision=prec, bias=bv)
+    with emulate(grid_cap=2):
+        plain = cg.gemm(a, b, c.copy(), **kw)
+        got = cg.gemm(a, b, c.copy(), activation=act, slope=0.2, **kw)
+    want = ng.gemm(a, b, c.copy(), activation=act, slope=0.2, **kw)
+    unfused = activation_forward(plain, act, 0.2)
+    np.testing.assert_allclose(got, unfused, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+    if act == "relu":  # the same kernel as relu=True
+        np.testing.assert_array_equal(got, np.where(plain > 0, plain, np.float32(0)))
+
+
+def test_gemm_activation_errors() -> None:
+    from gpucnn.backend.cuda_ops import gemm as cg
+    from gpucnn.backend.numpy_ops import gemm as ng
+
+    f32 = np.ones((3, 4), np.float32)
+    for m in (cg, ng):
+        with pytest.raises(ValueError, match="gemm: unknown activation 'elu'"):
+            m.gemm(f32, f32.T, activation="elu")
+        with pytest.raises(ValueError, match="two activations"):
+            m.gemm(f32, f32.T, relu=True, activation="gelu")
+
+
 @pytest.mark.parametrize("grid_cap", [1, 2, 3])
 @pytest.mark.parametrize("prec", ["fp32", "tf32", "bf16"])
 def test_gemm_capped_grids(emulate, tiles, prec: str, grid_cap: int) -> None:  # noqa: ANN001

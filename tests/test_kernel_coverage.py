@@ -72,6 +72,40 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
     yield (  # split-K: partial sums + conv_igemm_splitk_sum
         "conv_igemm", "bwd weight split", lambda m: m.conv2d_igemm_backward_weight(cdy, cx, cg, 2)
     )
+    yield (  # the fused epilogue: bias, GELU and the pre-activation output
+        "conv_igemm",
+        "fwd gelu pre",
+        lambda m: m.conv2d_igemm_forward(
+            cx, cw, cw[:, 0, 0, 0], cg, activation="gelu", return_preactivation=True
+        ),
+    )
+    if dt == np.float32:  # tensor cores (cuda/conv_igemm_tc.cu): float32/float16/bf16 bits in
+        from gpucnn.backend.precision import bf16_bits
+
+        for prec in ("tf32", "fp16", "bf16"):
+            cast = bf16_bits if prec == "bf16" else (lambda v, p=prec: v.astype(
+                np.float16 if p == "fp16" else np.float32))  # fmt: skip
+            tx, tw, tdy = cast(cx), cast(cw), cast(cdy)
+            yield (
+                "conv_igemm",
+                f"tc fwd {prec}",
+                lambda m, p=prec, x=tx, w=tw: m.conv2d_igemm_forward(
+                    x, w, cw[:, 0, 0, 0], cg, precision=p, activation="leaky_relu",
+                    slope=0.1, return_preactivation=True,
+                ),
+            )  # fmt: skip
+            yield (
+                "conv_igemm",
+                f"tc bwd data {prec}",
+                lambda m, p=prec, d=tdy, w=tw: m.conv2d_igemm_backward_data(d, w, cg, precision=p),
+            )
+            yield (
+                "conv_igemm",
+                f"tc bwd weight {prec}",
+                lambda m, p=prec, d=tdy, x=tx: m.conv2d_igemm_backward_weight(
+                    d, x, cg, 2, precision=p
+                ),
+            )
     mean, var = x4.mean(axis=(0, 2, 3)), x4.var(axis=(0, 2, 3)) + 0.5
     yield "norm", "stats", lambda m: m.batchnorm_stats(x4)
     yield "norm", "fwd", lambda m: m.batchnorm_forward(x4, mean, var, w, w, 1e-5)
@@ -108,6 +142,44 @@ def _cases(dt: type) -> Iterator[tuple[str, str, Callable[[Any], Any]]]:
     yield "optim", "rmsprop", rms
     yield "optim", "adagrad", adagrad
     yield "optim", "nadam", nadam
+
+    def h(*v: float) -> np.ndarray:  # the per-step scalars a captured graph reads from memory
+        return np.array(v, dtype=dt)
+
+    buf0 = a(7)
+
+    def sgd_dev(m: Any) -> tuple:
+        q, buf = p.copy(), buf0.copy()
+        m.sgd_update(q, g, buf, 0.0, 0.9, 0.1, 0.01, False, False, hyper=h(0.1))
+        return q, buf
+
+    def adam_dev(m: Any) -> tuple:
+        q, s1, s2 = p.copy(), np.zeros_like(p), np.zeros_like(p)
+        m.adam_update(q, g, s1, s2, None, 0.0, 0.9, 0.999, 1e-8, 0.01, 1, False, False,
+                      hyper=h(1e-3, 0.271, 0.00299))  # fmt: skip
+        return q, s1, s2
+
+    def rms_dev(m: Any) -> tuple:
+        q, sq = p.copy(), np.zeros_like(p)
+        m.rmsprop_update(q, g, sq, None, None, 0.0, 0.99, 1e-8, 0.01, 0.0, False, hyper=h(0.01))
+        return q, sq
+
+    def adagrad_dev(m: Any) -> tuple:
+        q, acc = p.copy(), np.full_like(p, 0.1)
+        m.adagrad_update(q, g, acc, 0.0, 0.0, 0.02, 1e-10, 2, hyper=h(0.0098))
+        return q, acc
+
+    def nadam_dev(m: Any) -> tuple:
+        q, s1, s2 = p.copy(), np.zeros_like(p), np.zeros_like(p)
+        m.nadam_update(q, g, s1, s2, 0.0, 0.9, 0.999, 1e-8, 0.01, 0.45, 0.46, 0.45, 1, True,
+                       hyper=h(2e-3, 0.001, 0.0011, 0.0012))  # fmt: skip
+        return q, s1, s2
+
+    yield "optim", "sgd dev", sgd_dev
+    yield "optim", "adam dev", adam_dev
+    yield "optim", "rmsprop dev", rms_dev
+    yield "optim", "adagrad dev", adagrad_dev
+    yield "optim", "nadam dev", nadam_dev
     dy23, dy34 = a(2, 3, 2, 3), a(2, 3, 3, 4)
     yield "pool", "max fwd", lambda m: m.maxpool2d_forward(x4, 2, 2, 2, 2, 0, 0, 1, 1, 2, 3)
     yield (

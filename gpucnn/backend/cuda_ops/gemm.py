@@ -22,6 +22,8 @@ from gpucnn.backend.runtime import MAX_GRID, current_runtime
 __all__ = ["gemm"]
 
 _FAMILY = "gemm"
+#: Fused activations of the epilogue and their codes (cuda/epilogue.cuh; epilogue bits 1..).
+ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4}
 _KERNELS = {"fp32": "gemm_f32_simt", "tf32": "gemm_tf32_tc", "fp16": "gemm_f16_tc",
             "bf16": "gemm_bf16_tc"}  # fmt: skip
 
@@ -43,6 +45,15 @@ def _launch_shape(precision: str) -> tuple[dict, int, int, int]:
     return t, 32 * wm * wn, wm * t["GEMM_TC_WM"], wn * t["GEMM_TC_WN"]
 
 
+def _act_code(activation: str | None, relu: bool) -> int:
+    if activation not in ACTIVATIONS:
+        names = ", ".join(repr(a) for a in ACTIVATIONS)
+        raise ValueError(f"gemm: unknown activation {activation!r}; expected one of {names}")
+    if relu and activation not in (None, "relu"):
+        raise ValueError(f"gemm: relu=True and activation={activation!r} are two activations")
+    return ACTIVATIONS["relu" if relu else activation]
+
+
 def gemm(
     a: Any,
     b: Any,
@@ -54,20 +65,25 @@ def gemm(
     precision: str | None = None,
     bias: Any = None,
     relu: bool = False,
+    activation: str | None = None,
+    slope: float = 0.01,
 ) -> Any:
-    """``alpha * op(a) @ op(b) + beta * c (+ bias[n]) (ReLU)``, float32 (M, N).
+    """``act(alpha * op(a) @ op(b) + beta * c (+ bias[n]))``, float32 (M, N).
 
     ``op(x)`` is ``x.T`` when ``trans_x``. ``precision``: ``"fp32"`` or ``"tf32"`` for float32
     inputs, ``"fp16"`` for float16, ``"bf16"`` for ``ml_dtypes.bfloat16`` (or ``uint16``
     bfloat16 bit patterns, with ``precision="bf16"`` given); ``None`` picks by
     dtype (float32 -> ``"fp32"``). ``c`` (float32, C-contiguous, (M, N)) is written IN PLACE and
-    returned when given; ``beta != 0`` needs it. ``bias`` has shape (N,); ``relu`` clamps at 0.
+    returned when given; ``beta != 0`` needs it. ``bias`` has shape (N,); ``relu`` clamps at 0
+    (the same as ``activation="relu"``); ``activation`` is one of :data:`ACTIVATIONS`
+    (``slope``: LeakyReLU's negative slope), fused into the kernels' epilogue.
 
     Kernels ``gemm_f32_simt`` / ``gemm_tf32_tc`` / ``gemm_f16_tc`` / ``gemm_bf16_tc``: one
     block per output tile (a tile-stride loop, so any grid is correct), k tiles staged in
     shared memory with zero-filled tails.
     """
     spec = check_gemm("gemm", a, b, c, beta, trans_a, trans_b, precision, bias)
+    act = _act_code(activation, relu)
     rt = current_runtime()
     xp = rt.xp
     m, n, k = spec.m, spec.n, spec.k
@@ -82,7 +98,7 @@ def gemm(
         if bias is None
         else xp.ascontiguousarray(bias, dtype=np.float32)
     )
-    epilogue = (1 if bias is not None else 0) | (2 if relu else 0)
+    epilogue = (1 if bias is not None else 0) | (act << 1)
     defines, threads, bm, bn = _launch_shape(spec.precision)
     tiles = -(-m // bm) * -(-n // bn)
     cap = MAX_GRID if rt.grid_cap is None else int(rt.grid_cap)
@@ -96,7 +112,7 @@ def gemm(
             np.int32(m), np.int32(n), np.int32(k),
             np.int32(a.shape[1]), np.int32(b.shape[1]), np.int32(n),
             np.int32(bool(trans_a)), np.int32(bool(trans_b)),
-            np.float32(alpha), np.float32(beta), np.int32(epilogue),
+            np.float32(alpha), np.float32(beta), np.int32(epilogue), np.float32(slope),
         ),
     )  # fmt: skip
     return out

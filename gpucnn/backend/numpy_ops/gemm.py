@@ -13,9 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from gpucnn.backend.numpy_ops.activation import activation_forward
 from gpucnn.backend.precision import bf16_bits_to_float32, check_gemm, round_tf32
 
 __all__ = ["gemm"]
+
+#: Fused activations of the epilogue (as the CUDA launcher's ``ACTIVATIONS``).
+ACTIVATIONS = (None, "relu", "leaky_relu", "gelu", "gelu_tanh")
 
 
 def gemm(
@@ -29,17 +33,28 @@ def gemm(
     precision: str | None = None,
     bias: Any = None,
     relu: bool = False,
+    activation: str | None = None,
+    slope: float = 0.01,
 ) -> np.ndarray:
-    """``alpha * op(a) @ op(b) + beta * c (+ bias[n]) (ReLU)``, float32 (M, N).
+    """``act(alpha * op(a) @ op(b) + beta * c (+ bias[n]))``, float32 (M, N).
 
     ``op(x)`` is ``x.T`` when ``trans_x``. ``precision``: ``"fp32"`` or ``"tf32"`` for float32
     inputs, ``"fp16"`` for float16, ``"bf16"`` for ``ml_dtypes.bfloat16`` (or ``uint16``
     bfloat16 bit patterns, with ``precision="bf16"`` given); ``None`` picks by
     dtype (float32 -> ``"fp32"``). ``c`` (float32, C-contiguous, (M, N)) is written IN PLACE and
-    returned when given; ``beta != 0`` needs it. ``bias`` has shape (N,); ``relu`` clamps at 0.
+    returned when given; ``beta != 0`` needs it. ``bias`` has shape (N,); ``relu`` clamps at 0
+    (``activation="relu"``: the same); ``activation`` ``"leaky_relu"`` (``slope``), ``"gelu"``
+    or ``"gelu_tanh"`` runs :func:`~gpucnn.backend.numpy_ops.activation.activation_forward`
+    in float32 after the bias, as the kernels' epilogue.
     Twin of ``gemm_f32_simt`` / ``gemm_tf32_tc`` / ``gemm_f16_tc`` / ``gemm_bf16_tc``.
     """
     spec = check_gemm("gemm", a, b, c, beta, trans_a, trans_b, precision, bias)
+    if activation not in ACTIVATIONS:
+        names = ", ".join(repr(a) for a in ACTIVATIONS)
+        raise ValueError(f"gemm: unknown activation {activation!r}; expected one of {names}")
+    if relu and activation not in (None, "relu"):
+        raise ValueError(f"gemm: relu=True and activation={activation!r} are two activations")
+    relu = relu or activation == "relu"
     oa = np.asarray(a).T if trans_a else np.asarray(a)
     ob = np.asarray(b).T if trans_b else np.asarray(b)
     if oa.dtype == np.uint16:  # bfloat16 bit patterns (precision="bf16")
@@ -56,6 +71,8 @@ def gemm(
         v = v + np.asarray(bias, dtype=np.float32)
     if relu:
         v = np.where(v > 0, v, np.float32(0))
+    elif activation is not None:
+        v = activation_forward(np.asarray(v, dtype=np.float32), activation, slope)
     v = v.astype(np.float32, copy=False)
     if c is not None:
         c[...] = v
