@@ -253,7 +253,6 @@ def check_mixed_precision_supported(
 def device_capability() -> tuple[int, int]:
     """The compute capability ``(major, minor)`` of the current CUDA device (the simulated
     device reports its own)."""
-    from gpucnn.backend.device import cupy_module
+    from gpucnn.backend.device import compute_capability
 
-    cc = str(cupy_module().cuda.Device().compute_capability)
-    return int(cc[:-1]), int(cc[-1])
+    return compute_capability()

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_random_args", "nadam_coefficients"]
+__all__ = [
+    "FUSED_ACTIVATIONS", "check_fused_activation", "check_random_args", "nadam_coefficients",
+]
 
 
 def check_random_args(n: int, dtype: Any, seed: int, offset: int) -> tuple[int, np.dtype, int, int]:
@@ -38,3 +40,21 @@ def nadam_coefficients(lr: float, beta2: float, mu: float, mu_next: float, mu_pr
     coef_g = float(lr) * (1.0 - mu) / (1.0 - mu_product)
     coef_m = float(lr) * mu_next / (1.0 - mu_product * mu_next)
     return bc2, coef_g, coef_m
+
+
+#: Activations a convolution may fuse into its epilogue, and whether their backward needs the
+#: pre-activation (gelu) or can read the mask off the output (relu, leaky relu with slope > 0).
+FUSED_ACTIVATIONS = {"relu": False, "leaky_relu": False, "gelu": True, "gelu_tanh": True}
+
+
+def check_fused_activation(op: str, kind: str, param: float) -> bool:
+    """Whether the backward of ``kind`` needs the pre-activation; ``ValueError`` (naming
+    ``op``) for an activation no convolution fuses."""
+    if kind not in FUSED_ACTIVATIONS:
+        raise ValueError(
+            f"{op}: activation {kind!r} cannot be fused; expected one of "
+            f"{', '.join(FUSED_ACTIVATIONS)}"
+        )
+    if kind == "leaky_relu" and not float(param) > 0:
+        raise ValueError(f"{op}: a fused leaky_relu needs a negative slope > 0, got {param}")
+    return FUSED_ACTIVATIONS[kind]

@@ -25,6 +25,7 @@ __all__ = [
     "scatter_add",
     "empty_pinned",
     "current_device_id",
+    "compute_capability",
     "device_count",
     "use_device",
     "new_stream",
@@ -101,6 +102,13 @@ def empty_pinned(shape: tuple, dtype: Any) -> np.ndarray:
 def current_device_id() -> int:
     """The id of the calling thread's current CUDA device."""
     return int(cupy_module().cuda.Device().id)
+
+
+def compute_capability() -> tuple[int, int]:
+    """The compute capability ``(major, minor)`` of the current CUDA device (the simulated
+    device reports its own)."""
+    cc = str(cupy_module().cuda.Device().compute_capability)
+    return int(cc[:-1]), int(cc[-1])
 
 
 def device_count() -> int:

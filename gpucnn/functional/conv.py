@@ -24,7 +24,8 @@ from gpucnn.functional._dtypes import require_float
 from gpucnn.functional._unbatched import accepts_unbatched
 from gpucnn.tensor import Context, Function, Tensor, is_grad_enabled
 
-__all__ = ["conv2d", "conv2d_output_size", "same_padding", "Conv2dFunction"]
+__all__ = ["conv2d", "conv2d_bias_act", "conv2d_output_size", "same_padding", "Conv2dFunction",
+           "Conv2dActFunction"]
 
 
 def _backend(a: Any) -> Any:
@@ -71,6 +72,59 @@ class Conv2dFunction(Function):
         return gx, gw
 
 
+class Conv2dActFunction(Function):
+    """Autograd node of :func:`conv2d_bias_act`: ``act(conv2d(x, weight) + bias)`` as one op
+    (``apply(x, weight[, bias], geom=, kind=, param=)``). The backend fuses bias and activation
+    into the convolution's epilogue where it can (the CUDA implicit-GEMM kernels); the backward
+    takes the activation's gradient from what the forward saved (the output's mask for
+    relu/leaky relu, the pre-activation for gelu), then the convolution's."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any = None, *,
+                geom: Conv2dGeometry, kind: str, param: float) -> Any:  # fmt: skip
+        be = _backend(x)
+        needs = ctx.needs_input_grad if is_grad_enabled() else ()
+        need_dx = bool(needs and needs[0])
+        need_dw = bool(len(needs) > 1 and needs[1])
+        y, act_saved, saved = be.conv2d_forward_act(x, weight, bias, geom, kind, param,
+                                                    need_dx, need_dw)  # fmt: skip
+        ctx.geom, ctx.conv_saved, ctx.has_bias = geom, saved, bias is not None
+        ctx.kind, ctx.param = kind, param
+        ctx.act_saved = act_saved if needs else None
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, gy: Any) -> tuple:
+        be = _backend(gy)
+        needs = ctx.needs_input_grad
+        g = be.activation_backward(ctx.act_saved, gy, ctx.kind, ctx.param)
+        gx, gw = be.conv2d_backward(g, ctx.geom, ctx.conv_saved, bool(needs[0]), bool(needs[1]))
+        if ctx.has_bias:
+            return gx, gw, be.bias_grad_nchw(g) if needs[2] else None
+        return gx, gw
+
+
+def conv2d_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Conv2dGeometry,
+                    kind: str, param: float = 0.0) -> Tensor:  # fmt: skip
+    """``activation(conv2d(x, weight) + bias)`` as one fused op, for batched NCHW ``x``
+    (N, C, H, W) and a geometry :func:`conv2d` validated; ``kind`` one of
+    :data:`gpucnn.backend.checks.FUSED_ACTIVATIONS` (``param``: leaky relu's slope). What
+    ``Conv2D(activation="relu" | "leaky_relu" | "gelu")`` runs; equal to the two ops."""
+    if bias is None:
+        return Conv2dActFunction.apply(x, weight, geom=geom, kind=kind, param=param)
+    return Conv2dActFunction.apply(x, weight, bias, geom=geom, kind=kind, param=param)
+
+
+def _activation(y: Tensor, kind: str, param: float) -> Tensor:
+    from gpucnn.functional import activation as A
+
+    if kind == "leaky_relu":
+        return A.leaky_relu(y, param)
+    if kind.startswith("gelu"):
+        return A.gelu(y, "tanh" if kind == "gelu_tanh" else "none")
+    return A.relu(y)
+
+
 def _check_float(op: str, name: str, a: Any) -> None:
     require_float(op, a, name)
 
@@ -84,6 +138,9 @@ def conv2d(
     padding: Padding = 0,
     dilation: IntPair = 1,
     groups: int = 1,
+    *,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
 ) -> Tensor:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
@@ -96,6 +153,10 @@ def conv2d(
         padding: int, (h, w) pair, ``"valid"`` (none) or ``"same"`` (stride 1 only; even
             kernels pad one more on the bottom/right, as PyTorch).
         groups: C and O must both be divisible by it; ``groups == C`` is depthwise.
+        activation: (a gpucnn extension) ``"relu"``, ``"leaky_relu"`` (``negative_slope`` > 0),
+            ``"gelu"`` or ``"gelu_tanh"`` applied to the result as one fused op
+            (:func:`conv2d_bias_act`: the bias and activation in the CUDA implicit-GEMM
+            kernel's epilogue); equal to the activation applied after.
 
     Returns:
         (N, O, OH, OW) with ``OH = (H + pad_h - dilation_h*(kh-1) - 1) // stride_h + 1``.
@@ -130,6 +191,13 @@ def conv2d(
         raise ValueError(
             f"conv2d: input {x.shape} has zero channels; expected (N, C, H, W) with C >= 1"
         )
+    kind, param = None, 0.0
+    if activation is not None:
+        from gpucnn.backend.checks import check_fused_activation
+
+        kind = activation
+        param = float(negative_slope) if kind == "leaky_relu" else 0.0
+        check_fused_activation("conv2d", kind, param)
     geom = Conv2dGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
     from gpucnn.amp.autocast_mode import active_dtype, cast
 
@@ -138,7 +206,10 @@ def conv2d(
         x, weight, bias = cast(x, lp), cast(weight, lp), cast(bias, lp)
         y = (Conv2dFunction.apply(x, weight, geom=geom) if bias is None
              else Conv2dFunction.apply(x, weight, bias, geom=geom))
-        return cast(y, lp)
+        y = cast(y, lp)
+        return y if kind is None else _activation(y, kind, param)
+    if kind is not None:
+        return conv2d_bias_act(x, weight, bias, geom, kind, param)
     if bias is None:
         return Conv2dFunction.apply(x, weight, geom=geom)
     return Conv2dFunction.apply(x, weight, bias, geom=geom)

@@ -75,6 +75,7 @@ class Conv2D(Layer):
         self.groups = int(groups)
         self.activation = activation
         self._act = F.get_activation(activation)
+        self._fused = _fusable(activation)  # (kind, slope): applied inside the conv op
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
@@ -137,8 +138,12 @@ class Conv2D(Layer):
     def forward(self, x: Tensor) -> Tensor:
         pt, pb, pl, pr = self._pads(x.shape[2], x.shape[3])
         pad: Any = (pt, pl) if (pt == pb and pl == pr) else (pt, pb, pl, pr)
-        y = F.conv2d(x, self.weight, self.bias if self.use_bias else None, self.strides, pad,
-                     self.dilation_rate, self.groups)
+        b = self.bias if self.use_bias else None
+        if self._fused is not None:  # one op: bias + activation in the conv's epilogue
+            kind, slope = self._fused
+            return F.conv2d(x, self.weight, b, self.strides, pad, self.dilation_rate,
+                            self.groups, activation=kind, negative_slope=slope)
+        y = F.conv2d(x, self.weight, b, self.strides, pad, self.dilation_rate, self.groups)
         return self._act(y)
 
     def flops(self, input_shape: Any) -> int:
@@ -207,3 +212,18 @@ class ZeroPadding2D(Layer):
         return {"padding": [[t, b], [left, r]], **self._base_config()}
 
 
+def _fusable(activation: Any) -> tuple[str, float] | None:
+    """``(kind, slope)`` when ``activation`` (a name or the function itself) is one a
+    convolution fuses with the same result (relu, leaky relu at its default slope, exact
+    gelu), else ``None``."""
+    from gpucnn.functional import activation as A
+
+    if isinstance(activation, str):
+        activation = A.ACTIVATIONS.get(activation.strip().lower())
+    if activation is A.relu:
+        return ("relu", 0.0)
+    if activation is A.leaky_relu:
+        return ("leaky_relu", 0.01)
+    if activation is A.gelu:
+        return ("gelu", 0.0)
+    return None

@@ -499,9 +499,18 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 @_converter("_Activation")
 def _activation(tr: _Tracer, ins: list, args: tuple, kw: dict, out: Tensor) -> str:
-    kind, param = args[1], float(args[2])
-    x = tr.name_of(ins[0])
-    dt = ins[0].dtype
+    return _activation_on(tr, tr.name_of(ins[0]), ins[0].dtype, args[1], float(args[2]))
+
+
+@_converter("Conv2dActFunction")
+def _conv_act(tr: _Tracer, ins: list, args: tuple, kw: dict, out: Tensor) -> str:
+    """The fused convolution + bias + activation: a Conv node, then the activation's."""
+    y = _conv(tr, ins, args, kw, out)
+    return _activation_on(tr, y, ins[0].dtype, kw["kind"], float(kw["param"]))
+
+
+def _activation_on(tr: _Tracer, x: str, dt: Any, kind: str, param: float) -> str:
+    """The nodes of activation ``kind`` applied to the value named ``x`` (dtype ``dt``)."""
     simple = {"relu": ("Relu", {}), "sigmoid": ("Sigmoid", {}), "tanh": ("Tanh", {}),
               "leaky_relu": ("LeakyRelu", {"alpha": param}), "elu": ("Elu", {"alpha": param})}
     if kind in simple:

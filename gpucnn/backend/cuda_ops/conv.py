@@ -36,6 +36,7 @@ from gpucnn.backend.runtime import current_runtime, own_kernels_active
 __all__ = [
     "conv2d_algorithm",
     "conv2d_forward",
+    "conv2d_forward_act",
     "conv2d_backward",
     "conv2d_backward_data",
     "conv2d_backward_weight",
@@ -141,6 +142,36 @@ def conv2d_forward(
     if bias is not None:
         bias_add_nchw(y, bias)
     return y, ConvSaved("im2col_gemm", cols if need_dw else None, weight if need_dx else None)
+
+
+def conv2d_forward_act(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    geom: Conv2dGeometry,
+    kind: str,
+    param: float = 0.0,
+    need_dx: bool = True,
+    need_dw: bool = True,
+) -> tuple[Any, Any, ConvSaved]:
+    """``(y, act_saved, saved)``: ``y = act(conv(x, weight) + bias)`` (see the NumPy twin).
+    With the ``"igemm"`` algorithm bias and activation are applied in the kernel's epilogue
+    (``conv_igemm_fwd`` with ``act``), writing the pre-activation too only when the backward
+    needs it (gelu); with ``"im2col_gemm"`` the activation kernel follows the convolution."""
+    from gpucnn.backend.checks import check_fused_activation
+    from gpucnn.backend.cuda_ops.activation import activation_forward
+
+    needs_pre = check_fused_activation("conv2d_forward_act", kind, param)
+    if conv2d_algorithm(geom) != "igemm":
+        pre, saved = conv2d_forward(x, weight, bias, geom, need_dx, need_dw)
+        y = activation_forward(pre, kind, param)
+        return y, (pre if needs_pre else y), saved
+    xp = current_runtime().xp
+    x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
+    out = conv2d_igemm_forward(x, weight, bias, geom, activation=kind, slope=float(param),
+                               return_preactivation=needs_pre)  # fmt: skip
+    y, pre = out if needs_pre else (out, out)
+    return y, pre, ConvSaved("igemm", x if need_dw else None, weight if need_dx else None)
 
 
 def conv2d_backward(

@@ -31,6 +31,7 @@ from gpucnn.backend.numpy_ops.conv import batch_inner, frame, reference, winogra
 __all__ = [
     "conv2d_algorithm",
     "conv2d_forward",
+    "conv2d_forward_act",
     "conv2d_backward",
     "conv2d_backward_data",
     "conv2d_backward_weight",
@@ -131,6 +132,31 @@ def conv2d_forward(
         y, data = reference.forward(x, weight, bias, geom)
     saved = ConvSaved(algo, data if need_dw else None, weight if need_dx else None, layout, ws)
     return y, saved
+
+
+def conv2d_forward_act(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    geom: Conv2dGeometry,
+    kind: str,
+    param: float = 0.0,
+    need_dx: bool = True,
+    need_dw: bool = True,
+) -> tuple[np.ndarray, np.ndarray, ConvSaved]:
+    """``(y, act_saved, saved)``: ``y = act(conv(x, weight) + bias)`` for ``kind`` in
+    :data:`gpucnn.backend.checks.FUSED_ACTIVATIONS` (``param``: leaky relu's slope);
+    ``act_saved`` is what ``activation_backward(act_saved, g, kind, param)`` needs (the
+    pre-activation for gelu, else
+    ``y`` itself), ``saved`` what :func:`conv2d_backward` needs. Here: the convolution, then
+    the activation (the CUDA twin fuses both in the implicit-GEMM epilogue)."""
+    from gpucnn.backend.checks import check_fused_activation
+    from gpucnn.backend.numpy_ops.activation import activation_forward
+
+    needs_pre = check_fused_activation("conv2d_forward_act", kind, param)
+    pre, saved = conv2d_forward(x, weight, bias, geom, need_dx, need_dw)
+    y = activation_forward(pre, kind, param)
+    return y, (pre if needs_pre else y), saved
 
 
 def conv2d_backward(
