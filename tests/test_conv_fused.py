@@ -140,3 +140,79 @@ def test_own_kernels_fuse_in_the_igemm_epilogue(kind: str) -> None:
     assert not any(k.endswith("_fwd_f32") and not k.startswith("conv") for k in launched), launched
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ dense + bias + activation
+
+
+def _dense_data(dtype=np.float32, seed: int = 0) -> tuple:  # noqa: ANN001
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((6, 9)).astype(dtype), rng.standard_normal((5, 9)).astype(dtype),
+            rng.standard_normal(5).astype(dtype))  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_linear_equals_linear_then_activation(kind: str, bias: bool) -> None:
+    from gpucnn.functional.basic import _LinearAct
+
+    x, w, b = _dense_data()
+    arrs = (x, w, b) if bias else (x, w)
+    fused = [Tensor(a, requires_grad=True) for a in arrs]
+    plain = [Tensor(a, requires_grad=True) for a in arrs]
+    y = F.linear(*fused, activation=kind, negative_slope=0.1)
+    assert y._node[0] is _LinearAct
+    yu = _unfused(F.linear(*plain), kind, 0.1)
+    assert np.array_equal(y.numpy(), yu.numpy())
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    (y * Tensor(gy).to(y.backend)).sum().backward()
+    (yu * Tensor(gy).to(yu.backend)).sum().backward()
+    for a, u in zip(fused, plain):
+        assert np.array_equal(a.grad.numpy(), u.grad.numpy())
+
+
+@pytest.mark.numpy_internal
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_linear_gradient_check_float64(kind: str) -> None:
+    x, w, b = _dense_data(np.float64, seed=4)
+    gradient_check(lambda x, w, b: F.linear(x, w, b, activation=kind, negative_slope=0.2),
+                   [x, w, b], atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
+def test_dense_layer_fuses_relu() -> None:
+    from gpucnn.functional.basic import _LinearAct
+
+    layer = L.Dense(4, activation="relu")
+    layer.build((9,))
+    x = Tensor(_dense_data()[0]).to(layer.weight.backend)
+    y = layer(x)
+    assert y._node[0] is _LinearAct
+    ref = F.relu(F.linear(x, layer.weight, layer.bias))
+    assert np.array_equal(y.numpy(), ref.numpy())
+    assert L.Dense(4, activation="softmax")._fused is None
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "gelu"])
+def test_own_kernels_fuse_dense_activation_in_the_gemm_epilogue(kind: str) -> None:
+    """relu / leaky relu go into ``gemm_f32_simt``'s epilogue (no activation kernel); gelu,
+    whose backward needs the pre-activation, runs the activation kernel after."""
+    x, w, b = _dense_data(seed=6)
+
+    def run(backend: str) -> list:
+        xp = gpucnn.backend.get_backend(backend).xp
+        ts = [Tensor(xp.asarray(a), requires_grad=True) for a in (x, w, b)]
+        y = F.linear(*ts, activation=kind, negative_slope=0.1)
+        (y * y).sum().backward()
+        return [y.numpy()] + [t.grad.numpy() for t in ts]
+
+    with gpucnn.testing.backend_scope("numpy"):
+        ref = run("numpy")
+    with simulated_device() as sim, own_kernels():
+        sim.reset_counters()
+        got = run("cuda")
+        c = sim.counters()
+        launched = dict(c.kernels)
+    assert c.cublas == 0 and launched.get("gemm_f32_simt", 0) == 3, launched
+    assert (f"{kind}_fwd_f32" in launched) == (kind == "gelu"), launched
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)

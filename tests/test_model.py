@@ -389,7 +389,7 @@ def test_lenet5_training_step_stays_float32(monkeypatch) -> None:
         graph.append(t)
         if t._node is not None:
             stack.extend(t._node[2])
-    assert len(graph) > 20  # the walk reached the parameters
+    assert len(graph) > 15  # the walk reached the parameters (fused conv+act: one node each)
     assert all(t.dtype == np.float32 for t in graph), {str(t.dtype) for t in graph}
     grad_dtypes: list = []
     for cls in {t._node[0] for t in graph if t._node is not None}:

@@ -29,6 +29,7 @@ __all__ = [
     "log_softmax",
     "identity",
     "get_activation",
+    "fusable_activation",
     "ACTIVATIONS",
 ]
 
@@ -249,3 +250,18 @@ def get_activation(name: str | Callable[[Tensor], Tensor] | None) -> Callable[[T
             f"{', '.join(sorted(ACTIVATIONS))} (or None)"
         )
     return fn
+
+
+def fusable_activation(activation: Any) -> tuple[str, float] | None:
+    """``(kind, slope)`` when ``activation`` (a name or the function itself) is one a
+    convolution or dense layer fuses into its op with the same result (relu, leaky relu at
+    its default slope, exact gelu), else ``None``."""
+    if isinstance(activation, str):
+        activation = ACTIVATIONS.get(activation.strip().lower())
+    if activation is relu:
+        return ("relu", 0.0)
+    if activation is leaky_relu:
+        return ("leaky_relu", 0.01)
+    if activation is gelu:
+        return ("gelu", 0.0)
+    return None

@@ -205,8 +205,41 @@ class _Linear(Function):
         return gx, gw
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ weight.T + bias``; x (..., in), weight (out, in), bias (out,) → (..., out)."""
+class _LinearAct(Function):
+    """``act(x @ w.T + b)`` as one op for 2-D ``x``: the activation in the GEMM's epilogue
+    where the backend can (see ``linear_forward_act``); the backward takes the activation's
+    gradient from the saved output mask or pre-activation, then the product's."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, w: Any, b: Any = None, *, kind: str,
+                param: float) -> Any:  # fmt: skip
+        y, act = _backend_of(x).linear_forward_act(x, w, b, kind, param)
+        ctx.save_for_backward(x, w, act)
+        ctx.has_bias, ctx.kind, ctx.param = b is not None, kind, param
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, gy: Any) -> tuple:
+        x, w, act = ctx.saved
+        be = _backend_of(gy)
+        need = ctx.needs_input_grad
+        g = be.activation_backward(act, gy, ctx.kind, ctx.param)
+        gx = be.matmul2d(g, w) if need[0] else None
+        gw = be.matmul2d(g, x, trans_a=True) if need[1] else None
+        if ctx.has_bias:
+            return gx, gw, (g.sum(axis=0) if need[2] else None)
+        return gx, gw
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+           activation: str | None = None, negative_slope: float = 0.01) -> Tensor:  # fmt: skip
+    """``x @ weight.T + bias``; x (..., in), weight (out, in), bias (out,) → (..., out).
+
+    ``activation`` (a gpucnn extension): ``"relu"``, ``"leaky_relu"`` (``negative_slope`` >
+    0), ``"gelu"`` or ``"gelu_tanh"`` applied to the result; for 2-D ``x`` one fused op (bias
+    and activation in our GEMM's epilogue under ``own_kernels``), equal to the activation
+    applied after.
+    """
     op = "linear"
     _tensor(op, x)
     _tensor(op, weight, "weight")
@@ -227,16 +260,38 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    kind, param = None, 0.0
+    if activation is not None:
+        from gpucnn.backend.checks import check_fused_activation
+
+        kind = activation
+        param = float(negative_slope) if kind == "leaky_relu" else 0.0
+        check_fused_activation(op, kind, param)
     lp = _autocast_dtype(x, weight, bias)
     if lp is not None:  # autocast: operands and output rounded (see gpucnn.amp.autocast_mode)
         from gpucnn.amp.autocast_mode import cast
 
         x, weight, bias = cast(x, lp), cast(weight, lp), cast(bias, lp)
         y = _Linear.apply(x, weight) if bias is None else _Linear.apply(x, weight, bias)
-        return cast(y, lp)
-    if bias is None:
-        return _Linear.apply(x, weight)
-    return _Linear.apply(x, weight, bias)
+        y = cast(y, lp)
+        return y if kind is None else _apply_activation(y, kind, param)
+    if kind is not None and x.ndim == 2:
+        if bias is None:
+            return _LinearAct.apply(x, weight, kind=kind, param=param)
+        return _LinearAct.apply(x, weight, bias, kind=kind, param=param)
+    y = _Linear.apply(x, weight) if bias is None else _Linear.apply(x, weight, bias)
+    return y if kind is None else _apply_activation(y, kind, param)
+
+
+def _apply_activation(y: Tensor, kind: str, param: float) -> Tensor:
+    """The activation ``kind`` of the fused ops, applied as its own op."""
+    from gpucnn.functional import activation as A
+
+    if kind == "leaky_relu":
+        return A.leaky_relu(y, param)
+    if kind.startswith("gelu"):
+        return A.gelu(y, "tanh" if kind == "gelu_tanh" else "none")
+    return A.relu(y)
 
 
 # --------------------------------------------------------------------------- shape

@@ -115,16 +115,6 @@ def conv2d_bias_act(x: Tensor, weight: Tensor, bias: Tensor | None, geom: Conv2d
     return Conv2dActFunction.apply(x, weight, bias, geom=geom, kind=kind, param=param)
 
 
-def _activation(y: Tensor, kind: str, param: float) -> Tensor:
-    from gpucnn.functional import activation as A
-
-    if kind == "leaky_relu":
-        return A.leaky_relu(y, param)
-    if kind.startswith("gelu"):
-        return A.gelu(y, "tanh" if kind == "gelu_tanh" else "none")
-    return A.relu(y)
-
-
 def _check_float(op: str, name: str, a: Any) -> None:
     require_float(op, a, name)
 
@@ -207,7 +197,11 @@ def conv2d(
         y = (Conv2dFunction.apply(x, weight, geom=geom) if bias is None
              else Conv2dFunction.apply(x, weight, bias, geom=geom))
         y = cast(y, lp)
-        return y if kind is None else _activation(y, kind, param)
+        if kind is None:
+            return y
+        from gpucnn.functional.basic import _apply_activation
+
+        return _apply_activation(y, kind, param)
     if kind is not None:
         return conv2d_bias_act(x, weight, bias, geom, kind, param)
     if bias is None:

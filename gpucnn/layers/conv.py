@@ -75,7 +75,7 @@ class Conv2D(Layer):
         self.groups = int(groups)
         self.activation = activation
         self._act = F.get_activation(activation)
-        self._fused = _fusable(activation)  # (kind, slope): applied inside the conv op
+        self._fused = F.fusable_activation(activation)  # (kind, slope): applied inside the conv op
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
@@ -211,19 +211,3 @@ class ZeroPadding2D(Layer):
         t, b, left, r = self.pads
         return {"padding": [[t, b], [left, r]], **self._base_config()}
 
-
-def _fusable(activation: Any) -> tuple[str, float] | None:
-    """``(kind, slope)`` when ``activation`` (a name or the function itself) is one a
-    convolution fuses with the same result (relu, leaky relu at its default slope, exact
-    gelu), else ``None``."""
-    from gpucnn.functional import activation as A
-
-    if isinstance(activation, str):
-        activation = A.ACTIVATIONS.get(activation.strip().lower())
-    if activation is A.relu:
-        return ("relu", 0.0)
-    if activation is A.leaky_relu:
-        return ("leaky_relu", 0.01)
-    if activation is A.gelu:
-        return ("gelu", 0.0)
-    return None

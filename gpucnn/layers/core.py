@@ -91,6 +91,7 @@ class Dense(Layer):
         self.units = check_int(type(self).__name__, "units", units, 1)
         self.activation = activation
         self._act = F.get_activation(activation)
+        self._fused = F.fusable_activation(activation)  # (kind, slope): inside the linear op
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
@@ -115,7 +116,11 @@ class Dense(Layer):
             self.bias = None  # type: ignore[assignment]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._act(F.linear(x, self.weight, self.bias if self.use_bias else None))
+        b = self.bias if self.use_bias else None
+        if self._fused is not None:  # one op: bias + activation in the GEMM's epilogue
+            kind, slope = self._fused
+            return F.linear(x, self.weight, b, activation=kind, negative_slope=slope)
+        return self._act(F.linear(x, self.weight, b))
 
     def output_shape(self, input_shape: Any) -> tuple:
         return (self.units,)

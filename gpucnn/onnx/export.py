@@ -338,6 +338,13 @@ def _linear(tr: _Tracer, ins: list, args: tuple, kw: dict, out: Tensor) -> str:
     return tr.node("Add", [y, names[2]]) if len(names) > 2 else y
 
 
+@_converter("_LinearAct")
+def _linear_act(tr: _Tracer, ins: list, args: tuple, kw: dict, out: Tensor) -> str:
+    """The fused dense + bias + activation: Gemm, then the activation's nodes."""
+    y = _linear(tr, ins, args, kw, out)
+    return _activation_on(tr, y, ins[0].dtype, kw["kind"], float(kw["param"]))
+
+
 @_converter("_MatMul")
 def _matmul(tr: _Tracer, ins: list, args: tuple, kw: dict, out: Tensor) -> str:
     return tr.node("MatMul", [tr.name_of(v) for v in ins])

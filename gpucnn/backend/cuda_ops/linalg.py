@@ -17,7 +17,7 @@ import numpy as np
 from gpucnn.backend.cuda_ops.gemm import gemm
 from gpucnn.backend.runtime import current_runtime, own_kernels_active
 
-__all__ = ["matmul2d"]
+__all__ = ["linear_forward_act", "matmul2d"]
 
 
 def stream_capturing(xp: Any) -> bool:
@@ -45,3 +45,26 @@ def matmul2d(a: Any, b: Any, trans_a: bool = False, trans_b: bool = False) -> An
             f"{a.dtype} and {b.dtype} (cuBLAS is refused during capture); use float32"
         )
     return xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+
+
+def linear_forward_act(x: Any, w: Any, b: Any, kind: str, param: float = 0.0) -> tuple[Any, Any]:
+    """``(y, act_saved)``: ``y = act(x @ w.T + b)`` (see the NumPy twin). Where
+    :func:`matmul2d` runs our GEMM (``own_kernels``, graph capture) and the backward needs no
+    pre-activation (relu, leaky relu), bias and activation are applied in the GEMM's epilogue
+    (``gemm_f32_simt`` with ``epilogue`` bias + act); otherwise product, bias and activation
+    kernel follow one another."""
+    from gpucnn.backend.checks import check_fused_activation
+    from gpucnn.backend.cuda_ops.activation import activation_forward
+
+    needs_pre = check_fused_activation("linear_forward_act", kind, param)
+    xp = current_runtime().xp
+    ours = own_kernels_active() or stream_capturing(xp)
+    if ours and not needs_pre and x.dtype == np.float32 and w.dtype == np.float32:
+        y = gemm(x, w, trans_b=True, precision="fp32", bias=b, activation=kind,
+                 slope=float(param))  # fmt: skip
+        return y, y
+    pre = matmul2d(x, w, trans_b=True)
+    if b is not None:
+        pre += b
+    y = activation_forward(pre, kind, param)
+    return y, (pre if needs_pre else y)
