@@ -439,15 +439,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             if sched is not None:
                 sched.step()
 
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  mixed_precision=args.mixed_precision)
     print(f"train {model_key} on {ds_key}: {len(x_tr)} train / {len(x_te)} test images "
           f"{shape}, {classes} classes | {model.count_params():,} parameters | backend "
           f"{gpucnn.backend.current()} | {args.optimizer} lr {args.lr} ({args.schedule}) | "
-          f"augmentation {'on' if aug else 'off'}", flush=True)
+          f"augmentation {'on' if aug else 'off'}"
+          f"{' | ' + args.mixed_precision if args.mixed_precision else ''}"
+          f"{' | CUDA graph' if args.cuda_graph else ''}", flush=True)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     t0 = time.perf_counter()
     hist = model.fit(loader, epochs=args.epochs, verbose=verbose,
-                     validation_data=(x_te, y_te), callbacks=[_PerBatch()])
+                     validation_data=(x_te, y_te), callbacks=[_PerBatch()],
+                     cuda_graph=args.cuda_graph)
     seconds = time.perf_counter() - t0
     loss, acc = model.evaluate(x_te, y_te, batch_size=256)
     model_path = out / f"{model_key}.npz"
@@ -537,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                     help="0 silent, 1 a progress bar, 2 one line per epoch (default: 1 on a "
                          "terminal, else 2)")
+    tr.add_argument("--mixed-precision", choices=("float16", "bfloat16"), default=None,
+                    help="train with FP16/BF16 GEMM-class ops (compile(mixed_precision=...); "
+                         "float16 adds dynamic loss scaling)")
+    tr.add_argument("--cuda-graph", action="store_true",
+                    help="cuda backend: capture the training step as one CUDA graph and replay "
+                         "it per batch (fit(cuda_graph=True))")
     tr.set_defaults(func=cmd_train)
 
     from gpucnn.onnx.cli import add_onnx_parser
@@ -582,11 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from gpucnn.backend import BackendUnavailable
         from gpucnn.datasets import DatasetError, DatasetNotFoundError, DownloadError
+        from gpucnn.cuda_graph import CudaGraphError
         from gpucnn.onnx._common import ExportError
 
         # ImportError: ``gpucnn onnx`` without the onnx extra (the message says how to install).
         if isinstance(exc, (BackendUnavailable, DatasetError, DatasetNotFoundError,
-                            DownloadError, FileNotFoundError, ExportError, ImportError)):
+                            DownloadError, FileNotFoundError, ExportError, ImportError,
+                            CudaGraphError)):
             return fail(exc, 1)
         if isinstance(exc, (ValueError, TypeError)) and flag_message(str(exc), flags)[1]:
             return fail(exc, 2)

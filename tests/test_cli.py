@@ -261,3 +261,35 @@ def test_python_dash_m(tmp_path):
 
 def test_set_blas_threads_is_harmless():
     assert isinstance(cli.set_blas_threads(1), bool)
+
+
+def test_train_mixed_precision_flag(tmp_path, capsys):
+    rc = cli.main(["train", "--model", "lenet5", "--epochs", "1", "--batch-size", "64",
+                   "--limit", "256", "--test-limit", "64", "--backend", "numpy",
+                   "--mixed-precision", "bfloat16", "--out", str(tmp_path), "--verbose", "0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| bfloat16" in out and "test accuracy:" in out
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["args"]["mixed_precision"] == "bfloat16"
+
+
+def test_train_cuda_graph_needs_the_cuda_backend(tmp_path, capsys):
+    rc = cli.main(["train", "--model", "lenet5", "--epochs", "1", "--limit", "64",
+                   "--test-limit", "32", "--backend", "numpy", "--cuda-graph",
+                   "--out", str(tmp_path), "--verbose", "0"])
+    assert rc == 1
+    assert "fit: --cuda-graph needs the cuda backend; the model is on 'numpy'" in \
+        capsys.readouterr().err
+
+
+def test_train_cuda_graph_on_the_simulated_device(tmp_path, capsys):
+    from gpucnn.testing import simulated_device
+
+    with simulated_device():
+        rc = cli.main(["train", "--model", "lenet5", "--epochs", "1", "--batch-size", "8",
+                       "--limit", "48", "--test-limit", "16", "--backend", "cuda",
+                       "--cuda-graph", "--out", str(tmp_path), "--verbose", "0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| CUDA graph" in out and "test accuracy:" in out

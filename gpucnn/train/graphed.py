@@ -31,7 +31,7 @@ def check_graph_fit(model: Any, ddp: Any, sample_weight: Any, class_weight: Any)
     if model.backend != "cuda":
         raise CudaGraphError(
             f"fit: cuda_graph=True needs the cuda backend; the model is on {model.backend!r} "
-            "(model.to('cuda'), or leave cuda_graph=False)"
+            "(move it with model.to('cuda'))"
         )
     if ddp is not None:
         raise CudaGraphError("fit: cuda_graph=True is not supported with distributed training")
