@@ -591,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc, 1)
     except Exception as exc:
         from gpucnn.backend import BackendUnavailable
-        from gpucnn.datasets import DatasetError, DatasetNotFoundError, DownloadError
         from gpucnn.cuda_graph import CudaGraphError
+        from gpucnn.datasets import DatasetError, DatasetNotFoundError, DownloadError
         from gpucnn.onnx._common import ExportError
 
         # ImportError: ``gpucnn onnx`` without the onnx extra (the message says how to install).
