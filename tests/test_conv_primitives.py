@@ -191,8 +191,8 @@ def test_cuda_primitives_match_numpy_under_the_emulator(case: dict, emulate) -> 
 def test_both_backends_declare_the_conv_primitives() -> None:
     from gpucnn.backend.cuda_ops import conv as cconv
 
-    names = ["conv2d_algorithm", "conv2d_forward", "conv2d_backward", "conv2d_backward_data",
-             "conv2d_backward_weight"]  # fmt: skip
+    names = ["conv2d_algorithm", "conv2d_forward", "conv2d_forward_act", "conv2d_backward",
+             "conv2d_backward_data", "conv2d_backward_weight"]  # fmt: skip
     assert nconv.__all__ == names == cconv.__all__
     assert set(names) <= set(B.get_backend("numpy").primitives)
     for n in names:
