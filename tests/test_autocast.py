@@ -369,12 +369,15 @@ def _mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("policy", ["bfloat16", "mixed_float16"])
 def test_lenet_learns_mnist_in_mixed_precision(policy) -> None:
-    x, y = _mnist(192)
+    # On the simulated device the convolutions run the tensor-core kernels through the
+    # emulator's lane-by-lane MMA bodies (slow): fewer, smaller steps there.
+    sim = B.get().simulated
+    x, y = _mnist(32 if sim else 192)
     gpucnn.manual_seed(0)
     m = _lenet()
     m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"], lr=5e-3,
               mixed_precision=policy)
-    h = m.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    h = m.fit(x, y, batch_size=16 if sim else 32, epochs=6 if sim else 4, verbose=0)
     loss = h.history["loss"]
     assert all(b < a for a, b in zip(loss, loss[1:])), loss
     assert loss[-1] < 0.75 * loss[0]
@@ -534,3 +537,36 @@ def test_fit_takes_ml_dtypes_bfloat16_inputs() -> None:
 
     for a, b in zip(run(x16), run(x16.astype(np.float32))):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_autocast_conv_runs_the_tensor_core_kernels(dtype) -> None:
+    """On CUDA an autocast convolution hands its 16-bit operands to the tensor-core
+    implicit-GEMM kernels (forward, backward-data, backward-weight); the values agree with the
+    NumPy policy up to the order of the FP32 sums (then one rounding to the low format)."""
+    from gpucnn.testing import backend_scope, simulated_device
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    w = (rng.standard_normal((6, 4, 3, 3)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+
+    def run() -> list:
+        ts = [_t(a, grad=True) for a in (x, w, b)]
+        with autocast(dtype):
+            y = F.conv2d(*ts, padding=1)
+        (y * y).sum().backward()
+        return [_host(y)] + [_host(t.grad) for t in ts]
+
+    with backend_scope("numpy"):
+        ref = run()
+    suffix = {"float16": "f16", "bfloat16": "bf16"}[dtype]
+    with simulated_device() as sim, backend_scope("cuda"):
+        sim.reset_counters()
+        got = run()
+        launched = dict(sim.counters().kernels)
+    for k in ("fwd", "bwd_data", "bwd_weight"):
+        assert launched.get(f"conv_igemm_tc_{k}_{suffix}", 0) == 1, launched
+    ulp = 2.0**-7 if dtype == "bfloat16" else 2.0**-10
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, rtol=2 * ulp, atol=2 * ulp * np.abs(r).max())

@@ -24,7 +24,10 @@ where, identically on the NumPy and the CUDA backend:
   float32, so this IS FP32 accumulation of the low-precision products (``be.gemm`` with
   ``precision="fp16"/"bf16"`` is not used: the float32 path computes the same sums and also
   covers the convolutions and the batched matmuls); the bias is added in float32 and the
-  op's output is rounded to ``dtype`` once. Values beyond the format's range become inf (fp16
+  op's output is rounded to ``dtype`` once. On CUDA the convolutions go further: their
+  rounded operands go to the tensor-core implicit-GEMM kernels as 16-bit patterns
+  (``conv_igemm_tc_*``, ``mma.sync`` on sm_80+; forward, backward-data and backward-weight),
+  the same exact products summed in FP32 in another order. Values beyond the format's range become inf (fp16
   overflows above 65504), as a real cast does.
 * backward: the casts are differentiable ops whose backward returns the gradient in the
   source dtype (float32), rounded to ``dtype`` as torch's low-precision gradients are: the
@@ -35,7 +38,8 @@ where, identically on the NumPy and the CUDA backend:
 
 Not done (yet): casts of weights are not cached within a region (each forward rounds the
 weights again); ops outside the GEMM class keep float32 outputs (torch would keep e.g. an
-element-wise add of two bf16 tensors in bf16); tensor-core kernels are not used.
+element-wise add of two bf16 tensors in bf16); dense layers and matmul stay on the float32
+path (cuBLAS), not on our tensor-core GEMM, until a GPU measurement says which is faster.
 """
 
 from __future__ import annotations

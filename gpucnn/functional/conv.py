@@ -51,6 +51,7 @@ class Conv2dFunction(Function):
         pads: tuple[int, int, int, int] = (0, 0, 0, 0),
         dilation: tuple[int, int] = (1, 1),
         groups: int = 1,
+        precision: str | None = None,
     ) -> Any:
         be = _backend(x)
         if geom is None:
@@ -58,7 +59,8 @@ class Conv2dFunction(Function):
         needs = ctx.needs_input_grad if is_grad_enabled() else ()
         need_dx = bool(needs and needs[0])
         need_dw = bool(len(needs) > 1 and needs[1])
-        y, saved = be.conv2d_forward(x, weight, bias, geom, need_dx, need_dw)
+        kw = {} if precision is None else {"precision": precision}  # autocast: "fp16"/"bf16"
+        y, saved = be.conv2d_forward(x, weight, bias, geom, need_dx, need_dw, **kw)
         ctx.geom, ctx.conv_saved, ctx.has_bias = geom, saved, bias is not None
         return y
 
@@ -194,8 +196,9 @@ def conv2d(
     lp = active_dtype(x, weight, bias)
     if lp is not None:  # autocast: operands and output rounded (see gpucnn.amp.autocast_mode)
         x, weight, bias = cast(x, lp), cast(weight, lp), cast(bias, lp)
-        y = (Conv2dFunction.apply(x, weight, geom=geom) if bias is None
-             else Conv2dFunction.apply(x, weight, bias, geom=geom))
+        p = {"float16": "fp16", "bfloat16": "bf16"}[lp]  # tensor cores on CUDA
+        y = (Conv2dFunction.apply(x, weight, geom=geom, precision=p) if bias is None
+             else Conv2dFunction.apply(x, weight, bias, geom=geom, precision=p))
         y = cast(y, lp)
         if kind is None:
             return y

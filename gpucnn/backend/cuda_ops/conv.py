@@ -111,9 +111,15 @@ def conv2d_forward(
     need_dw: bool = True,
     algorithm: str | None = None,
     workspace_bytes: int | None = None,
+    precision: str | None = None,
 ) -> tuple[Any, ConvSaved]:
     """``(y (N, O, oh, ow), saved)``; ``saved`` keeps ``cols2`` if ``need_dw``, ``W`` if
     ``need_dx`` (what :func:`conv2d_backward` needs).
+
+    ``precision`` ``"fp16"`` / ``"bf16"`` (autocast): float32 ``x``, ``weight`` (and the
+    backward's ``dy``) already hold values of that format; they go to the tensor-core
+    implicit-GEMM kernels as 16-bit patterns (an exact conversion), FP32 accumulation, float32
+    ``y``; forward and backward run ``conv_igemm_tc_*``, whatever ``algorithm`` says.
 
     ``algorithm``: one of :data:`ALGORITHMS` or ``None``. ``workspace_bytes``: a limit on the
     scratch the algorithm may use (``None``: no limit); ``"im2col_gemm"`` builds the whole
@@ -121,6 +127,8 @@ def conv2d_forward(
     ``"igemm"`` needs none (its weight-gradient split-K partial sums are bounded on their own).
     """
     be = _ns()
+    if precision is not None:
+        return _forward_low(be.xp, x, weight, bias, geom, need_dx, need_dw, precision)
     algo = conv2d_algorithm(geom) if algorithm is None else algorithm
     if algo not in ALGORITHMS:
         raise ValueError(
@@ -174,6 +182,30 @@ def conv2d_forward_act(
     return y, pre, ConvSaved("igemm", x if need_dw else None, weight if need_dx else None)
 
 
+_LOW_ALGORITHMS = {"igemm_fp16": "fp16", "igemm_bf16": "bf16"}  # ConvSaved.algorithm -> precision
+
+
+def _to_low(xp: Any, a: Any, precision: str) -> Any:
+    """float32 ``a`` holding fp16/bf16 values as the kernels' 16-bit operand (exact)."""
+    a = xp.ascontiguousarray(a, dtype=xp.float32)
+    if precision == "fp16":
+        return a.astype(xp.float16)
+    u = a.view(xp.uint32)  # bf16: the high half of the bits, rounded to nearest even (exact
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(xp.uint16)  # for bf16 values)
+
+
+def _forward_low(xp: Any, x: Any, weight: Any, bias: Any, geom: Conv2dGeometry, need_dx: bool,
+                 need_dw: bool, precision: str) -> tuple[Any, ConvSaved]:  # fmt: skip
+    if precision not in ("fp16", "bf16"):
+        raise ValueError(
+            f"conv2d: precision must be None, 'fp16' or 'bf16' on CUDA, got {precision!r}"
+        )
+    x16, w16 = _to_low(xp, x, precision), _to_low(xp, weight, precision)
+    y = conv2d_igemm_forward(x16, w16, bias, geom, precision=precision)
+    saved = ConvSaved(f"igemm_{precision}", x16 if need_dw else None, w16 if need_dx else None)
+    return y, saved
+
+
 def conv2d_backward(
     dy: Any,
     geom: Conv2dGeometry,
@@ -189,6 +221,12 @@ def conv2d_backward(
     """
     be = _ns()
     dy = be.xp.ascontiguousarray(dy)
+    if saved.algorithm in _LOW_ALGORITHMS:  # tensor cores on 16-bit operands (autocast)
+        p = _LOW_ALGORITHMS[saved.algorithm]
+        g16 = _to_low(be.xp, dy, p)
+        gx = conv2d_igemm_backward_data(g16, saved.weight, geom, precision=p) if need_dx else None
+        gw = conv2d_igemm_backward_weight(g16, saved.data, geom, precision=p) if need_dw else None
+        return gx, gw
     if saved.algorithm == "igemm":
         return _igemm_backward(be, dy, saved.data, saved.weight, geom, need_dx, need_dw,
                                input_grad)  # fmt: skip

@@ -103,8 +103,13 @@ def conv2d_forward(
     need_dw: bool = True,
     algorithm: str | None = None,
     workspace_bytes: int | None = None,
+    precision: str | None = None,
 ) -> tuple[np.ndarray, ConvSaved]:
     """``(y (N, O, oh, ow), saved)``: the convolution of ``x`` with ``weight`` (+ ``bias``).
+
+    ``precision`` ``"fp16"``/``"bf16"`` (autocast) says ``x`` and ``weight`` hold values of
+    that format; the float32 routes compute their products exactly, so it changes nothing
+    here (the CUDA twin runs tensor-core kernels on them).
 
     ``algorithm`` is one of :data:`ALGORITHMS` or ``None`` (:func:`conv2d_algorithm`; where
     it picks Winograd for an ``x`` whose range :func:`.winograd.range_ok` refuses, the next
@@ -113,6 +118,8 @@ def conv2d_forward(
     0: the smallest chunks). ``saved`` keeps what :func:`conv2d_backward` needs: the
     algorithm's copy of the input when ``need_dw``, the weight when ``need_dx``.
     """
+    if precision not in (None, "fp16", "bf16"):
+        raise ValueError(f"conv2d: precision must be None, 'fp16' or 'bf16', got {precision!r}")
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     algo = conv2d_algorithm(geom) if algorithm is None else _check_algorithm(algorithm, geom)
     guarded = algorithm is None and algo == "winograd"
