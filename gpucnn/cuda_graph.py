@@ -21,7 +21,9 @@ PyTorch-style loop does per batch) into a :class:`CapturedStep`::
    inputs copied into static device buffers. This builds the model, creates the optimizer
    state and leaves the side stream's memory-pool arena holding every block a step needs
    (CuPy keeps one arena per stream, so eager work on other streams never takes these
-   blocks: the arena is the graph's private pool).
+   blocks: the arena is the graph's private pool). Just before the capture one spare block
+   as large as the first step's memory is freed into that arena, so the capture is served
+   even where the arena's state drifted (the graph then holds up to twice a step's memory).
 2. The next call captures the step into a CUDA graph (``Stream.begin_capture``) and launches
    it. Inside the capture every op runs our own kernels (:func:`gpucnn.backend.runtime.
    own_kernels`: implicit-GEMM convolution, our GEMM for dense layers), because CuPy refuses
@@ -193,6 +195,12 @@ class CapturedStep:
         #: ``syncs``, ``allocations``, ``h2d``, ...); ``None`` elsewhere.
         self.capture_counts: dict[str, int] | None = None
         self._grew = True  # whether the last warm-up step took new memory from the device
+        # The most memory one warm-up step took from the device (the first: an empty arena).
+        # Freed into the step's arena just before the capture, as one block the pool splits
+        # for any request the arena's free blocks cannot serve: a step that reached the
+        # capture in another arena state than the warm-up left (fit's eager partial batch in
+        # between, other threads' pool traffic hiding the "settled" signal) allocates nothing.
+        self._reserve = 0
 
     # ------------------------------------------------------------------ inputs
     def _fill(self, inputs: tuple) -> tuple:
@@ -230,7 +238,9 @@ class CapturedStep:
             before = pool.total_bytes()
             with self.stream, own_kernels(), use_hyper_slots(self._slots):
                 out = self.step_fn(*static)
-            self._grew = pool.total_bytes() != before
+            grown = pool.total_bytes() - before
+            self._grew = grown != 0
+            self._reserve = max(self._reserve, grown)
             return out
         return self._capture(static)
 
@@ -260,6 +270,9 @@ class CapturedStep:
                 "(learning rate, bias corrections) are refreshed before each replay"
             )
         s.allocate(self._xp)  # on the current stream, not from the step's arena
+        with self.stream:  # headroom in the step's arena: see _reserve
+            spare = self._xp.empty(self._reserve, dtype=self._xp.uint8)
+            del spare
         s.mode, s.cursor = "capture", 0
         stream = self.stream
         totals = getattr(self._xp, "totals", None) if self._be.simulated else None

@@ -218,6 +218,22 @@ def test_fit_cuda_graph_bfloat16_equals_eager(sim) -> None:  # noqa: ANN001
         run(True, "float16")
 
 
+def test_capture_right_after_one_warmup_step_is_served_by_the_spare_block(sim, monkeypatch) -> None:  # noqa: ANN001, E501
+    """With no settling steps, the arena after one warm-up step cannot serve the next step
+    (best-fit splits, no merging): the spare block freed into it before the capture does."""
+    import gpucnn.cuda_graph as cg
+
+    monkeypatch.setattr(cg, "_SETTLE", 0)
+    xs, ys = _batches(4, (8, 1, 28, 28), seed=3)
+    make = gpucnn.models.lenet5
+    adam = lambda p: gpucnn.optim.Adam(p, lr=1e-3)  # noqa: E731
+    eager, _, _, _ = _loop(make, adam, xs, ys, graph=False)
+    graph, _, _, fn = _loop(make, adam, xs, ys, graph=True, warmup=1)
+    assert fn.calls == 4 and fn.replays == 2  # captured at the second call
+    _assert_clean_capture(fn)
+    _same(eager, graph)
+
+
 def test_capture_refuses_a_new_batch_shape(sim) -> None:  # noqa: ANN001
     xs, ys = _batches(4, (4, 5), classes=3)
     model = _mlp().to("cuda")

@@ -27,8 +27,8 @@ where, identically on the NumPy and the CUDA backend:
   op's output is rounded to ``dtype`` once. On CUDA the convolutions go further: their
   rounded operands go to the tensor-core implicit-GEMM kernels as 16-bit patterns
   (``conv_igemm_tc_*``, ``mma.sync`` on sm_80+; forward, backward-data and backward-weight),
-  the same exact products summed in FP32 in another order. Values beyond the format's range become inf (fp16
-  overflows above 65504), as a real cast does.
+  the same exact products summed in FP32 in another order. Values beyond the format's range
+  become inf (fp16 overflows above 65504), as a real cast does.
 * backward: the casts are differentiable ops whose backward returns the gradient in the
   source dtype (float32), rounded to ``dtype`` as torch's low-precision gradients are: the
   gradient entering the op's output and the gradients it produces for its operands (the
