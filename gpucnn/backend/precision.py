@@ -22,11 +22,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "EPILOGUE_ACTIVATIONS",
     "GEMM_PRECISIONS",
     "GemmSpec",
     "bf16_bits",
     "bf16_bits_to_float32",
+    "check_conv_precision",
     "check_gemm",
+    "dtype_name",
+    "epilogue_code",
     "is_bfloat16",
     "round_bf16",
     "round_fp16",
@@ -96,7 +100,8 @@ class GemmSpec(NamedTuple):
 _DTYPE_OF = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def _dtype_name(dt: Any) -> str:
+def dtype_name(dt: Any) -> str:
+    """``dt``'s name, ``"bfloat16"`` for ``ml_dtypes.bfloat16`` (whose NumPy name varies)."""
     return "bfloat16" if is_bfloat16(dt) else str(np.dtype(dt))
 
 
@@ -107,7 +112,7 @@ def check_gemm(op: str, a: Any, b: Any, c: Any, beta: float, trans_a: bool, tran
         raise ValueError(
             f"{op}: a and b must be 2-D, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    da, db = _dtype_name(a.dtype), _dtype_name(b.dtype)
+    da, db = dtype_name(a.dtype), dtype_name(b.dtype)
     supported = (
         "float32 (precision 'fp32' or 'tf32'), float16 ('fp16'), bfloat16 ('bf16'; "
         "ml_dtypes.bfloat16, or uint16 bit patterns with precision='bf16')"
@@ -142,13 +147,47 @@ def check_gemm(op: str, a: Any, b: Any, c: Any, beta: float, trans_a: bool, tran
         if beta != 0:
             raise ValueError(f"{op}: beta={beta} needs c (the matrix it scales)")
     else:
-        if tuple(c.shape) != (m, n) or _dtype_name(c.dtype) != "float32":
+        if tuple(c.shape) != (m, n) or dtype_name(c.dtype) != "float32":
             raise ValueError(
                 f"{op}: c must be a float32 array of shape ({m}, {n}), got "
-                f"{_dtype_name(c.dtype)} {tuple(c.shape)}"
+                f"{dtype_name(c.dtype)} {tuple(c.shape)}"
             )
         if not c.flags.c_contiguous:
             raise ValueError(f"{op}: c is written in place and must be C-contiguous")
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
     return GemmSpec(int(m), int(n), int(ka), precision)
+
+
+#: Activations the kernels' epilogues fuse, with their code in ``cuda/epilogue.cuh``.
+EPILOGUE_ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4}
+
+
+def epilogue_code(op: str, activation: str | None, relu: bool = False) -> int:
+    """The ``cuda/epilogue.cuh`` code of ``activation`` (``relu=True``: gemm's older spelling
+    of ``activation="relu"``); ``ValueError`` naming ``op`` for an unknown one or for two."""
+    if activation not in EPILOGUE_ACTIVATIONS:
+        names = ", ".join(repr(a) for a in EPILOGUE_ACTIVATIONS)
+        raise ValueError(f"{op}: unknown activation {activation!r}; expected one of {names}")
+    if relu and activation not in (None, "relu"):
+        raise ValueError(f"{op}: relu=True and activation={activation!r} are two activations")
+    return EPILOGUE_ACTIVATIONS["relu" if relu else activation]
+
+
+def check_conv_precision(op: str, precision: str | None, **arrays: Any) -> str:
+    """The precision of an implicit-GEMM convolution (``"simt"`` for ``None``) after checking
+    every array of ``arrays`` (name -> array) takes it: ``TypeError`` naming ``op``, the
+    precision and the dtype given otherwise; ``ValueError`` for an unknown precision."""
+    if precision is None:
+        return "simt"
+    if precision not in GEMM_PRECISIONS:
+        raise ValueError(f"{op}: unknown precision {precision!r}; expected None or one of "
+                         f"{', '.join(GEMM_PRECISIONS)}")  # fmt: skip
+    want = _DTYPE_OF[precision]
+    for name, a in arrays.items():
+        got = dtype_name(a.dtype)
+        if got != want and not (precision == "bf16" and got == "uint16"):
+            extra = " (ml_dtypes.bfloat16, or uint16 bit patterns)" if precision == "bf16" else ""
+            raise TypeError(f"{op}: precision {precision!r} takes {want} inputs{extra}, got "
+                            f"{name} of dtype {got}")  # fmt: skip
+    return precision

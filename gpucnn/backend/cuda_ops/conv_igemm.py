@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gpucnn.backend.geometry import Conv2dGeometry
+from gpucnn.backend.precision import check_conv_precision, epilogue_code
 from gpucnn.backend.runtime import MAX_GRID, current_runtime, dtype_suffix
 
 __all__ = ["conv2d_igemm_forward", "conv2d_igemm_backward_data", "conv2d_igemm_backward_weight"]
@@ -35,12 +36,9 @@ __all__ = ["conv2d_igemm_forward", "conv2d_igemm_backward_data", "conv2d_igemm_b
 _FAMILY = "conv_igemm"
 _TC_FAMILY = "conv_igemm_tc"
 
-#: Precisions of the launchers (``None`` also: the SIMT kernels at the input dtype).
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-#: Fused activations of the forward epilogue and their kernel codes (cuda/epilogue.cuh).
-ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4}
+# Precisions: gpucnn.backend.precision.GEMM_PRECISIONS (None also: the SIMT kernels at the input
+# dtype); fused activations: precision.EPILOGUE_ACTIVATIONS (kernel codes of cuda/epilogue.cuh).
 _TC_SUFFIX = {"tf32": "tf32", "fp16": "f16", "bf16": "bf16"}
-_PREC_DTYPE = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class Tile(NamedTuple):
@@ -170,29 +168,6 @@ def use_tc_tile(name: str) -> Iterator[TcTile]:
         _tc_tile.reset(token)
 
 
-def _dtype_name(dt: Any) -> str:
-    return "bfloat16" if np.dtype(dt).name == "bfloat16" else str(np.dtype(dt))
-
-
-def check_precision(op: str, precision: str | None, **arrays: Any) -> str:
-    """The precision of a launch (``"simt"`` for ``None``), after checking every tensor in
-    ``arrays`` (name -> array) takes it: ``TypeError`` naming ``op``, the precision and the
-    dtype given otherwise; ``ValueError`` for an unknown precision."""
-    if precision is None:
-        return "simt"
-    if precision not in PRECISIONS:
-        raise ValueError(f"{op}: unknown precision {precision!r}; expected None or one of "
-                         f"{', '.join(PRECISIONS)}")  # fmt: skip
-    want = _PREC_DTYPE[precision]
-    for name, a in arrays.items():
-        got = _dtype_name(a.dtype)
-        if got != want and not (precision == "bf16" and got == "uint16"):
-            extra = " (ml_dtypes.bfloat16, or uint16 bit patterns)" if precision == "bf16" else ""
-            raise TypeError(f"{op}: precision {precision!r} takes {want} inputs{extra}, got "
-                            f"{name} of dtype {got}")  # fmt: skip
-    return precision
-
-
 def _tc_operand(xp: Any, a: Any, precision: str) -> Any:
     """``a`` as the kernels take it: C-contiguous float32 (tf32) or uint16 bit patterns."""
     a = xp.ascontiguousarray(a)
@@ -208,13 +183,6 @@ def _launch_tc(name: str, precision: str, tiles: int, args: tuple) -> None:
     grid = max(1, min(int(tiles), cap))
     k = rt.kernel(_TC_FAMILY, f"{name}_{_TC_SUFFIX[precision]}", tile.defines())
     k((grid,), (tile.threads,), args)
-
-
-def _act_code(op: str, activation: str | None) -> int:
-    if activation not in ACTIVATIONS:
-        names = ", ".join(repr(a) for a in ACTIVATIONS)
-        raise ValueError(f"{op}: unknown activation {activation!r}; expected one of {names}")
-    return ACTIVATIONS[activation]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -264,14 +232,15 @@ def conv2d_igemm_forward(
     ``precision`` (see the module docstring): ``None`` keeps the input dtype (kernels
     ``conv_igemm_fwd_f32/_f64``); ``"tf32"``/``"fp16"``/``"bf16"`` give float32 ``y`` (kernels
     ``conv_igemm_tc_fwd_tf32/_f16/_bf16``; ``bias`` is taken as float32). ``activation``: one
-    of :data:`ACTIVATIONS` (``slope``: LeakyReLU's negative slope). ``return_preactivation``:
-    return ``(y, pre)``, ``pre`` the value before the activation (conv + bias).
+    of :data:`gpucnn.backend.precision.EPILOGUE_ACTIVATIONS` (``slope``: LeakyReLU's negative
+    slope). ``return_preactivation``: return ``(y, pre)``, ``pre`` the value before the
+    activation (conv + bias).
     """
     op = "conv2d_igemm_forward"
     g = geom
     xp = current_runtime().xp
-    prec = check_precision(op, precision, x=x, weight=weight)
-    act = _act_code(op, activation)
+    prec = check_conv_precision(op, precision, x=x, weight=weight)
+    act = epilogue_code(op, activation)
     if prec in ("simt", "fp32"):
         dtype_suffix(x.dtype, op)
     _check(op, x, (g.n, g.c, g.h, g.w), "x")
@@ -314,7 +283,7 @@ def conv2d_igemm_backward_data(
     op = "conv2d_igemm_backward_data"
     g = geom
     xp = current_runtime().xp
-    prec = check_precision(op, precision, dy=dy, weight=weight)
+    prec = check_conv_precision(op, precision, dy=dy, weight=weight)
     if prec in ("simt", "fp32"):
         dtype_suffix(dy.dtype, op)
     _check(op, dy, g.output_shape, "dy")
@@ -371,7 +340,7 @@ def conv2d_igemm_backward_weight(
     g = geom
     rt = current_runtime()
     xp = rt.xp
-    prec = check_precision(op, precision, dy=dy, x=x)
+    prec = check_conv_precision(op, precision, dy=dy, x=x)
     simt = prec in ("simt", "fp32")
     if simt:
         dtype_suffix(dy.dtype, op)

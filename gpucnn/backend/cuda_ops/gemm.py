@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from gpucnn.backend.precision import check_gemm
+from gpucnn.backend.precision import check_gemm, epilogue_code
 from gpucnn.backend.runtime import MAX_GRID, current_runtime
 
 __all__ = ["gemm"]
 
 _FAMILY = "gemm"
-#: Fused activations of the epilogue and their codes (cuda/epilogue.cuh; epilogue bits 1..).
-ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "gelu": 3, "gelu_tanh": 4}
 _KERNELS = {"fp32": "gemm_f32_simt", "tf32": "gemm_tf32_tc", "fp16": "gemm_f16_tc",
             "bf16": "gemm_bf16_tc"}  # fmt: skip
 
@@ -43,15 +41,6 @@ def _launch_shape(precision: str) -> tuple[dict, int, int, int]:
     t = dict(TC_TILE)
     wm, wn = t["GEMM_TC_WARPS_M"], t["GEMM_TC_WARPS_N"]
     return t, 32 * wm * wn, wm * t["GEMM_TC_WM"], wn * t["GEMM_TC_WN"]
-
-
-def _act_code(activation: str | None, relu: bool) -> int:
-    if activation not in ACTIVATIONS:
-        names = ", ".join(repr(a) for a in ACTIVATIONS)
-        raise ValueError(f"gemm: unknown activation {activation!r}; expected one of {names}")
-    if relu and activation not in (None, "relu"):
-        raise ValueError(f"gemm: relu=True and activation={activation!r} are two activations")
-    return ACTIVATIONS["relu" if relu else activation]
 
 
 def gemm(
@@ -75,7 +64,8 @@ def gemm(
     bfloat16 bit patterns, with ``precision="bf16"`` given); ``None`` picks by
     dtype (float32 -> ``"fp32"``). ``c`` (float32, C-contiguous, (M, N)) is written IN PLACE and
     returned when given; ``beta != 0`` needs it. ``bias`` has shape (N,); ``relu`` clamps at 0
-    (the same as ``activation="relu"``); ``activation`` is one of :data:`ACTIVATIONS`
+    (the same as ``activation="relu"``); ``activation`` is one of
+    :data:`gpucnn.backend.precision.EPILOGUE_ACTIVATIONS`
     (``slope``: LeakyReLU's negative slope), fused into the kernels' epilogue.
 
     Kernels ``gemm_f32_simt`` / ``gemm_tf32_tc`` / ``gemm_f16_tc`` / ``gemm_bf16_tc``: one
@@ -83,7 +73,7 @@ def gemm(
     shared memory with zero-filled tails.
     """
     spec = check_gemm("gemm", a, b, c, beta, trans_a, trans_b, precision, bias)
-    act = _act_code(activation, relu)
+    act = epilogue_code("gemm", activation, relu)
     rt = current_runtime()
     xp = rt.xp
     m, n, k = spec.m, spec.n, spec.k

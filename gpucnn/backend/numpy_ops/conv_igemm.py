@@ -22,43 +22,22 @@ import numpy as np
 from gpucnn.backend.geometry import Conv2dGeometry
 from gpucnn.backend.numpy_ops.activation import activation_forward
 from gpucnn.backend.numpy_ops.conv import reference
-from gpucnn.backend.precision import bf16_bits_to_float32, is_bfloat16, round_tf32
+from gpucnn.backend.precision import (
+    bf16_bits_to_float32,
+    check_conv_precision,
+    dtype_name,
+    epilogue_code,
+    round_tf32,
+)
 
 __all__ = ["conv2d_igemm_forward", "conv2d_igemm_backward_data", "conv2d_igemm_backward_weight"]
 
-#: Precisions (``None`` also: the input dtype) and fused activations, as the CUDA launchers.
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-ACTIVATIONS = (None, "relu", "leaky_relu", "gelu", "gelu_tanh")
-_PREC_DTYPE = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def _dtype_name(dt: Any) -> str:
-    return "bfloat16" if is_bfloat16(dt) else str(np.dtype(dt))
-
-
-def check_precision(op: str, precision: str | None, **arrays: Any) -> str:
-    """The precision of a call (``"simt"`` for ``None``) after checking every tensor of
-    ``arrays`` takes it (the CUDA launchers' rule: ``TypeError`` naming ``op``, the precision
-    and the dtype; ``ValueError`` for an unknown precision)."""
-    if precision is None:
-        return "simt"
-    if precision not in PRECISIONS:
-        raise ValueError(f"{op}: unknown precision {precision!r}; expected None or one of "
-                         f"{', '.join(PRECISIONS)}")  # fmt: skip
-    want = _PREC_DTYPE[precision]
-    for name, a in arrays.items():
-        got = _dtype_name(a.dtype)
-        if got != want and not (precision == "bf16" and got == "uint16"):
-            extra = " (ml_dtypes.bfloat16, or uint16 bit patterns)" if precision == "bf16" else ""
-            raise TypeError(f"{op}: precision {precision!r} takes {want} inputs{extra}, got "
-                            f"{name} of dtype {got}")  # fmt: skip
-    return precision
 
 
 def _check_dtype(op: str, a: np.ndarray) -> None:
     """The SIMT kernels' dtypes (as ``runtime.dtype_suffix``): float32 or float64."""
     if np.dtype(a.dtype) not in (np.float32, np.float64):
-        raise TypeError(f"{op}: the CUDA backend has no kernel for dtype {_dtype_name(a.dtype)}; "
+        raise TypeError(f"{op}: the CUDA backend has no kernel for dtype {dtype_name(a.dtype)}; "
                         "expected float32 or float64")  # fmt: skip
 
 
@@ -66,17 +45,11 @@ def _rounded(a: np.ndarray, precision: str) -> np.ndarray:
     """``a`` as the tensor-core kernels see it (TF32-rounded / 16-bit values), as float64."""
     if precision == "tf32":
         v = round_tf32(a)
-    elif precision == "bf16" and _dtype_name(a.dtype) == "uint16":
+    elif precision == "bf16" and dtype_name(a.dtype) == "uint16":
         v = bf16_bits_to_float32(a)
     else:  # float16 and ml_dtypes.bfloat16 convert to float32 exactly
         v = np.asarray(a).astype(np.float32)
     return np.ascontiguousarray(v, dtype=np.float64)
-
-
-def _act(op: str, activation: str | None) -> None:
-    if activation not in ACTIVATIONS:
-        names = ", ".join(repr(a) for a in ACTIVATIONS)
-        raise ValueError(f"{op}: unknown activation {activation!r}; expected one of {names}")
 
 
 def conv2d_igemm_forward(
@@ -93,8 +66,8 @@ def conv2d_igemm_forward(
     """``y (N, O, oh, ow) = act(conv(x, weight) + bias)``: the reference forward, then the
     epilogue (see the module docstring). ``(y, pre)`` with ``return_preactivation``."""
     op = "conv2d_igemm_forward"
-    prec = check_precision(op, precision, x=x, weight=weight)
-    _act(op, activation)
+    prec = check_conv_precision(op, precision, x=x, weight=weight)
+    epilogue_code(op, activation)
     if prec in ("simt", "fp32"):
         _check_dtype(op, x)
         x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight, dtype=x.dtype)
@@ -116,7 +89,7 @@ def conv2d_igemm_backward_data(
     """``dx (N, C, H, W)``: the reference input gradient (its col2im path); float32 for the
     tensor-core precisions."""
     op = "conv2d_igemm_backward_data"
-    prec = check_precision(op, precision, dy=dy, weight=weight)
+    prec = check_conv_precision(op, precision, dy=dy, weight=weight)
     if prec in ("simt", "fp32"):
         _check_dtype(op, dy)
         dy, weight = np.ascontiguousarray(dy), np.ascontiguousarray(weight, dtype=dy.dtype)
@@ -138,7 +111,7 @@ def conv2d_igemm_backward_weight(
     kernel's split-K count, does not change the result); float32 for the tensor-core
     precisions."""
     op = "conv2d_igemm_backward_weight"
-    prec = check_precision(op, precision, dy=dy, x=x)
+    prec = check_conv_precision(op, precision, dy=dy, x=x)
     if prec in ("simt", "fp32"):
         _check_dtype(op, dy)
         dy = np.ascontiguousarray(dy)

@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 
 from gpucnn.backend.numpy_ops.activation import activation_forward
-from gpucnn.backend.precision import bf16_bits_to_float32, check_gemm, round_tf32
+from gpucnn.backend.precision import bf16_bits_to_float32, check_gemm, epilogue_code, round_tf32
 
 __all__ = ["gemm"]
 
-#: Fused activations of the epilogue (as the CUDA launcher's ``ACTIVATIONS``).
-ACTIVATIONS = (None, "relu", "leaky_relu", "gelu", "gelu_tanh")
 
 
 def gemm(
@@ -49,11 +47,7 @@ def gemm(
     Twin of ``gemm_f32_simt`` / ``gemm_tf32_tc`` / ``gemm_f16_tc`` / ``gemm_bf16_tc``.
     """
     spec = check_gemm("gemm", a, b, c, beta, trans_a, trans_b, precision, bias)
-    if activation not in ACTIVATIONS:
-        names = ", ".join(repr(a) for a in ACTIVATIONS)
-        raise ValueError(f"gemm: unknown activation {activation!r}; expected one of {names}")
-    if relu and activation not in (None, "relu"):
-        raise ValueError(f"gemm: relu=True and activation={activation!r} are two activations")
+    epilogue_code("gemm", activation, relu)
     relu = relu or activation == "relu"
     oa = np.asarray(a).T if trans_a else np.asarray(a)
     ob = np.asarray(b).T if trans_b else np.asarray(b)
