@@ -66,56 +66,7 @@ static_assert((CONV_TC_BK * CONV_TC_BN) % CONV_TC_THREADS == 0,
 static_assert((CONV_TC_BK * CONV_TC_BM) % CONV_TC_THREADS == 0,
               "the thread count must divide CONV_TC_BK * CONV_TC_BM");
 
-// ---------------------------------------------------------------- operand kinds
-// in_t: the tensors' element type; smem_t: what shared memory holds; KSTEP: the MMA's k;
-// PAD: row padding of the [m][k] / [n][k] staging arrays (bank-conflict-free fragment loads).
-
-struct ConvTcTf32 {
-    typedef float in_t;
-    typedef float smem_t;
-    enum { KSTEP = 8, PAD = 4 };
-    static __device__ __forceinline__ float stage(float v) {
-        return __uint_as_float(gpucnn_float_to_tf32(v));
-    }
-    static __device__ __forceinline__ void load_a(unsigned a[4], const float* s, int ld, int r,
-                                                  int k) {
-        mma_load_a_tf32(a, s, ld, r, k);
-    }
-    static __device__ __forceinline__ void load_b(unsigned b[2], const float* s, int ld, int n,
-                                                  int k) {
-        mma_load_b_tf32(b, s, ld, n, k);
-    }
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-        mma_m16n8k8_tf32(d, a, b, d);
-    }
-};
-
-struct ConvTcF16 {
-    typedef unsigned short in_t;
-    typedef unsigned short smem_t;
-    enum { KSTEP = 16, PAD = 8 };
-    static __device__ __forceinline__ unsigned short stage(unsigned short v) { return v; }
-    static __device__ __forceinline__ void load_a(unsigned a[4], const unsigned short* s, int ld,
-                                                  int r, int k) {
-        mma_load_a_16(a, s, ld, r, k);
-    }
-    static __device__ __forceinline__ void load_b(unsigned b[2], const unsigned short* s, int ld,
-                                                  int n, int k) {
-        mma_load_b_16(b, s, ld, n, k);
-    }
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-        mma_m16n8k16_f16(d, a, b, d);
-    }
-};
-
-struct ConvTcBf16 : ConvTcF16 {
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-        mma_m16n8k16_bf16(d, a, b, d);
-    }
-};
+// Operand kinds: the traits MmaTf32 / MmaF16 / MmaBf16 of mma.cuh (shared with gemm.cu).
 
 // Load (into registers, staged: TF32-rounded or 16-bit bits) this thread's A and B elements of
 // the K-slice at k0, whose kinfo table is kt: A element e = tid + l*NT is (mm, kk) = (e / BK,
@@ -293,6 +244,6 @@ __device__ __forceinline__ void igemm_tc_tiles(const Problem& pb, int groups, in
         igemm_tc_tiles<POLICY>(pb, G, splits, As, Bs, kt);                                      \
     }
 
-GPUCNN_IGEMM_TC_KERNELS(tf32, ConvTcTf32)
-GPUCNN_IGEMM_TC_KERNELS(f16, ConvTcF16)
-GPUCNN_IGEMM_TC_KERNELS(bf16, ConvTcBf16)
+GPUCNN_IGEMM_TC_KERNELS(tf32, MmaTf32)
+GPUCNN_IGEMM_TC_KERNELS(f16, MmaF16)
+GPUCNN_IGEMM_TC_KERNELS(bf16, MmaBf16)

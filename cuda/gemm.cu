@@ -147,56 +147,6 @@ gemm_f32_simt(const float* __restrict__ A, const float* __restrict__ B,
 
 // ---------------------------------------------------------------- tensor cores
 
-// Shared-memory staging per input kind: float (tf32-rounded bits) or 16-bit bit patterns.
-struct GemmTf32 {
-    typedef float in_t;
-    typedef float smem_t;
-    enum { KSTEP = 8, PAD = 4 };
-    static __device__ __forceinline__ float stage(float x) {
-        return __uint_as_float(gpucnn_float_to_tf32(x));
-    }
-    static __device__ __forceinline__ float zero() { return 0.0f; }
-    static __device__ __forceinline__ void load_a(unsigned a[4], const float* s, int ld, int r,
-                                                  int k) {
-        mma_load_a_tf32(a, s, ld, r, k);
-    }
-    static __device__ __forceinline__ void load_b(unsigned b[2], const float* s, int ld, int n,
-                                                  int k) {
-        mma_load_b_tf32(b, s, ld, n, k);
-    }
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-        mma_m16n8k8_tf32(d, a, b, d);
-    }
-};
-
-struct GemmF16 {
-    typedef unsigned short in_t;
-    typedef unsigned short smem_t;
-    enum { KSTEP = 16, PAD = 8 };
-    static __device__ __forceinline__ unsigned short stage(unsigned short x) { return x; }
-    static __device__ __forceinline__ unsigned short zero() { return 0; }
-    static __device__ __forceinline__ void load_a(unsigned a[4], const unsigned short* s, int ld,
-                                                  int r, int k) {
-        mma_load_a_16(a, s, ld, r, k);
-    }
-    static __device__ __forceinline__ void load_b(unsigned b[2], const unsigned short* s, int ld,
-                                                  int n, int k) {
-        mma_load_b_16(b, s, ld, n, k);
-    }
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-        mma_m16n8k16_f16(d, a, b, d);
-    }
-};
-
-struct GemmBf16 : GemmF16 {
-    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
-                                               const unsigned b[2]) {
-        mma_m16n8k16_bf16(d, a, b, d);
-    }
-};
-
 template <class P>
 __device__ __forceinline__ void gemm_tc(const typename P::in_t* __restrict__ A,
                                         const typename P::in_t* __restrict__ B,
@@ -266,9 +216,9 @@ gemm_tf32_tc(const float* __restrict__ A, const float* __restrict__ B,
              const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
              int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
              float slope) {
-    __shared__ __align__(16) float As[GEMM_TC_BM * (GEMM_TC_BK + GemmTf32::PAD)];
-    __shared__ __align__(16) float Bs[GEMM_TC_BN * (GEMM_TC_BK + GemmTf32::PAD)];
-    gemm_tc<GemmTf32>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
+    __shared__ __align__(16) float As[GEMM_TC_BM * (GEMM_TC_BK + MmaTf32::PAD)];
+    __shared__ __align__(16) float Bs[GEMM_TC_BN * (GEMM_TC_BK + MmaTf32::PAD)];
+    gemm_tc<MmaTf32>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
                       epilogue, slope, As, Bs);
 }
 
@@ -277,9 +227,9 @@ gemm_f16_tc(const unsigned short* __restrict__ A, const unsigned short* __restri
             const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
             int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
             float slope) {
-    __shared__ __align__(16) unsigned short As[GEMM_TC_BM * (GEMM_TC_BK + GemmF16::PAD)];
-    __shared__ __align__(16) unsigned short Bs[GEMM_TC_BN * (GEMM_TC_BK + GemmF16::PAD)];
-    gemm_tc<GemmF16>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
+    __shared__ __align__(16) unsigned short As[GEMM_TC_BM * (GEMM_TC_BK + MmaF16::PAD)];
+    __shared__ __align__(16) unsigned short Bs[GEMM_TC_BN * (GEMM_TC_BK + MmaF16::PAD)];
+    gemm_tc<MmaF16>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
                       epilogue, slope, As, Bs);
 }
 
@@ -288,8 +238,8 @@ gemm_bf16_tc(const unsigned short* __restrict__ A, const unsigned short* __restr
              const float* __restrict__ bias, float* C, int M, int N, int K, int lda, int ldb,
              int ldc, int trans_a, int trans_b, float alpha, float beta, int epilogue,
              float slope) {
-    __shared__ __align__(16) unsigned short As[GEMM_TC_BM * (GEMM_TC_BK + GemmBf16::PAD)];
-    __shared__ __align__(16) unsigned short Bs[GEMM_TC_BN * (GEMM_TC_BK + GemmBf16::PAD)];
-    gemm_tc<GemmBf16>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
+    __shared__ __align__(16) unsigned short As[GEMM_TC_BM * (GEMM_TC_BK + MmaBf16::PAD)];
+    __shared__ __align__(16) unsigned short Bs[GEMM_TC_BN * (GEMM_TC_BK + MmaBf16::PAD)];
+    gemm_tc<MmaBf16>(A, B, bias, C, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta,
                       epilogue, slope, As, Bs);
 }

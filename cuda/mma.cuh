@@ -272,3 +272,58 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4
     gpucnn_mma_emulated(d, a, b, c, 2);
 #endif
 }
+
+// ---------------------------------------------------------------- the three input kinds
+// What a tensor-core kernel (gemm.cu, conv_igemm_tc.cu) needs per input kind, as a traits
+// class: in_t the tensors' element type; smem_t what shared memory holds (TF32-rounded float
+// bits, or 16-bit patterns); KSTEP the MMA's k; PAD the row padding of [m][k] / [n][k]
+// staging arrays (bank-conflict-free fragment loads); stage() the value stored; zero() a tail
+// element; load_a/load_b the fragment loads above; mma() one MMA step d += a * b.
+struct MmaTf32 {
+    typedef float in_t;
+    typedef float smem_t;
+    enum { KSTEP = 8, PAD = 4 };
+    static __device__ __forceinline__ float stage(float x) {
+        return __uint_as_float(gpucnn_float_to_tf32(x));
+    }
+    static __device__ __forceinline__ float zero() { return 0.0f; }
+    static __device__ __forceinline__ void load_a(unsigned a[4], const float* s, int ld, int r,
+                                                  int k) {
+        mma_load_a_tf32(a, s, ld, r, k);
+    }
+    static __device__ __forceinline__ void load_b(unsigned b[2], const float* s, int ld, int n,
+                                                  int k) {
+        mma_load_b_tf32(b, s, ld, n, k);
+    }
+    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
+                                               const unsigned b[2]) {
+        mma_m16n8k8_tf32(d, a, b, d);
+    }
+};
+
+struct MmaF16 {
+    typedef unsigned short in_t;
+    typedef unsigned short smem_t;
+    enum { KSTEP = 16, PAD = 8 };
+    static __device__ __forceinline__ unsigned short stage(unsigned short x) { return x; }
+    static __device__ __forceinline__ unsigned short zero() { return 0; }
+    static __device__ __forceinline__ void load_a(unsigned a[4], const unsigned short* s, int ld,
+                                                  int r, int k) {
+        mma_load_a_16(a, s, ld, r, k);
+    }
+    static __device__ __forceinline__ void load_b(unsigned b[2], const unsigned short* s, int ld,
+                                                  int n, int k) {
+        mma_load_b_16(b, s, ld, n, k);
+    }
+    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
+                                               const unsigned b[2]) {
+        mma_m16n8k16_f16(d, a, b, d);
+    }
+};
+
+struct MmaBf16 : MmaF16 {
+    static __device__ __forceinline__ void mma(float d[4], const unsigned a[4],
+                                               const unsigned b[2]) {
+        mma_m16n8k16_bf16(d, a, b, d);
+    }
+};
