@@ -86,25 +86,15 @@ __device__ __forceinline__ void igemm_tiles(const Problem& pb, int groups, int s
     const int b_col = tid % BN, b_row = tid / BN;  // this thread's staging column / first row
 
     const int M = pb.M();
-    const index_t ncols = pb.cols(), K = pb.K();
-    const index_t row_tiles = (M + BM - 1) / BM;
-    const index_t col_tiles = (ncols + BN - 1) / BN;
-    // Each split gets a whole number of K-slices.
-    const index_t slices = (K + BK - 1) / BK;
-    const index_t k_per_split = (slices + splits - 1) / splits * BK;
-    const index_t tiles = (index_t)groups * splits * row_tiles * col_tiles;
+    const index_t ncols = pb.cols();
+    const IgemmTiles space(M, ncols, pb.K(), groups, splits, BM, BN, BK);
 
-    for (index_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-        // tile t -> (g, split, row tile, column tile), column tile fastest
-        const index_t ct = t % col_tiles;
-        const index_t rest = t / col_tiles;
-        const int rt = (int)(rest % row_tiles);
-        const int gs = (int)(rest / row_tiles);  // g*splits + split
-        const int split = gs % splits, g = gs / splits;
-        const int m0 = rt * BM;
-        const index_t c0 = ct * BN;
-        const index_t k_begin = (index_t)split * k_per_split;
-        const index_t k_end = k_begin + k_per_split < K ? k_begin + k_per_split : K;
+    for (index_t t = blockIdx.x; t < space.count; t += gridDim.x) {
+        const IgemmTiles::Tile tl = space.at(t);
+        const int g = tl.g, split = tl.split;
+        const int m0 = tl.rt * BM;
+        const index_t c0 = tl.ct * BN;
+        const index_t k_begin = tl.k_begin, k_end = tl.k_end;
 
         // The column this thread stages B for: its index math, once per tile.
         const index_t my_col = c0 + b_col;

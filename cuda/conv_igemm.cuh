@@ -269,3 +269,43 @@ struct WeightProblem {
     }
 };
 
+// ---------------------------------------------------------------------------------------------
+// The tile space of a tile driver (conv_igemm.cu's SIMT one, conv_igemm_tc.cu's tensor-core
+// one): every (group, split, row tile, column tile) of a problem with M rows, `ncols` columns
+// and a K-long reduction, tiled BM x BN with BK-deep slices; each of `splits` splits gets a
+// whole number of slices. Tile t decodes with column tiles fastest.
+// ---------------------------------------------------------------------------------------------
+struct IgemmTiles {
+    index_t row_tiles, col_tiles, k_per_split, K, count;
+    int splits;
+
+    __device__ IgemmTiles(int M, index_t ncols, index_t K_, int groups, int splits_, int BM,
+                          int BN, int BK) {
+        row_tiles = (M + BM - 1) / BM;
+        col_tiles = (ncols + BN - 1) / BN;
+        K = K_;
+        splits = splits_;
+        const index_t slices = (K + BK - 1) / BK;
+        k_per_split = (slices + splits - 1) / splits * BK;
+        count = (index_t)groups * splits * row_tiles * col_tiles;
+    }
+
+    struct Tile {
+        int g, split, rt;        // group, split, row tile
+        index_t ct;              // column tile
+        index_t k_begin, k_end;  // this split's reduction range
+    };
+
+    __device__ Tile at(index_t t) const {
+        Tile r;
+        r.ct = t % col_tiles;
+        const index_t rest = t / col_tiles;
+        r.rt = (int)(rest % row_tiles);
+        const int gs = (int)(rest / row_tiles);  // g*splits + split
+        r.split = gs % splits;
+        r.g = gs / splits;
+        r.k_begin = (index_t)r.split * k_per_split;
+        r.k_end = r.k_begin + k_per_split < K ? r.k_begin + k_per_split : K;
+        return r;
+    }
+};
