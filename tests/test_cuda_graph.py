@@ -42,12 +42,8 @@ def _same(a: dict, b: dict) -> None:
         assert np.array_equal(a[k], b[k]), k
 
 
-def _loop(make_model, make_opt, xs, ys, graph: bool, warmup: int = 2):  # noqa: ANN001
-    """A PyTorch-style loop over the batches: captured (``graph``) or eager on our kernels.
-    Returns (model state, losses, optimizer, the CapturedStep or None)."""
-    gpucnn.manual_seed(0)
-    model = make_model().to("cuda")
-    opt = make_opt(model.parameters())
+def _train_step(model, opt):  # noqa: ANN001, ANN202
+    """The PyTorch-style step: zero_grad, cross-entropy of ``model``, backward, ``opt.step``."""
 
     def step(x, y):  # noqa: ANN001, ANN202
         opt.zero_grad()
@@ -56,6 +52,16 @@ def _loop(make_model, make_opt, xs, ys, graph: bool, warmup: int = 2):  # noqa: 
         opt.step()
         return loss
 
+    return step
+
+
+def _loop(make_model, make_opt, xs, ys, graph: bool, warmup: int = 2):  # noqa: ANN001
+    """A PyTorch-style loop over the batches: captured (``graph``) or eager on our kernels.
+    Returns (model state, losses, optimizer, the CapturedStep or None)."""
+    gpucnn.manual_seed(0)
+    model = make_model().to("cuda")
+    opt = make_opt(model.parameters())
+    step = _train_step(model, opt)
     fn = capture(step, optimizer=opt, warmup=warmup) if graph else None
     losses = []
     for x, y in zip(xs, ys):
@@ -239,14 +245,7 @@ def test_capture_refuses_a_new_batch_shape(sim) -> None:  # noqa: ANN001
     model = _mlp().to("cuda")
     opt = gpucnn.optim.SGD(model.parameters(), lr=0.1)
 
-    @capture(optimizer=opt, warmup=1)
-    def step(x, y):  # noqa: ANN001, ANN202
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = capture(optimizer=opt, warmup=1)(_train_step(model, opt))  # the decorator form
     for x, y in zip(xs, ys):
         step(x, y)  # host arrays are copied into the static buffers too
     assert step.graph is not None
@@ -260,15 +259,7 @@ def test_dropout_in_a_capture_names_the_layer(sim) -> None:  # noqa: ANN001
     model.build((5,))
     model = model.to("cuda")
     opt = gpucnn.optim.SGD(model.parameters(), lr=0.1)
-
-    def step(x, y):  # noqa: ANN001, ANN202
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    fn = capture(step, optimizer=opt, warmup=1)
+    fn = capture(_train_step(model, opt), optimizer=opt, warmup=1)
     xs, ys = _batches(6, (4, 5), classes=3)
     with pytest.raises(CudaGraphError, match=r"layer 'drop' \(Dropout\).*random numbers"):
         for x, y in zip(xs, ys):
@@ -279,15 +270,7 @@ def test_dropout_in_a_capture_names_the_layer(sim) -> None:  # noqa: ANN001
 def test_capture_without_the_optimizer_is_refused(sim) -> None:  # noqa: ANN001
     model = _mlp().to("cuda")
     opt = gpucnn.optim.Adam(model.parameters())
-
-    def step(x, y):  # noqa: ANN001, ANN202
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    fn = capture(step, warmup=1)
+    fn = capture(_train_step(model, opt), warmup=1)
     xs, ys = _batches(3, (4, 5), classes=3)
     with pytest.raises(CudaGraphError, match="optimizer=..."):
         for x, y in zip(xs, ys):
