@@ -31,10 +31,10 @@ PyTorch-style loop does per batch) into a :class:`CapturedStep`::
    no allocation outside the pool happens (the simulated device checks all three).
 3. Every later call copies the batch into the static buffers and replays the graph. The
    optimizer's step-dependent scalars (learning rate, Adam's bias corrections, ...) live in a
-   small device array that the host rewrites before each replay (one copy): the optimizer's
-   ``step()`` is run on the host with its kernels switched off, which advances its host state
-   exactly as an eager step would and computes those scalars, so learning-rate schedules and
-   checkpoints work as in eager training.
+   small device array that the host rewrites before each replay (one asynchronous copy from
+   pinned memory): the optimizer's ``step()`` is run on the host with its kernels switched
+   off, which advances its host state exactly as an eager step would and computes those
+   scalars, so learning-rate schedules and checkpoints work as in eager training.
 
 Eager training under :func:`gpucnn.backend.runtime.own_kernels` runs the very same kernels, so
 its weights equal the graph's bit for bit (tests/test_cuda_graph.py, on the simulated device).
@@ -124,14 +124,33 @@ class _HyperSlots:
         return None if self.mode == "refill" else self.dev[i, : len(values)]
 
     def allocate(self, xp: Any) -> None:
+        from gpucnn.backend.device import empty_pinned, new_event
+
         rows = max(1, self.n)
         dt = self.dtype if self.dtype is not None else np.dtype(np.float32)
         self.host = np.zeros((rows, self.WIDTH), dtype=dt)
         self.dev = xp.zeros((rows, self.WIDTH), dtype=dt)
+        # Two page-locked staging buffers, used in turn: a copy from pinned memory is
+        # asynchronous (a pageable one would make the host wait for the previous replay every
+        # step); the event of a buffer says when its last copy has read it.
+        self._pinned = [empty_pinned((rows, self.WIDTH), dt) for _ in range(2)]
+        self._events = [new_event() for _ in range(2)]
+        self._used = [False, False]
+        self._turn = 0
 
-    def upload(self) -> None:
-        if self.dev is not None and self.n:
-            self.dev.set(self.host)
+    def upload(self, stream: Any) -> None:
+        """Queue the copy of the host values to the device array on ``stream``."""
+        if self.dev is None or not self.n:
+            return
+        i = self._turn
+        if self._used[i] and not self._events[i].done:
+            self._events[i].synchronize()  # the device is two replays behind: wait for it
+        buf = self._pinned[i]
+        buf[...] = self.host
+        self.dev.set(buf, stream=stream)
+        self._events[i].record(stream)
+        self._used[i] = True
+        self._turn = i ^ 1
 
 
 def _arrays(inputs: tuple) -> list[Any]:
@@ -257,8 +276,7 @@ class CapturedStep:
                 f"cuda_graph: the optimizers made {s.cursor} updates on the host, the captured "
                 f"step {s.n}; the set of parameters with gradients must not change"
             )
-        with self.stream:
-            s.upload()
+        s.upload(self.stream)
 
     def _capture(self, static: tuple) -> Any:
         global _capturing
@@ -304,8 +322,7 @@ class CapturedStep:
                 f"cuda_graph: the captured step made {s.cursor} optimizer updates, the last "
                 f"warm-up step {s.n}; the set of parameters with gradients must not change"
             )
-        with stream:
-            s.upload()
+        s.upload(stream)
         self.graph = graph
         self._outputs = out
         graph.launch(stream=stream)

@@ -240,6 +240,27 @@ def test_capture_right_after_one_warmup_step_is_served_by_the_spare_block(sim, m
     _same(eager, graph)
 
 
+def test_a_replay_waits_for_nothing_and_copies_only_the_scalars(sim) -> None:  # noqa: ANN001
+    """Per replay of a captured step fed device batches: one graph launch, one host-to-device
+    copy (the optimizer scalars, from pinned memory), no host sync, no allocation."""
+    xs, ys = _batches(6, (4, 5), classes=3)
+    model = _mlp().to("cuda")
+    opt = gpucnn.optim.Adam(model.parameters(), lr=1e-2)
+    fn = capture(_train_step(model, opt), optimizer=opt, warmup=1)
+    xp = gpucnn.backend.get_backend("cuda").xp
+    batches = [(xp.asarray(x), xp.asarray(y)) for x, y in zip(xs, ys)]
+    for x, y in batches:
+        if fn.graph is not None:
+            sim.reset_counters()
+            fn(x, y)
+            c = sim.counters()
+            assert (c.syncs, c.allocations, c.h2d) == (0, 0, 1), c.snapshot()
+            assert c.kernels.get("<graph>") == 1 and c.cublas == 0
+        else:
+            fn(x, y)
+    assert fn.replays >= 2
+
+
 def test_capture_refuses_a_new_batch_shape(sim) -> None:  # noqa: ANN001
     xs, ys = _batches(4, (4, 5), classes=3)
     model = _mlp().to("cuda")
