@@ -402,3 +402,13 @@ def test_cuda_graph_needs_the_cuda_backend() -> None:
             CapturedStep(lambda a: a, backend="numpy")
     with pytest.raises(ValueError, match="warmup must be an int >= 1"):
         CapturedStep(lambda a: a, warmup=0)
+
+
+def test_cuda_graph_is_an_attribute_of_the_package() -> None:
+    """``gpucnn.cuda_graph.capture`` (the README's spelling) works after ``import gpucnn``."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import gpucnn; print(gpucnn.cuda_graph.capture)"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "capture" in out
