@@ -46,9 +46,11 @@ def _case(ctx: Any, case_type: Any, name: str, batch: int, reps: int, mode: str,
     ctx.torch.manual_seed(ctx.seed)
     twin_cpu = bm.torch_model(name)
     fwd = bm.forward_flops(twin_cpu, (1, *shape)) * batch
+    n_params = int(sum(p.numel() for p in twin_cpu.parameters()))
     case = case_type(
         group="train", name=f"train_step_{mode}[{name},batch={batch}]",
         params={"model": name, "batch": batch, "input": list(shape), "mode": mode,
+                "parameters": n_params,
                 "optimizer": "SGD(lr=0.01, momentum=0.9)", "loss": "cross_entropy"},
         build_gpucnn=lambda: None, build_torch=None, flops=3.0 * fwd, images=batch,
         repeats=reps, extra={"forward_flops": fwd},
